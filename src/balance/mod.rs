@@ -1,0 +1,6 @@
+//! Load balancing as pure data: built from a group's server list off the hot path, then
+//! `select()` answers which replica takes the next request.
+
+mod round_robin;
+
+pub use round_robin::RoundRobin;

@@ -1,0 +1,67 @@
+//! The raw shape of proxy.toml: serde types with `deny_unknown_fields`, nothing validated yet.
+//!
+//! Every value a user can get wrong (addresses, durations) is kept as a string here so that
+//! validation can report all mistakes in one pass with the key they sit under.
+
+use serde::Deserialize;
+
+/// Top-level sections. Each is deserialized on its own (see `validate::parse`) so that a typo in
+/// one section does not hide the errors of the others.
+pub(crate) const SECTIONS: &[&str] = &["server", "tls", "upstreams", "routes"];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub(crate) listen: Option<String>,
+    pub(crate) plain_listen: Option<String>,
+    pub(crate) admin_listen: Option<String>,
+    pub(crate) workers: Option<i64>,
+    pub(crate) max_connections: Option<i64>,
+    pub(crate) max_header_bytes: Option<i64>,
+    pub(crate) max_body_bytes: Option<i64>,
+    pub(crate) header_timeout: Option<String>,
+    pub(crate) idle_timeout: Option<String>,
+    pub(crate) shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    #[serde(default)]
+    pub(crate) certificates: Vec<RawCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub(crate) cert: String,
+    pub(crate) key: String,
+    #[serde(default)]
+    pub(crate) server_names: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub(crate) balance: Option<String>,
+    pub(crate) connect_timeout: Option<String>,
+    pub(crate) response_timeout: Option<String>,
+    pub(crate) keepalive: Option<i64>,
+    pub(crate) keepalive_timeout: Option<String>,
+    pub(crate) servers: Vec<RawServerEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServerEntry {
+    pub(crate) address: String,
+    pub(crate) weight: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub(crate) path_prefix: String,
+    pub(crate) upstream: String,
+    pub(crate) host: Option<String>,
+}

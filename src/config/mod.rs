@@ -1,0 +1,162 @@
+//! proxy.toml: typed configuration, parsed once and validated in one pass.
+//!
+//! `file` holds the raw serde shape; `validate` turns it into [`Config`], whose fields are
+//! `Duration`s, `SocketAddr`s and loaded certificates — never strings to re-parse at request time.
+
+mod file;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use validate::{load, parse};
+
+/// Defaults for every key that has one, in one place so docs and code agree.
+pub mod defaults {
+    use std::time::Duration;
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+    pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const KEEPALIVE: usize = 64;
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const WEIGHT: u32 = 1;
+    pub const MAX_WEIGHT: u32 = 1000;
+}
+
+/// A fully validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub tls: Vec<CertificateSpec>,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub plain_listen: Option<SocketAddr>,
+    pub admin_listen: SocketAddr,
+    pub workers: usize,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl ServerSettings {
+    /// Settings with every default applied, listening on `listen` (used by `demo`).
+    pub fn with_listen(listen: SocketAddr) -> Self {
+        ServerSettings {
+            listen,
+            plain_listen: None,
+            admin_listen: defaults::ADMIN_LISTEN.parse().expect("valid default"),
+            workers: default_workers(),
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_header_bytes: defaults::MAX_HEADER_BYTES,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            header_timeout: defaults::HEADER_TIMEOUT,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
+        }
+    }
+}
+
+pub(crate) fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// One certificate chain with its key, already loaded and checked to match.
+#[derive(Clone)]
+pub struct CertificateSpec {
+    pub server_names: Vec<String>,
+    pub key: Arc<rustls::sign::CertifiedKey>,
+    /// Where it came from, for logs.
+    pub source: String,
+}
+
+impl fmt::Debug for CertificateSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateSpec")
+            .field("server_names", &self.server_names)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    /// Idle keep-alive connections kept per replica.
+    pub keepalive: usize,
+    pub keepalive_timeout: Duration,
+    pub servers: Vec<ServerSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub address: SocketAddr,
+    /// 0 = drained: configured but given no traffic.
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Lower-case host without port; `*.example.com` matches any subdomain. None = any host.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub upstream: String,
+}
+
+/// One problem found in a config file: the key it sits under and why it is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if e.key.is_empty() {
+                write!(f, "{}: {}", self.file.display(), e.message)?;
+            } else {
+                write!(f, "{}: {}: {}", self.file.display(), e.key, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}

@@ -1,0 +1,633 @@
+//! Raw TOML → typed [`Config`], collecting every error (file, key, why) in one pass.
+//!
+//! Each section — and each upstream, route and certificate inside it — is deserialized on its
+//! own, so one typo does not hide the next. Relative certificate paths resolve against the
+//! current working directory, as the example `config/proxy.toml` expects.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pki_types::pem::PemObject;
+use pki_types::{CertificateDer, PrivateKeyDer};
+use serde::de::DeserializeOwned;
+
+use super::file::{
+    RawCertificate, RawRoute, RawServer, RawServerEntry, RawTls, RawUpstream, SECTIONS,
+};
+use super::{
+    Balance, CertificateSpec, Config, ConfigError, ConfigErrors, RouteSpec, ServerSettings,
+    ServerSpec, UpstreamSpec, default_workers, defaults,
+};
+
+/// Read and validate a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, path),
+        Err(e) => Err(ConfigErrors {
+            file: path.to_path_buf(),
+            errors: vec![ConfigError {
+                key: String::new(),
+                message: format!("cannot read file: {e}"),
+            }],
+        }),
+    }
+}
+
+/// Validate config text; `file` is only used to label errors.
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+    let mut v = Validator { errors: Vec::new() };
+    let config = v.config(text);
+    match config {
+        Some(c) if v.errors.is_empty() => Ok(c),
+        _ => Err(ConfigErrors {
+            file: file.to_path_buf(),
+            errors: v.errors,
+        }),
+    }
+}
+
+struct Validator {
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn err(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn section<T: DeserializeOwned>(&mut self, key: &str, value: toml::Value) -> Option<T> {
+        match value.try_into::<T>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.err(key, e.message().trim().to_string());
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, text: &str) -> Option<Config> {
+        let mut doc: toml::Table = match toml::from_str(text) {
+            Ok(t) => t,
+            Err(e) => {
+                self.err("", format!("invalid TOML: {}", e.to_string().trim_end()));
+                return None;
+            }
+        };
+        for key in doc.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                self.err(
+                    key.clone(),
+                    format!("unknown section, expected one of {}", SECTIONS.join(", ")),
+                );
+            }
+        }
+
+        // A section that does not deserialize was reported once; its keys are not re-checked.
+        let server = match doc.remove("server") {
+            Some(v) => self
+                .section::<RawServer>("server", v)
+                .and_then(|raw| self.server(raw)),
+            None => self.server(RawServer::default()),
+        };
+        let tls = self.tls(doc.remove("tls"));
+        let upstreams = self.upstreams(doc.remove("upstreams"));
+        let routes = self.routes(doc.remove("routes"), &upstreams);
+
+        Some(Config {
+            server: server?,
+            tls,
+            upstreams,
+            routes,
+        })
+    }
+
+    fn server(&mut self, raw: RawServer) -> Option<ServerSettings> {
+        let listen = match raw.listen {
+            Some(s) => self.addr("server.listen", &s),
+            None => {
+                self.err(
+                    "server.listen",
+                    "missing: the TLS listener address is required",
+                );
+                None
+            }
+        };
+        let plain_listen = raw
+            .plain_listen
+            .and_then(|s| self.addr("server.plain_listen", &s));
+        let admin_listen = self.addr(
+            "server.admin_listen",
+            raw.admin_listen
+                .as_deref()
+                .unwrap_or(defaults::ADMIN_LISTEN),
+        );
+        let workers = self.count("server.workers", raw.workers, default_workers(), 1, 1024);
+        let max_connections = self.count(
+            "server.max_connections",
+            raw.max_connections,
+            defaults::MAX_CONNECTIONS,
+            1,
+            // The connection limit is a semaphore whose drain waits for all permits at once.
+            u32::MAX as usize,
+        );
+        let max_header_bytes = self.count(
+            "server.max_header_bytes",
+            raw.max_header_bytes,
+            defaults::MAX_HEADER_BYTES,
+            1024,
+            1024 * 1024,
+        );
+        let max_body_bytes = self.count(
+            "server.max_body_bytes",
+            raw.max_body_bytes,
+            defaults::MAX_BODY_BYTES as usize,
+            0,
+            usize::MAX,
+        ) as u64;
+        let header_timeout = self.duration(
+            "server.header_timeout",
+            raw.header_timeout,
+            defaults::HEADER_TIMEOUT,
+        );
+        let idle_timeout = self.duration(
+            "server.idle_timeout",
+            raw.idle_timeout,
+            defaults::IDLE_TIMEOUT,
+        );
+        let shutdown_grace = self.duration(
+            "server.shutdown_grace",
+            raw.shutdown_grace,
+            defaults::SHUTDOWN_GRACE,
+        );
+        let listen = listen?;
+        let admin_listen = admin_listen?;
+        if admin_listen == listen
+            || plain_listen == Some(listen)
+            || plain_listen == Some(admin_listen)
+        {
+            self.err(
+                "server",
+                "listen, plain_listen and admin_listen must be different addresses",
+            );
+        }
+        Some(ServerSettings {
+            listen,
+            plain_listen,
+            admin_listen,
+            workers,
+            max_connections,
+            max_header_bytes,
+            max_body_bytes,
+            header_timeout,
+            idle_timeout,
+            shutdown_grace,
+        })
+    }
+
+    fn tls(&mut self, value: Option<toml::Value>) -> Vec<CertificateSpec> {
+        let raw: RawTls = match value {
+            Some(v) => self.section("tls", v).unwrap_or_default(),
+            None => RawTls::default(),
+        };
+        if raw.certificates.is_empty() {
+            self.err(
+                "tls.certificates",
+                "missing: at least one [[tls.certificates]] entry is required",
+            );
+        }
+        let mut seen = HashSet::new();
+        raw.certificates
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, c)| self.certificate(&format!("tls.certificates[{i}]"), c, &mut seen))
+            .collect()
+    }
+
+    fn certificate(
+        &mut self,
+        key: &str,
+        raw: RawCertificate,
+        seen: &mut HashSet<String>,
+    ) -> Option<CertificateSpec> {
+        let mut names = Vec::new();
+        for name in &raw.server_names {
+            let n = name.trim().to_ascii_lowercase();
+            if n.is_empty() || n.contains(['/', ':', ' ']) {
+                self.err(
+                    format!("{key}.server_names"),
+                    format!("invalid server name {name:?}"),
+                );
+            } else if !seen.insert(n.clone()) {
+                self.err(
+                    format!("{key}.server_names"),
+                    format!("server name {name:?} is already used by another certificate"),
+                );
+            } else {
+                names.push(n);
+            }
+        }
+        let chain: Vec<CertificateDer<'static>> = match CertificateDer::pem_file_iter(&raw.cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        {
+            Ok(chain) if !chain.is_empty() => chain,
+            Ok(_) => {
+                self.err(
+                    format!("{key}.cert"),
+                    format!("{}: no PEM certificate found", raw.cert),
+                );
+                return None;
+            }
+            Err(e) => {
+                self.err(
+                    format!("{key}.cert"),
+                    format!("{}: {}", raw.cert, pem_error(&e)),
+                );
+                return None;
+            }
+        };
+        let private_key = match PrivateKeyDer::from_pem_file(&raw.key) {
+            Ok(k) => k,
+            Err(e) => {
+                self.err(
+                    format!("{key}.key"),
+                    format!("{}: {}", raw.key, pem_error(&e)),
+                );
+                return None;
+            }
+        };
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        match rustls::sign::CertifiedKey::from_der(chain, private_key, &provider) {
+            Ok(ck) => Some(CertificateSpec {
+                server_names: names,
+                key: Arc::new(ck),
+                source: raw.cert,
+            }),
+            Err(e) => {
+                self.err(
+                    format!("{key}.key"),
+                    format!("{} does not fit {}: {e}", raw.key, raw.cert),
+                );
+                None
+            }
+        }
+    }
+
+    fn upstreams(&mut self, value: Option<toml::Value>) -> Vec<UpstreamSpec> {
+        let table = match value {
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => {
+                self.err("upstreams", "must be a table of groups: [upstreams.NAME]");
+                return Vec::new();
+            }
+            None => {
+                self.err(
+                    "upstreams",
+                    "missing: at least one [upstreams.NAME] group is required",
+                );
+                return Vec::new();
+            }
+        };
+        if table.is_empty() {
+            self.err(
+                "upstreams",
+                "at least one [upstreams.NAME] group is required",
+            );
+        }
+        let mut out = Vec::new();
+        for (name, v) in table {
+            let key = format!("upstreams.{name}");
+            if let Some(raw) = self.section::<RawUpstream>(&key, v)
+                && let Some(spec) = self.upstream(&key, name, raw)
+            {
+                out.push(spec);
+            }
+        }
+        out
+    }
+
+    fn upstream(&mut self, key: &str, name: String, raw: RawUpstream) -> Option<UpstreamSpec> {
+        let balance = match raw.balance.as_deref() {
+            None | Some("round_robin") => Some(Balance::RoundRobin),
+            Some(other) => {
+                self.err(
+                    format!("{key}.balance"),
+                    format!("unknown balance {other:?}, expected \"round_robin\""),
+                );
+                None
+            }
+        };
+        let connect_timeout = self.duration(
+            &format!("{key}.connect_timeout"),
+            raw.connect_timeout,
+            defaults::CONNECT_TIMEOUT,
+        );
+        let response_timeout = self.duration(
+            &format!("{key}.response_timeout"),
+            raw.response_timeout,
+            defaults::RESPONSE_TIMEOUT,
+        );
+        let keepalive = self.count(
+            &format!("{key}.keepalive"),
+            raw.keepalive,
+            defaults::KEEPALIVE,
+            0,
+            100_000,
+        );
+        let keepalive_timeout = self.duration(
+            &format!("{key}.keepalive_timeout"),
+            raw.keepalive_timeout,
+            defaults::KEEPALIVE_TIMEOUT,
+        );
+        if raw.servers.is_empty() {
+            self.err(format!("{key}.servers"), "at least one server is required");
+        }
+        let mut servers = Vec::new();
+        for (i, s) in raw.servers.into_iter().enumerate() {
+            if let Some(s) = self.server_entry(&format!("{key}.servers[{i}]"), s) {
+                if servers.iter().any(|o: &ServerSpec| o.address == s.address) {
+                    self.err(
+                        format!("{key}.servers[{i}].address"),
+                        format!("{} is listed twice", s.address),
+                    );
+                }
+                servers.push(s);
+            }
+        }
+        Some(UpstreamSpec {
+            name,
+            balance: balance?,
+            connect_timeout,
+            response_timeout,
+            keepalive,
+            keepalive_timeout,
+            servers,
+        })
+    }
+
+    fn server_entry(&mut self, key: &str, raw: RawServerEntry) -> Option<ServerSpec> {
+        let weight = self.count(
+            &format!("{key}.weight"),
+            raw.weight,
+            defaults::WEIGHT as usize,
+            0,
+            defaults::MAX_WEIGHT as usize,
+        ) as u32;
+        // Names resolve once, at load: the request path never waits on DNS.
+        let address = match raw.address.to_socket_addrs() {
+            Ok(mut addrs) => match addrs.next() {
+                Some(a) => a,
+                None => {
+                    self.err(
+                        format!("{key}.address"),
+                        format!("{:?} resolves to nothing", raw.address),
+                    );
+                    return None;
+                }
+            },
+            Err(e) => {
+                self.err(
+                    format!("{key}.address"),
+                    format!("invalid address {:?} (want host:port): {e}", raw.address),
+                );
+                return None;
+            }
+        };
+        Some(ServerSpec { address, weight })
+    }
+
+    fn routes(&mut self, value: Option<toml::Value>, upstreams: &[UpstreamSpec]) -> Vec<RouteSpec> {
+        let items = match value {
+            Some(toml::Value::Array(items)) => items,
+            Some(_) => {
+                self.err("routes", "must be an array of tables: [[routes]]");
+                return Vec::new();
+            }
+            None => {
+                self.err(
+                    "routes",
+                    "missing: at least one [[routes]] entry is required",
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (i, v) in items.into_iter().enumerate() {
+            let key = format!("routes[{i}]");
+            let Some(raw) = self.section::<RawRoute>(&key, v) else {
+                continue;
+            };
+            if !raw.path_prefix.starts_with('/') {
+                self.err(
+                    format!("{key}.path_prefix"),
+                    format!("{:?} must start with '/'", raw.path_prefix),
+                );
+            }
+            // A group that failed its own validation was already reported; don't pile on.
+            let group_known = upstreams.iter().any(|u| u.name == raw.upstream);
+            if !group_known
+                && !self
+                    .errors
+                    .iter()
+                    .any(|e| e.key.starts_with(&format!("upstreams.{}", raw.upstream)))
+            {
+                self.err(
+                    format!("{key}.upstream"),
+                    format!("no upstream group named {:?}", raw.upstream),
+                );
+            }
+            let host = raw.host.map(|h| h.trim().to_ascii_lowercase());
+            if let Some(h) = &host
+                && (h.is_empty() || h.contains(['/', ' ', ':']))
+            {
+                self.err(
+                    format!("{key}.host"),
+                    format!("invalid host {h:?} (no port, no scheme)"),
+                );
+            }
+            out.push(RouteSpec {
+                host,
+                path_prefix: raw.path_prefix,
+                upstream: raw.upstream,
+            });
+        }
+        out
+    }
+
+    fn addr(&mut self, key: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.err(
+                    key,
+                    format!("invalid socket address {s:?} (want ip:port): {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, s: Option<String>, default: Duration) -> Duration {
+        let Some(s) = s else { return default };
+        match humantime::parse_duration(&s) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.err(key, "must be greater than zero");
+                default
+            }
+            Err(e) => {
+                self.err(
+                    key,
+                    format!("invalid duration {s:?} (like \"500ms\", \"30s\", \"5m\"): {e}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn count(
+        &mut self,
+        key: &str,
+        v: Option<i64>,
+        default: usize,
+        min: usize,
+        max: usize,
+    ) -> usize {
+        let Some(v) = v else { return default };
+        match usize::try_from(v) {
+            Ok(n) if n >= min && n <= max => n,
+            _ => {
+                self.err(key, format!("{v} is out of range {min}..={max}"));
+                default
+            }
+        }
+    }
+}
+
+fn pem_error(e: &pki_types::pem::Error) -> String {
+    match e {
+        pki_types::pem::Error::Io(io) => format!("cannot read: {io}"),
+        pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind found".into(),
+        other => format!("invalid PEM: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        parse(text, Path::new("t.toml")).unwrap_err().errors
+    }
+
+    fn keys(text: &str) -> Vec<String> {
+        errors(text).into_iter().map(|e| e.key).collect()
+    }
+
+    #[test]
+    fn every_error_is_reported_not_just_the_first() {
+        let text = r#"
+            [server]
+            listen = "127.0.0.1:8443"
+            typo_key = 1
+
+            [tls]
+            certificates = [{ cert = "/nonexistent/a.crt", key = "/nonexistent/a.key" }]
+
+            [upstreams.api]
+            balance = "random"
+            servers = [{ address = "127.0.0.1:9001", weight = 5000 }]
+
+            [[routes]]
+            path_prefix = "api"
+            upstream = "missing"
+        "#;
+        let e = errors(text);
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "server",
+                "tls.certificates[0].cert",
+                "upstreams.api.balance",
+                "upstreams.api.servers[0].weight",
+                "routes[0].path_prefix",
+                "routes[0].upstream",
+            ]
+        );
+        assert!(e[0].message.contains("typo_key"), "{}", e[0].message);
+        assert!(
+            e[1].message.contains("/nonexistent/a.crt"),
+            "{}",
+            e[1].message
+        );
+        assert_eq!(e[3].message, "5000 is out of range 0..=1000");
+        assert_eq!(e[5].message, "no upstream group named \"missing\"");
+    }
+
+    #[test]
+    fn typed_values_are_checked_even_when_all_keys_are_known() {
+        let text = r#"
+            [server]
+            listen = "nope"
+            idle_timeout = "forever"
+            max_header_bytes = 10
+
+            [tls]
+            certificates = [{ cert = "/nonexistent/a.crt", key = "/nonexistent/a.key" }]
+
+            [upstreams.api]
+            servers = [{ address = "127.0.0.1:9001" }]
+
+            [[routes]]
+            path_prefix = "/"
+            upstream = "api"
+        "#;
+        assert_eq!(
+            keys(text),
+            vec![
+                "server.listen",
+                "server.max_header_bytes",
+                "server.idle_timeout",
+                "tls.certificates[0].cert",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_section_is_an_error() {
+        let e = errors("[servr]\nlisten = \"127.0.0.1:1\"\n");
+        assert_eq!(e[0].key, "servr");
+        assert!(
+            e[0].message.starts_with("unknown section"),
+            "{}",
+            e[0].message
+        );
+    }
+
+    #[test]
+    fn toml_syntax_error_is_reported_with_position() {
+        let e = errors("[server\nlisten = 1");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].message.contains("invalid TOML"), "{}", e[0].message);
+        assert!(e[0].message.contains("line 1"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn errors_display_file_key_and_reason() {
+        let err = parse("[server]\nlisten = \"x\"\n", Path::new("conf/p.toml")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .starts_with("conf/p.toml: server.listen: invalid socket address \"x\""),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! The one proxy error type, who is at fault, and the one place that turns it into a status.
+//!
+//! Internals (addresses, io errors) stay in `detail` for the log; the client only ever sees
+//! `client_message()` and the request id.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+/// Who caused a failed request: decides the log level and, later, the metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+/// Every way a proxied request can fail before the upstream's own response is relayed.
+#[derive(Debug)]
+pub enum ProxyError {
+    /// The request cannot be proxied as sent (no Host, bad framing, ...).
+    BadRequest(&'static str),
+    /// No route matches the request's host and path.
+    NoRoute,
+    /// The request head is larger than `server.max_header_bytes`.
+    HeadTooLarge,
+    /// The request body is larger than `server.max_body_bytes`.
+    BodyTooLarge,
+    /// The client went away or sent a broken body while we were forwarding it.
+    DownstreamAborted(String),
+    /// The route's group has no server that may take traffic.
+    NoUpstream,
+    /// Connecting to the chosen replica failed (refused, unreachable, connect timeout).
+    UpstreamConnect(String),
+    /// The replica closed or reset the connection, or answered with a broken response.
+    UpstreamBroken(String),
+    /// The replica did not answer within the group's `response_timeout`.
+    UpstreamTimeout,
+    /// A bug or resource failure inside doorman.
+    Internal(String),
+}
+
+impl ProxyError {
+    /// The one mapping from error to HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::DownstreamAborted(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamBroken(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::NoRoute
+            | ProxyError::HeadTooLarge
+            | ProxyError::BodyTooLarge
+            | ProxyError::DownstreamAborted(_) => Fault::Downstream,
+            ProxyError::NoUpstream
+            | ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamBroken(_)
+            | ProxyError::UpstreamTimeout => Fault::Upstream,
+            ProxyError::Internal(_) => Fault::Internal,
+        }
+    }
+
+    /// What the client is told: short, stable, free of internals.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(why) => why,
+            ProxyError::NoRoute => "no route for this host and path",
+            ProxyError::HeadTooLarge => "request header fields too large",
+            ProxyError::BodyTooLarge => "request body too large",
+            ProxyError::DownstreamAborted(_) => "request body could not be read",
+            ProxyError::NoUpstream => "no upstream server available",
+            ProxyError::UpstreamConnect(_) => "upstream connection failed",
+            ProxyError::UpstreamBroken(_) => "upstream closed the connection",
+            ProxyError::UpstreamTimeout => "upstream timed out",
+            ProxyError::Internal(_) => "internal error",
+        }
+    }
+
+    /// The JSON error response: `{"error": "...", "request_id": "..."}`.
+    pub fn to_response(&self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+        error_response(self.status(), self.client_message(), request_id)
+    }
+}
+
+impl fmt::Display for ProxyError {
+    /// The log form: the client message plus whatever detail we kept.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::DownstreamAborted(d)
+            | ProxyError::UpstreamConnect(d)
+            | ProxyError::UpstreamBroken(d)
+            | ProxyError::Internal(d) => write!(f, "{}: {}", self.client_message(), d),
+            ProxyError::BadRequest(_)
+            | ProxyError::NoRoute
+            | ProxyError::HeadTooLarge
+            | ProxyError::BodyTooLarge
+            | ProxyError::NoUpstream
+            | ProxyError::UpstreamTimeout => f.write_str(self.client_message()),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+/// A JSON error response with the request id echoed in body and header.
+pub fn error_response(
+    status: StatusCode,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "error": message,
+        "request_id": request_id.to_str().unwrap_or(""),
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(crate::pipeline::X_REQUEST_ID, request_id.clone());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn status_of(e: ProxyError) -> u16 {
+        e.status().as_u16()
+    }
+
+    #[test]
+    fn bad_request_is_400() {
+        assert_eq!(
+            status_of(ProxyError::BadRequest("missing Host header")),
+            400
+        );
+    }
+    #[test]
+    fn no_route_is_404() {
+        assert_eq!(status_of(ProxyError::NoRoute), 404);
+    }
+    #[test]
+    fn head_too_large_is_431() {
+        assert_eq!(status_of(ProxyError::HeadTooLarge), 431);
+    }
+    #[test]
+    fn body_too_large_is_413() {
+        assert_eq!(status_of(ProxyError::BodyTooLarge), 413);
+    }
+    #[test]
+    fn downstream_aborted_is_400() {
+        assert_eq!(status_of(ProxyError::DownstreamAborted("eof".into())), 400);
+    }
+    #[test]
+    fn no_upstream_is_503() {
+        assert_eq!(status_of(ProxyError::NoUpstream), 503);
+    }
+    #[test]
+    fn connect_failure_is_502() {
+        assert_eq!(
+            status_of(ProxyError::UpstreamConnect("refused".into())),
+            502
+        );
+    }
+    #[test]
+    fn upstream_reset_is_502() {
+        assert_eq!(status_of(ProxyError::UpstreamBroken("reset".into())), 502);
+    }
+    #[test]
+    fn upstream_timeout_is_504() {
+        assert_eq!(status_of(ProxyError::UpstreamTimeout), 504);
+    }
+    #[test]
+    fn internal_is_500() {
+        assert_eq!(status_of(ProxyError::Internal("bug".into())), 500);
+    }
+
+    #[test]
+    fn faults_are_attributed() {
+        assert_eq!(ProxyError::HeadTooLarge.fault(), Fault::Downstream);
+        assert_eq!(ProxyError::UpstreamTimeout.fault(), Fault::Upstream);
+        assert_eq!(ProxyError::Internal("x".into()).fault(), Fault::Internal);
+    }
+
+    #[tokio::test]
+    async fn client_never_sees_internal_detail() {
+        let id = HeaderValue::from_static("req-1");
+        let err = ProxyError::UpstreamConnect("connect 10.0.0.7:9001: refused".into());
+        assert_eq!(
+            err.to_string(),
+            "upstream connection failed: connect 10.0.0.7:9001: refused"
+        );
+        let resp = err.to_response(&id);
+        assert_eq!(resp.status(), 502);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert_eq!(resp.headers()["x-request-id"], "req-1");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"error": "upstream connection failed", "request_id": "req-1"})
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! doorman — a layer-7 reverse proxy and load balancer for stateless replicas.
+//!
+//! The request path, in the order a request meets it:
+//!
+//! ```text
+//! server      accept (connection limit) → TLS 1.3 (tls: SNI, ALPN h2|http/1.1) → hyper h1/h2
+//! pipeline    handle(): limits → route → select (balance) → forward (upstream) → complete
+//! ```
+//!
+//! Modules, one concern each:
+//! - [`config`]   proxy.toml: raw serde shape, validated in one pass into typed values
+//! - [`snapshot`] one immutable, fully built configuration behind one `ArcSwap`
+//! - [`server`]   listeners, accept loops, connection serving, idle watchdog, graceful drain
+//! - [`tls`]      rustls server config: TLS 1.3 only, SNI resolver, ALPN
+//! - [`pipeline`] the request stages and the per-request context
+//! - [`balance`]  load balancing as pure data (weighted round robin)
+//! - [`upstream`] replica groups and their keep-alive connection pools
+//! - [`error`]    the one error type and its one mapping to HTTP status
+//! - [`admin`]    /health and /ready on the admin listener
+//! - [`demo`]     `doorman demo`: three replicas, an in-memory certificate, the proxy
+
+pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod pipeline;
+pub mod server;
+pub mod snapshot;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,188 @@
+//! The `doorman` binary: command line, logging, runtime and signals. Everything else is in
+//! the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use doorman::config;
+use doorman::demo::{self, DemoOptions};
+use doorman::server::{self, Listeners};
+use doorman::snapshot::Snapshot;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "doorman",
+    version,
+    about = "A layer-7 reverse proxy and load balancer"
+)]
+struct Cli {
+    /// Log line format (filter with RUST_LOG, e.g. RUST_LOG=info,doorman::access=off).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        #[arg(long, short, default_value = "config/proxy.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file (like `nginx -t`): exit 0 when valid, else print every error.
+    Check {
+        /// The file to check (same as --config).
+        path: Option<PathBuf>,
+        #[arg(long, short, conflicts_with = "path")]
+        config: Option<PathBuf>,
+    },
+    /// Zero-setup first run: three demo replicas, an in-memory certificate, the proxy.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin_listen: SocketAddr,
+        /// Where to write the demo CA certificate for curl --cacert.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Run { config } => run(config),
+        Command::Check { path, config } => check(
+            path.or(config)
+                .unwrap_or_else(|| "config/proxy.toml".into()),
+        ),
+        Command::Demo {
+            listen,
+            admin_listen,
+            ca_dir,
+        } => {
+            let opts = DemoOptions {
+                listen,
+                admin_listen,
+                ca_dir: ca_dir.unwrap_or_else(|| std::env::temp_dir().join("doorman-demo")),
+            };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => return fail(format!("cannot start the runtime: {e}")),
+            };
+            match rt.block_on(demo::run(opts, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn fail(msg: String) -> ExitCode {
+    error!("{msg}");
+    ExitCode::FAILURE
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    match config::load(&path) {
+        Ok(c) => {
+            println!(
+                "{}: configuration is valid ({} certificate(s), {} upstream group(s), {} route(s))",
+                path.display(),
+                c.tls.len(),
+                c.upstreams.len(),
+                c.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!(
+                "{}: configuration check failed with {} error(s)",
+                path.display(),
+                e.errors.len()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    info!(config = %path.display(), workers = config.server.workers, "starting doorman");
+    let result = rt.block_on(async {
+        let listeners = Listeners::bind(&config.server)
+            .await
+            .map_err(|e| e.to_string())?;
+        let snapshot = Snapshot::build(&config)?.into_shared();
+        server::run(listeners, snapshot, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down gracefully"),
+        _ = int.recv() => info!("SIGINT: shutting down gracefully"),
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        error!("second signal: exiting now");
+        std::process::exit(1);
+    });
+}

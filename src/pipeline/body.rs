@@ -1,0 +1,65 @@
+//! The request body as sent upstream: streamed frame by frame, counted against
+//! `max_body_bytes`, with downstream errors kept distinguishable from upstream ones.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds the configured limit")]
+    TooLarge,
+    #[error("reading the downstream body failed: {0}")]
+    Downstream(#[source] hyper::Error),
+}
+
+#[derive(Debug)]
+pub struct LimitedBody {
+    inner: Incoming,
+    remaining: u64,
+}
+
+impl LimitedBody {
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        LimitedBody {
+            inner,
+            remaining: limit,
+        }
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            None => return Poll::Ready(None),
+            Some(Err(e)) => return Poll::Ready(Some(Err(BodyError::Downstream(e)))),
+            Some(Ok(frame)) => frame,
+        };
+        if let Some(data) = frame.data_ref() {
+            let n = data.len() as u64;
+            if n > self.remaining {
+                self.remaining = 0;
+                return Poll::Ready(Some(Err(BodyError::TooLarge)));
+            }
+            self.remaining -= n;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

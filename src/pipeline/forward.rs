@@ -1,0 +1,284 @@
+//! Stage 4: forward the request to the chosen replica and relay its response.
+//!
+//! Hop-by-hop headers go in both directions; X-Forwarded-For is appended, X-Forwarded-Proto
+//! and X-Forwarded-Host are set; Host is kept. Bodies stream both ways. HTTP/1.1 upgrades
+//! (WebSocket) become a byte tunnel once the replica answers 101.
+
+use std::error::Error as _;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tracing::debug;
+
+use super::body::{BodyError, LimitedBody};
+use super::context::{ConnInfo, RequestCtx};
+use super::{ResponseBody, X_REQUEST_ID};
+use crate::error::ProxyError;
+use crate::upstream::{Upstream, UpstreamGroup};
+
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
+/// de-facto ones proxies also drop.
+pub const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Remove hop-by-hop headers, including every header the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The protocol a request asks to upgrade to, when it is a valid HTTP/1.1 upgrade request.
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+pub(super) async fn send(
+    mut req: Request<Incoming>,
+    ctx: &RequestCtx,
+    conn: &std::sync::Arc<ConnInfo>,
+    group: &UpstreamGroup,
+    upstream: &Upstream,
+    max_body_bytes: u64,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let upgrade = upgrade_protocol(&req);
+    let downstream_upgrade = match upgrade {
+        Some(_) => req.extensions_mut().remove::<OnUpgrade>(),
+        None => None,
+    };
+    let (mut parts, body) = req.into_parts();
+
+    // Host is kept: the client's, or (HTTP/2) the :authority it asked for.
+    let host = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    if let Some(proto) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto);
+    }
+    if let Some(h) = host {
+        headers.insert(X_FORWARDED_HOST, h.clone());
+        headers.insert(header::HOST, h);
+    }
+    append_forwarded_for(headers, &conn.peer_ip);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
+    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(upstream.authority.clone());
+    uri.path_and_query = Some(path);
+    parts.uri =
+        Uri::from_parts(uri).map_err(|e| ProxyError::Internal(format!("upstream uri: {e}")))?;
+    parts.version = Version::HTTP_11;
+
+    let req = Request::from_parts(parts, LimitedBody::new(body, max_body_bytes));
+    let mut resp =
+        match tokio::time::timeout(group.response_timeout, group.client.request(req)).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout),
+            Ok(Err(e)) => return Err(classify(e, upstream)),
+            Ok(Ok(resp)) => resp,
+        };
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        match downstream_upgrade {
+            Some(down) => {
+                let up = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(down, up, conn.clone()));
+            }
+            // A 101 we did not ask for cannot be relayed: the client would be stranded.
+            None => {
+                return Err(ProxyError::UpstreamBroken(format!(
+                    "{} answered 101 to a request that did not ask to upgrade",
+                    upstream.address
+                )));
+            }
+        }
+    }
+    let headers = resp.headers_mut();
+    let upgrade_header = if switching {
+        headers.remove(header::UPGRADE)
+    } else {
+        None
+    };
+    strip_hop_by_hop(headers);
+    if let Some(proto) = upgrade_header {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto);
+    }
+    Ok(resp.map(Either::Left))
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
+    let mut prior = headers.get_all(X_FORWARDED_FOR).iter().peekable();
+    if prior.peek().is_none() {
+        headers.insert(X_FORWARDED_FOR, ip.clone());
+        return;
+    }
+    let mut joined = Vec::with_capacity(64);
+    for v in prior {
+        joined.extend_from_slice(v.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(ip.as_bytes());
+    match HeaderValue::from_bytes(&joined) {
+        Ok(v) => headers.insert(X_FORWARDED_FOR, v),
+        Err(_) => headers.insert(X_FORWARDED_FOR, ip.clone()),
+    };
+}
+
+/// Tell apart who failed: our own body limit, the client's body, or the replica.
+fn classify(e: hyper_util::client::legacy::Error, upstream: &Upstream) -> ProxyError {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(b) = s.downcast_ref::<BodyError>() {
+            return match b {
+                BodyError::TooLarge => ProxyError::BodyTooLarge,
+                BodyError::Downstream(d) => ProxyError::DownstreamAborted(d.to_string()),
+            };
+        }
+        source = s.source();
+    }
+    let detail = format!("{}: {}", upstream.address, error_chain(&e));
+    if e.is_connect() {
+        ProxyError::UpstreamConnect(detail)
+    } else {
+        ProxyError::UpstreamBroken(detail)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// Copy bytes both ways between an upgraded client and replica until either side closes.
+/// The connection's `ConnInfo` (and so its connection-limit permit) lives as long as the tunnel.
+async fn tunnel(down: OnUpgrade, up: OnUpgrade, conn: std::sync::Arc<ConnInfo>) {
+    let (down, up) = tokio::join!(down, up);
+    match (down, up) {
+        (Ok(down), Ok(up)) => {
+            let mut down = TokioIo::new(down);
+            let mut up = TokioIo::new(up);
+            match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                Ok((to_up, to_down)) => {
+                    debug!(peer = %conn.peer, to_up, to_down, "upgraded tunnel closed")
+                }
+                Err(e) => debug!(peer = %conn.peer, error = %e, "upgraded tunnel ended with error"),
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => debug!(peer = %conn.peer, error = %e, "upgrade failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Custom-Hop"),
+        );
+        h.insert("x-custom-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["authorization", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let ip = HeaderValue::from_static("10.0.0.9");
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, &ip);
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
+
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+        );
+        append_forwarded_for(&mut h, &ip);
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
+    }
+}

@@ -1,0 +1,139 @@
+//! Stage 1: request limits and the request id.
+
+use http::{HeaderValue, Request, header};
+
+use crate::config::ServerSettings;
+use crate::error::ProxyError;
+
+/// Refuse heads over `max_header_bytes` (431) and declared bodies over `max_body_bytes` (413).
+/// Bodies without a declared length are counted as they stream (see `LimitedBody`).
+pub(super) fn check<B>(req: &Request<B>, settings: &ServerSettings) -> Result<(), ProxyError> {
+    if head_size(req) > settings.max_header_bytes {
+        return Err(ProxyError::HeadTooLarge);
+    }
+    let mut lengths = req.headers().get_all(header::CONTENT_LENGTH).iter();
+    if let Some(len) = lengths.next() {
+        // hyper already refuses conflicting Content-Length values; this guards the h2 path.
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or(ProxyError::BadRequest("invalid Content-Length"))?;
+        if lengths.next().is_some() {
+            return Err(ProxyError::BadRequest("repeated Content-Length"));
+        }
+        if len > settings.max_body_bytes {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    Ok(())
+}
+
+/// Size of the request head as it would appear on the wire in HTTP/1.1.
+pub(super) fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + " HTTP/1.1\r\n".len()
+        + 1;
+    let authority = req.uri().authority().map_or(0, |a| a.as_str().len() + 8);
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    line + authority + headers + 2
+}
+
+/// A client-supplied request id is kept when it is 1..=128 visible, unambiguous characters.
+pub fn is_sane_request_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'=' | b'/')
+        })
+}
+
+/// 32 lower-case hex digits from a thread-local fast PRNG: unique enough to correlate logs,
+/// cheap enough for every request. Not a secret.
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut buf = [0u8; 32];
+    for b in buf.iter_mut() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ServerSettings {
+        let mut s = ServerSettings::with_listen("127.0.0.1:0".parse().unwrap());
+        s.max_header_bytes = 1024;
+        s.max_body_bytes = 100;
+        s
+    }
+
+    #[test]
+    fn head_over_limit_is_431() {
+        let req = Request::get("/")
+            .header("x-big", "a".repeat(1100))
+            .body(())
+            .unwrap();
+        assert!(matches!(
+            check(&req, &settings()),
+            Err(ProxyError::HeadTooLarge)
+        ));
+        let req = Request::get("/")
+            .header("x-big", "a".repeat(900))
+            .body(())
+            .unwrap();
+        assert!(check(&req, &settings()).is_ok());
+    }
+
+    #[test]
+    fn declared_body_over_limit_is_413() {
+        let req = Request::post("/")
+            .header("content-length", "101")
+            .body(())
+            .unwrap();
+        assert!(matches!(
+            check(&req, &settings()),
+            Err(ProxyError::BodyTooLarge)
+        ));
+        let req = Request::post("/")
+            .header("content-length", "100")
+            .body(())
+            .unwrap();
+        assert!(check(&req, &settings()).is_ok());
+        let req = Request::post("/")
+            .header("content-length", "ten")
+            .body(())
+            .unwrap();
+        assert!(matches!(
+            check(&req, &settings()),
+            Err(ProxyError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn request_id_sanity() {
+        assert!(is_sane_request_id(b"abc-123_X.y:z"));
+        assert!(!is_sane_request_id(b""));
+        assert!(!is_sane_request_id(b"has space"));
+        assert!(!is_sane_request_id(b"quote\"d"));
+        assert!(!is_sane_request_id(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn generated_ids_are_hex_and_distinct() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.as_bytes().iter().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,105 @@
+//! The request pipeline. `handle` is the one place where stage order is written:
+//!
+//! 1. limits   — head size (431), declared body size (413), request id
+//! 2. route    — host + path prefix → route and its upstream group (404)
+//! 3. select   — the group's balancer picks a replica (503 when none may take traffic)
+//! 4. forward  — hop-by-hop stripped, X-Forwarded-* set, bodies streamed both ways
+//! 5. complete — request id on the response, access log line
+//!
+//! Later issues slot auth and idempotency between route and select.
+
+mod body;
+mod context;
+mod forward;
+mod limits;
+mod route;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tracing::{info, warn};
+
+pub use body::{BodyError, LimitedBody};
+pub use context::{ConnInfo, RequestCtx};
+pub use forward::{HOP_BY_HOP, strip_hop_by_hop};
+pub use limits::{is_sane_request_id, new_request_id};
+
+use crate::error::{Fault, ProxyError};
+use crate::snapshot::Snapshot;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What doorman sends downstream: the replica's streamed body, or a small body of its own.
+pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+
+/// Run one request through every stage and always produce a response.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: &Arc<ConnInfo>,
+    snap: &Snapshot,
+) -> Response<ResponseBody> {
+    let mut ctx = RequestCtx::new(&req);
+    let mut resp = match stages(req, &mut ctx, conn, snap).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            match err.fault() {
+                Fault::Downstream => {
+                    info!(request_id = ?ctx.request_id, error = %err, "request refused")
+                }
+                Fault::Upstream | Fault::Internal => {
+                    warn!(request_id = ?ctx.request_id, upstream = ?ctx.upstream, error = %err, "request failed")
+                }
+            }
+            err.to_response(&ctx.request_id).map(Either::Right)
+        }
+    };
+    complete(&mut resp, &ctx);
+    resp
+}
+
+async fn stages(
+    req: Request<Incoming>,
+    ctx: &mut RequestCtx,
+    conn: &Arc<ConnInfo>,
+    snap: &Snapshot,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    // Limits first: an oversized or malformed request never reaches routing or a replica.
+    limits::check(&req, &snap.settings)?;
+    // Route before select: the route decides which group's balancer is asked.
+    let host = route::host_of(&req)?;
+    let route = snap
+        .route(host.as_deref(), req.uri().path())
+        .ok_or(ProxyError::NoRoute)?;
+    ctx.route = Some(route.path_prefix.clone());
+    let upstream = route.group.select().ok_or(ProxyError::NoUpstream)?;
+    ctx.upstream = Some(upstream.address);
+    forward::send(
+        req,
+        ctx,
+        conn,
+        &route.group,
+        upstream,
+        snap.settings.max_body_bytes,
+    )
+    .await
+}
+
+/// Last stage: every response carries the request id, and every request gets one log line.
+fn complete(resp: &mut Response<ResponseBody>, ctx: &RequestCtx) {
+    resp.headers_mut()
+        .insert(X_REQUEST_ID, ctx.request_id.clone());
+    info!(
+        target: "doorman::access",
+        method = %ctx.method,
+        path = ctx.uri.path(),
+        status = resp.status().as_u16(),
+        upstream = ?ctx.upstream,
+        route = ctx.route.as_deref().unwrap_or("-"),
+        duration_us = ctx.started.elapsed().as_micros() as u64,
+        request_id = ctx.request_id.to_str().unwrap_or("-"),
+    );
+}

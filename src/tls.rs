@@ -1,0 +1,131 @@
+//! rustls server configuration: TLS 1.3 only, SNI certificate choice, ALPN h2 + http/1.1.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::CertificateSpec;
+
+/// ALPN protocols we offer, in order of preference.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Build the listener's TLS configuration from loaded certificates (the first is the default).
+pub fn server_config(certs: &[CertificateSpec]) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let resolver = SniResolver::new(certs)
+        .ok_or_else(|| rustls::Error::General("no certificate configured".into()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // Stateless tickets let returning clients resume without a full handshake.
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    Ok(Arc::new(config))
+}
+
+/// Picks a certificate by SNI: exact name, then `*.parent` wildcard, then the default.
+#[derive(Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    fn new(certs: &[CertificateSpec]) -> Option<Self> {
+        let default = certs.first()?.key.clone();
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for c in certs {
+            for name in &c.server_names {
+                match name.strip_prefix("*.") {
+                    Some(parent) => wildcard.insert(parent.to_string(), c.key.clone()),
+                    None => exact.insert(name.clone(), c.key.clone()),
+                };
+            }
+        }
+        Some(SniResolver {
+            exact,
+            wildcard,
+            default,
+        })
+    }
+
+    fn pick(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
+        // rustls hands us SNI already lower-cased.
+        let Some(name) = server_name else {
+            return self.default.clone();
+        };
+        if let Some(k) = self.exact.get(name) {
+            return k.clone();
+        }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(k) = self.wildcard.get(parent)
+        {
+            return k.clone();
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(names: &[&str]) -> CertificateSpec {
+        let ck = rcgen::generate_simple_self_signed(vec!["x.test".to_string()]).unwrap();
+        let key = pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let certified =
+            CertifiedKey::from_der(vec![ck.cert.der().clone()], key, &provider).unwrap();
+        CertificateSpec {
+            server_names: names.iter().map(|s| s.to_string()).collect(),
+            key: Arc::new(certified),
+            source: names.join(","),
+        }
+    }
+
+    #[test]
+    fn sni_prefers_exact_then_wildcard_then_default() {
+        let certs = [spec(&["a.test"]), spec(&["b.test"]), spec(&["*.w.test"])];
+        let r = SniResolver::new(&certs).unwrap();
+        let same = |a: &Arc<CertifiedKey>, b: &CertificateSpec| Arc::ptr_eq(a, &b.key);
+        assert!(same(&r.pick(Some("b.test")), &certs[1]));
+        assert!(same(&r.pick(Some("x.w.test")), &certs[2]));
+        assert!(same(&r.pick(Some("deep.x.w.test")), &certs[0]));
+        assert!(same(&r.pick(Some("other.test")), &certs[0]));
+        assert!(same(&r.pick(None), &certs[0]));
+    }
+
+    #[test]
+    fn only_tls13_is_enabled() {
+        let cfg = server_config(&[spec(&["a.test"])]).unwrap();
+        assert_eq!(
+            cfg.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        let versions: Vec<_> = cfg
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .filter(|s| cfg.supports_version(s.version().version))
+            .map(|s| s.version().version)
+            .collect();
+        assert!(!versions.is_empty());
+        assert!(
+            versions
+                .iter()
+                .all(|v| *v == rustls::ProtocolVersion::TLSv1_3)
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! Upstream replicas and the connections doorman keeps to them.
+
+mod pool;
+
+pub use pool::{Upstream, UpstreamGroup, UpstreamRequestBody};
