@@ -167,10 +167,13 @@ impl Validator {
         );
         let listen = listen?;
         let admin_listen = admin_listen?;
-        if admin_listen == listen
-            || plain_listen == Some(listen)
-            || plain_listen == Some(admin_listen)
-        {
+        // Port 0 asks the kernel for a free port, so only fixed ports can collide.
+        let fixed: Vec<SocketAddr> = [Some(listen), plain_listen, Some(admin_listen)]
+            .into_iter()
+            .flatten()
+            .filter(|a| a.port() != 0)
+            .collect();
+        if (1..fixed.len()).any(|i| fixed[..i].contains(&fixed[i])) {
             self.err(
                 "server",
                 "listen, plain_listen and admin_listen must be different addresses",

@@ -1,0 +1,160 @@
+//! TLS termination: TLS 1.3 only, ALPN h2 and http/1.1, SNI certificate choice.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use rustls::version::{TLS12, TLS13};
+use support::*;
+
+async fn proxy() -> (TestProxy, Replica) {
+    let r = Replica::start("r1").await;
+    let p = TestProxy::start(
+        "",
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+    (p, r)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls13_handshake_succeeds_and_tls12_is_refused() {
+    let (p, _r) = proxy().await;
+
+    let cfg = p.pki.client_config(&[b"http/1.1"], &[&TLS13]);
+    let tls = tls_connect(p.addrs.tls, cfg, "localhost").await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+
+    let cfg = p.pki.client_config(&[b"http/1.1"], &[&TLS12]);
+    let err = tls_connect(p.addrs.tls, cfg, "localhost")
+        .await
+        .unwrap_err();
+    let inner = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .unwrap_or_else(|| panic!("expected a TLS error, got {err:?}"));
+    assert_eq!(
+        inner,
+        &rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion)
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openssl_s_client_tls12_fails_and_tls13_succeeds() {
+    let (p, _r) = proxy().await;
+    let ca = p.pki.ca_path();
+    let addr = p.addrs.tls.to_string();
+    let s_client = move |version: &str| {
+        let out = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr,
+                "-servername",
+                "localhost",
+                version,
+            ])
+            .arg("-CAfile")
+            .arg(&ca)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl is required (scripts/test.sh installs it)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // s_client blocks on its stdin; /dev/null makes it close right after the handshake.
+    let (ok12, _) = tokio::task::spawn_blocking({
+        let f = s_client.clone();
+        move || f("-tls1_2")
+    })
+    .await
+    .unwrap();
+    assert!(!ok12, "openssl s_client -tls1_2 must fail");
+    let (ok13, out13) = tokio::task::spawn_blocking(move || s_client("-tls1_3"))
+        .await
+        .unwrap();
+    assert!(ok13, "openssl s_client -tls1_3 must succeed:\n{out13}");
+    assert!(out13.contains("TLSv1.3"), "{out13}");
+    assert!(out13.contains("Verify return code: 0 (ok)"), "{out13}");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alpn_negotiates_h2_and_http11_and_both_work() {
+    let (p, r) = proxy().await;
+    for (offer, want) in [
+        (vec![&b"h2"[..]], &b"h2"[..]),
+        (vec![&b"http/1.1"[..]], &b"http/1.1"[..]),
+        (vec![&b"h2"[..], &b"http/1.1"[..]], &b"h2"[..]),
+        (vec![&b"http/1.1"[..], &b"h2"[..]], &b"h2"[..]),
+    ] {
+        let cfg = p.pki.client_config(&offer, &[&TLS13]);
+        let tls = tls_connect(p.addrs.tls, cfg, "localhost").await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(want));
+    }
+
+    let mut h2 = p.h2().await;
+    assert!(h2.is_h2());
+    let (resp, body) = h2.get("/x").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(&body[..], b"ok 0");
+
+    let mut h1 = p.h1().await;
+    assert!(!h1.is_h2());
+    let (resp, body) = h1.get("/y").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_11);
+    assert_eq!(&body[..], b"ok 0");
+
+    // Upstream is always HTTP/1.1, whatever the client spoke.
+    let seen = r.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.version == http::Version::HTTP_11));
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sni_picks_the_certificate() {
+    let r = Replica::start("r1").await;
+    let pki = Arc::new(TestPki::new());
+    let default = pki.leaf("default", &["localhost"]);
+    let alpha = pki.leaf("alpha", &["alpha.test"]);
+    let beta = pki.leaf("beta", &["beta.test", "www.beta.test"]);
+    let wild = pki.leaf("wild", &["*.wild.test"]);
+    let tls = cert_toml(&default, &["localhost"])
+        + &cert_toml(&alpha, &["alpha.test"])
+        + &cert_toml(&beta, &["beta.test", "www.beta.test"])
+        + &cert_toml(&wild, &["*.wild.test"]);
+    let p = TestProxy::start_with(
+        pki.clone(),
+        "",
+        &tls,
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+
+    for (name, want) in [
+        ("alpha.test", &alpha.der),
+        ("beta.test", &beta.der),
+        ("www.beta.test", &beta.der),
+        ("a.wild.test", &wild.der),
+        ("localhost", &default.der),
+    ] {
+        let cfg = pki.client_config(&[b"http/1.1"], &[&TLS13]);
+        // The client verifies the chain and the name, so a wrong pick fails the handshake too.
+        let tls = tls_connect(p.addrs.tls, cfg, name)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = &tls.get_ref().1.peer_certificates().unwrap()[0];
+        assert_eq!(got, want, "SNI {name} got the wrong certificate");
+    }
+    p.stop().await;
+}
