@@ -139,11 +139,6 @@ async fn accept_loop(
 ) {
     let mut backoff = Duration::from_millis(5);
     loop {
-        // Take the permit before accepting: at the limit, new clients wait in the kernel backlog.
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
-            _ = drained(&mut drain) => return,
-        };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = drained(&mut drain) => return,
@@ -153,11 +148,17 @@ async fn accept_loop(
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning or exiting.
                 warn!(error = %e, backoff = ?backoff, "accept failed");
-                drop(permit);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
+        };
+        // At the limit this loop stops accepting: further clients wait in the kernel backlog
+        // (and this one before its handshake) until a connection closes. The permit is taken
+        // after accept so that one listener's idle wait never starves the others.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
+            _ = drained(&mut drain) => return,
         };
         backoff = Duration::from_millis(5);
         let _ = tcp.set_nodelay(true);
