@@ -95,7 +95,7 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
     println!("admin: http://{}/health and /ready", addrs.admin);
     println!();
     println!("Try it (each request goes to the next replica, see x-upstream-id):");
-    println!("  curl -si --cacert {ca} https://localhost:{port}/hello");
+    println!("  curl -si --cacert {ca} --http1.1 https://localhost:{port}/hello");
     println!("  curl -si --cacert {ca} --http2 https://localhost:{port}/hello");
     println!(
         "  for i in 1 2 3 4 5 6; do curl -s --cacert {ca} -o /dev/null -w '%{{http_version}} %header{{x-upstream-id}}\\n' https://localhost:{port}/; done"

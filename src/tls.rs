@@ -111,6 +111,9 @@ mod tests {
     fn alpn_prefers_h2_then_http11() {
         // TLS 1.3-only is checked end to end in tests/tls.rs (rustls and openssl clients).
         let cfg = server_config(&[spec(&["a.test"])]).unwrap();
-        assert_eq!(cfg.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(
+            cfg.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
     }
 }

@@ -1,0 +1,82 @@
+//! The admin listener (/health, /ready) and graceful shutdown: in-flight requests finish,
+//! /ready turns 503 while draining, new connections are refused.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_ready_answer_on_the_admin_listener() {
+    let r = Replica::start("r").await;
+    let p = TestProxy::start(
+        "",
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+    let mut admin = Client::plain(p.addrs.admin).await;
+    let (resp, body) = admin.get("/health").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&body[..], br#"{"status":"ok"}"#);
+    let (resp, body) = admin.get("/ready").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&body[..], br#"{"ready":true}"#);
+    let (resp, _) = admin.get("/nope").await;
+    assert_eq!(resp.status(), 404);
+    // The admin listener is not a proxy: nothing reached the replica.
+    assert_eq!(r.count(), 0);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_drains_in_flight_requests_and_reports_not_ready() {
+    let r = Replica::start("r").await;
+    let mut p = TestProxy::start(
+        "shutdown_grace = \"10s\"",
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+    let mut admin = Client::plain(p.addrs.admin).await;
+    assert_eq!(admin.get("/ready").await.0.status(), 200);
+
+    // A slow request is in flight when shutdown begins.
+    let mut c = p.h2().await;
+    let slow = tokio::spawn(async move { c.get("/sleep/1000").await });
+    within("slow request reaches the replica", async {
+        while r.count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    p.begin_shutdown();
+
+    // While draining: not ready, and no new connections are taken.
+    within("ready turns 503", async {
+        loop {
+            if admin.get("/ready").await.0.status() == 503 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    within("listener stops accepting", async {
+        loop {
+            let cfg = p
+                .pki
+                .client_config(&[b"http/1.1"], &[&rustls::version::TLS13]);
+            if tls_connect(p.addrs.tls, cfg, "localhost").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // The in-flight request still completes normally.
+    let (resp, body) = within("in-flight request", slow).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&body[..], b"slept");
+    p.stop().await;
+}
