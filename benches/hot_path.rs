@@ -1,1 +1,151 @@
-fn main() {}
+//! Micro-benchmarks of doorman's per-request work, and one end-to-end comparison measured in
+//! the same run: a keep-alive GET straight to a replica vs the same GET through doorman's
+//! plain listener. Run with `scripts/bench.sh` (or `cargo bench --bench hot_path`).
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use doorman::balance::RoundRobin;
+use doorman::pipeline::{new_request_id, strip_hop_by_hop};
+use doorman::server::{self, Listeners};
+use doorman::snapshot::Snapshot;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+fn balancer(c: &mut Criterion) {
+    let rr3 = RoundRobin::new(&[1, 1, 1]);
+    c.bench_function("round_robin_select_3", |b| b.iter(|| black_box(rr3.select())));
+    let weights: Vec<u32> = (0..100).map(|i| 1 + i % 7).collect();
+    let rr100 = RoundRobin::new(&weights);
+    c.bench_function("round_robin_select_100_weighted", |b| {
+        b.iter(|| black_box(rr100.select()))
+    });
+}
+
+fn headers(c: &mut Criterion) {
+    let mut typical = HeaderMap::new();
+    for (n, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "bench/1.0"),
+        ("accept", "*/*"),
+        ("authorization", "Bearer abc.def.ghi"),
+        ("connection", "keep-alive"),
+        ("content-type", "application/json"),
+    ] {
+        typical.insert(n, HeaderValue::from_static(v));
+    }
+    c.bench_function("strip_hop_by_hop_typical", |b| {
+        b.iter(|| {
+            let mut h = typical.clone();
+            strip_hop_by_hop(&mut h);
+            black_box(h)
+        })
+    });
+    c.bench_function("new_request_id", |b| b.iter(|| black_box(new_request_id())));
+}
+
+fn config_text(upstream: SocketAddr, certs: &Path) -> String {
+    let mut routes = String::new();
+    for i in 0..9 {
+        routes.push_str(&format!(
+            "[[routes]]\npath_prefix = \"/svc{i}/\"\nupstream = \"api\"\n"
+        ));
+    }
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+plain_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[[tls.certificates]]
+cert = "{c}/b.crt"
+key = "{c}/b.key"
+[upstreams.api]
+servers = [{{ address = "{upstream}" }}]
+{routes}
+[[routes]]
+path_prefix = "/"
+upstream = "api"
+"#,
+        c = certs.display()
+    )
+}
+
+async fn replica() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = service_fn(|_req| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn get(send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>) {
+    let req = Request::get("/").header("host", "bench").body(Empty::new()).unwrap();
+    send.ready().await.unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    black_box(resp.into_body().collect().await.unwrap());
+}
+
+fn end_to_end(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(certs.path().join("b.crt"), ck.cert.pem()).unwrap();
+    std::fs::write(certs.path().join("b.key"), ck.signing_key.serialize_pem()).unwrap();
+
+    let (mut direct, mut proxied, snapshot) = rt.block_on(async {
+        let upstream = replica().await;
+        let config =
+            doorman::config::parse(&config_text(upstream, certs.path()), Path::new("bench")).unwrap();
+        let listeners = Listeners::bind(&config.server).await.unwrap();
+        let plain = listeners.addrs().unwrap().plain.unwrap();
+        let snapshot = Snapshot::build(&config).unwrap().into_shared();
+        tokio::spawn(server::run(listeners, snapshot.clone(), std::future::pending()));
+        (client(upstream).await, client(plain).await, snapshot)
+    });
+
+    let snap = snapshot.load_full();
+    c.bench_function("route_lookup_10_routes_last", |b| {
+        b.iter(|| black_box(snap.route(Some("bench"), black_box("/catch/all"))))
+    });
+
+    let mut g = c.benchmark_group("keepalive_get");
+    g.bench_function("direct_to_replica", |b| b.iter(|| rt.block_on(get(&mut direct))));
+    g.bench_function("through_doorman_plain", |b| {
+        b.iter(|| rt.block_on(get(&mut proxied)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, balancer, headers, end_to_end);
+criterion_main!(benches);
