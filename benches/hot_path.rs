@@ -21,7 +21,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 fn balancer(c: &mut Criterion) {
     let rr3 = RoundRobin::new(&[1, 1, 1]);
-    c.bench_function("round_robin_select_3", |b| b.iter(|| black_box(rr3.select())));
+    c.bench_function("round_robin_select_3", |b| {
+        b.iter(|| black_box(rr3.select()))
+    });
     let weights: Vec<u32> = (0..100).map(|i| 1 + i % 7).collect();
     let rr100 = RoundRobin::new(&weights);
     c.bench_function("round_robin_select_100_weighted", |b| {
@@ -99,13 +101,18 @@ async fn replica() -> SocketAddr {
 async fn client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     send
 }
 
 async fn get(send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>) {
-    let req = Request::get("/").header("host", "bench").body(Empty::new()).unwrap();
+    let req = Request::get("/")
+        .header("host", "bench")
+        .body(Empty::new())
+        .unwrap();
     send.ready().await.unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -126,11 +133,16 @@ fn end_to_end(c: &mut Criterion) {
     let (mut direct, mut proxied, snapshot) = rt.block_on(async {
         let upstream = replica().await;
         let config =
-            doorman::config::parse(&config_text(upstream, certs.path()), Path::new("bench")).unwrap();
+            doorman::config::parse(&config_text(upstream, certs.path()), Path::new("bench"))
+                .unwrap();
         let listeners = Listeners::bind(&config.server).await.unwrap();
         let plain = listeners.addrs().unwrap().plain.unwrap();
         let snapshot = Snapshot::build(&config).unwrap().into_shared();
-        tokio::spawn(server::run(listeners, snapshot.clone(), std::future::pending()));
+        tokio::spawn(server::run(
+            listeners,
+            snapshot.clone(),
+            std::future::pending(),
+        ));
         (client(upstream).await, client(plain).await, snapshot)
     });
 
@@ -140,7 +152,9 @@ fn end_to_end(c: &mut Criterion) {
     });
 
     let mut g = c.benchmark_group("keepalive_get");
-    g.bench_function("direct_to_replica", |b| b.iter(|| rt.block_on(get(&mut direct))));
+    g.bench_function("direct_to_replica", |b| {
+        b.iter(|| rt.block_on(get(&mut direct)))
+    });
     g.bench_function("through_doorman_plain", |b| {
         b.iter(|| rt.block_on(get(&mut proxied)))
     });
