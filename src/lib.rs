@@ -16,6 +16,7 @@
 //! - [`balance`]  load balancing as pure data (weighted round robin)
 //! - [`upstream`] replica groups and their keep-alive connection pools
 //! - [`error`]    the one error type and its one mapping to HTTP status
+//! - [`idle`]     idle detection: IO activity counting and the quiet-period watchdog
 //! - [`admin`]    /health and /ready on the admin listener
 //! - [`demo`]     `doorman demo`: three replicas, an in-memory certificate, the proxy
 
@@ -24,6 +25,7 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod idle;
 pub mod pipeline;
 pub mod server;
 pub mod snapshot;

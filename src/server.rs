@@ -6,16 +6,14 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -23,7 +21,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::ServerSettings;
-use crate::pipeline::{self, ConnInfo};
+use crate::idle::{self, Tracked};
+use crate::pipeline::{self, ConnInfo, Phase, reached};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 
 /// The sockets doorman serves, bound before `run` so callers (tests, `demo`) can bind port 0
@@ -75,8 +74,11 @@ enum Kind {
     Plain,
 }
 
-/// Serve until `shutdown` resolves, then stop accepting, drain for up to `shutdown_grace`
-/// and return.
+/// After the grace period, connections get this long to notice `Phase::Closing` and go.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Serve until `shutdown` resolves, then stop accepting, drain for up to `shutdown_grace`,
+/// close whatever is left, and return.
 pub async fn run(
     listeners: Listeners,
     snapshot: SharedSnapshot,
@@ -86,7 +88,7 @@ pub async fn run(
     let settings = snapshot.load().settings.clone();
     let max = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
     let limit = Arc::new(Semaphore::new(max as usize));
-    let (drain_tx, drain_rx) = watch::channel(false);
+    let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
     let admin_state = Arc::new(AdminState::default());
 
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin_state.clone()));
@@ -95,7 +97,7 @@ pub async fn run(
         Kind::Tls,
         snapshot.clone(),
         limit.clone(),
-        drain_rx.clone(),
+        phase_rx.clone(),
     ))];
     if let Some(plain) = listeners.plain {
         loops.push(tokio::spawn(accept_loop(
@@ -103,7 +105,7 @@ pub async fn run(
             Kind::Plain,
             snapshot.clone(),
             limit.clone(),
-            drain_rx.clone(),
+            phase_rx.clone(),
         )));
     }
     admin_state.ready.store(true, Ordering::Release);
@@ -112,19 +114,33 @@ pub async fn run(
     shutdown.await;
 
     admin_state.ready.store(false, Ordering::Release);
-    let _ = drain_tx.send(true);
+    let _ = phase_tx.send(Phase::Draining);
     for l in loops {
         let _ = l.await;
     }
-    let active = max as usize - limit.available_permits();
-    info!(active_connections = active, grace = ?settings.shutdown_grace, "draining");
+    let open = |l: &Semaphore| max as usize - l.available_permits();
+    info!(open_connections = open(&limit), grace = ?settings.shutdown_grace, "draining");
     // Every connection (and upgraded tunnel) holds one permit: all permits back = all done.
-    match tokio::time::timeout(settings.shutdown_grace, limit.acquire_many(max)).await {
-        Ok(_) => info!("drained"),
-        Err(_) => warn!(
-            still_open = max as usize - limit.available_permits(),
+    if tokio::time::timeout(settings.shutdown_grace, limit.acquire_many(max))
+        .await
+        .is_ok()
+    {
+        info!("drained");
+    } else {
+        warn!(
+            still_open = open(&limit),
             "shutdown grace expired; closing remaining connections"
-        ),
+        );
+        let _ = phase_tx.send(Phase::Closing);
+        if tokio::time::timeout(CLOSE_WAIT, limit.acquire_many(max))
+            .await
+            .is_err()
+        {
+            warn!(
+                still_open = open(&limit),
+                "connections did not close in time"
+            );
+        }
     }
     admin_task.abort();
     Ok(())
@@ -135,13 +151,13 @@ async fn accept_loop(
     kind: Kind,
     snapshot: SharedSnapshot,
     limit: Arc<Semaphore>,
-    mut drain: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
 ) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = drained(&mut drain) => return,
+            _ = reached(&mut phase, Phase::Draining) => return,
         };
         let (tcp, peer) = match accepted {
             Ok(x) => x,
@@ -158,20 +174,25 @@ async fn accept_loop(
         // after accept so that one listener's idle wait never starves the others.
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
-            _ = drained(&mut drain) => return,
+            _ = reached(&mut phase, Phase::Draining) => return,
         };
         backoff = Duration::from_millis(5);
-        let _ = tcp.set_nodelay(true);
+        configure_socket(&tcp);
         let span = info_span!("conn", %peer);
         tokio::spawn(
-            connection(tcp, peer, kind, snapshot.clone(), permit, drain.clone()).instrument(span),
+            connection(tcp, peer, kind, snapshot.clone(), permit, phase.clone()).instrument(span),
         );
     }
 }
 
-/// Resolves once the drain flag is set (the borrow guard is dropped before returning).
-async fn drained(drain: &mut watch::Receiver<bool>) {
-    let _ = drain.wait_for(|d| *d).await;
+fn configure_socket(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    // Keepalive probes find peers that vanished without a FIN (a pulled cable, a crashed
+    // NAT), which would otherwise hold an upgraded tunnel and its permit.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
 }
 
 async fn connection(
@@ -180,21 +201,22 @@ async fn connection(
     kind: Kind,
     snapshot: SharedSnapshot,
     permit: OwnedSemaphorePermit,
-    drain: watch::Receiver<bool>,
+    phase: watch::Receiver<Phase>,
 ) {
     // New connections take the current snapshot's TLS config and limits.
     let snap = snapshot.load_full();
+    let idle = snap.settings.idle_timeout;
     match kind {
         Kind::Plain => {
-            let conn = Arc::new(ConnInfo::new(peer, "http", Some(permit)));
-            serve(tcp, conn, &snap, snapshot, drain).await
+            let conn = Arc::new(ConnInfo::new(peer, "http", Some(permit), phase, idle));
+            serve(tcp, conn, &snap, snapshot).await
         }
         Kind::Tls => {
             let acceptor = TlsAcceptor::from(snap.tls.clone());
             match tokio::time::timeout(snap.settings.header_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
-                    let conn = Arc::new(ConnInfo::new(peer, "https", Some(permit)));
-                    serve(tls, conn, &snap, snapshot, drain).await
+                    let conn = Arc::new(ConnInfo::new(peer, "https", Some(permit), phase, idle));
+                    serve(tls, conn, &snap, snapshot).await
                 }
                 Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
                 Err(_) => debug!("TLS handshake timed out"),
@@ -203,25 +225,18 @@ async fn connection(
     }
 }
 
-async fn serve<I>(
-    io: I,
-    conn: Arc<ConnInfo>,
-    snap: &Snapshot,
-    snapshot: SharedSnapshot,
-    mut drain: watch::Receiver<bool>,
-) where
+async fn serve<I>(io: I, conn: Arc<ConnInfo>, snap: &Snapshot, snapshot: SharedSnapshot)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = &snap.settings;
-    let activity = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(Tracked {
-        inner: io,
-        activity: activity.clone(),
-    });
+    let io = TokioIo::new(Tracked::new(io, conn.activity.clone()));
+    let svc_conn = conn.clone();
     let svc = service_fn(move |req| {
         // Each request takes the snapshot current when it starts and keeps it to the end.
         let snap = snapshot.load_full();
-        let conn = conn.clone();
+        let conn = svc_conn.clone();
+        conn.requests.fetch_add(1, Ordering::Relaxed);
         async move { Ok::<_, Infallible>(pipeline::handle(req, &conn, &snap).await) }
     });
 
@@ -240,112 +255,65 @@ async fn serve<I>(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes * 2).unwrap_or(u32::MAX))
         .max_concurrent_streams(256);
-    let conn = builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
+    let http = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(http);
 
-    // Idle watchdog: a connection that moves no bytes for idle_timeout is closed gracefully
-    // (HTTP/2 GOAWAY, HTTP/1.1 close when idle); if it still moves nothing for another
-    // idle_timeout it is dropped.
-    let tick = settings.idle_timeout / 4;
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-    let mut last_seen = 0;
-    let mut quiet_ticks = 0u32;
-    let mut closing = false;
+    let mut phase = conn.phase.clone();
+    let mut closing = *phase.borrow() >= Phase::Draining;
+    if closing {
+        http.as_mut().graceful_shutdown();
+    }
+    // hyper's header timer starts only once the first bytes arrive (after protocol
+    // detection), and HTTP/2 has none: the first request must start within header_timeout.
+    let first_request_by = tokio::time::Instant::now() + settings.header_timeout;
+    let mut first_checked = false;
+    // After an idle close, a connection still open one idle period later is dropped.
+    let mut drop_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            res = conn.as_mut() => {
+            res = http.as_mut() => {
                 if let Err(e) = res {
                     debug!(error = %e, "connection ended with error");
                 }
                 return;
             }
-            _ = drained(&mut drain), if !closing => {
-                conn.as_mut().graceful_shutdown();
+            seen = reached(&mut phase, if closing { Phase::Closing } else { Phase::Draining }) => {
+                if seen == Phase::Closing {
+                    debug!("shutdown grace expired: closing connection");
+                    return;
+                }
+                http.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = ticker.tick() => {
-                let seen = activity.load(Ordering::Relaxed);
-                if seen != last_seen {
-                    last_seen = seen;
-                    quiet_ticks = 0;
-                    continue;
-                }
-                quiet_ticks += 1;
-                if quiet_ticks == 4 && !closing {
-                    debug!("idle timeout: closing connection");
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                } else if quiet_ticks >= 8 {
-                    debug!("idle timeout: dropping connection");
+            _ = tokio::time::sleep_until(first_request_by), if !first_checked => {
+                first_checked = true;
+                if conn.requests.load(Ordering::Relaxed) == 0 {
+                    debug!("no request within header_timeout: closing connection");
                     return;
                 }
             }
+            _ = idle::quiet(&conn.activity, conn.idle_timeout, || {
+                conn.awaiting_upstream.load(Ordering::Relaxed) > 0
+            }), if drop_at.is_none() => {
+                debug!("idle timeout: closing connection");
+                http.as_mut().graceful_shutdown();
+                closing = true;
+                drop_at = Some(tokio::time::Instant::now() + conn.idle_timeout);
+            }
+            _ = sleep_until_opt(drop_at) => {
+                if conn.awaiting_upstream.load(Ordering::Relaxed) == 0 {
+                    debug!("idle timeout: dropping connection");
+                    return;
+                }
+                drop_at = Some(tokio::time::Instant::now() + conn.idle_timeout);
+            }
         }
     }
 }
 
-/// An IO wrapper that counts reads and writes, so the idle watchdog can tell a quiet
-/// connection from a busy one without a clock read per poll.
-struct Tracked<I> {
-    inner: I,
-    activity: Arc<AtomicU64>,
-}
-
-impl<I> Tracked<I> {
-    #[inline]
-    fn touch(&self) {
-        self.activity.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if res.is_ready() {
-            self.touch();
-        }
-        res
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if res.is_ready() {
-            self.touch();
-        }
-        res
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if res.is_ready() {
-            self.touch();
-        }
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

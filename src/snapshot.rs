@@ -22,7 +22,7 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Route {
     pub host: Option<HostMatch>,
-    pub path_prefix: String,
+    pub path_prefix: Arc<str>,
     pub group: Arc<UpstreamGroup>,
 }
 
@@ -81,7 +81,7 @@ impl Snapshot {
     /// First match wins: host (when the route has one) and path prefix.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| {
-            path.starts_with(r.path_prefix.as_str())
+            path.starts_with(&*r.path_prefix)
                 && match (&r.host, host) {
                     (None, _) => true,
                     (Some(m), Some(h)) => m.matches(h),
@@ -103,7 +103,7 @@ fn route(spec: &RouteSpec, groups: &[Arc<UpstreamGroup>]) -> Result<Route, Strin
         })?;
     Ok(Route {
         host: spec.host.as_deref().map(HostMatch::new),
-        path_prefix: spec.path_prefix.clone(),
+        path_prefix: spec.path_prefix.as_str().into(),
         group: group.clone(),
     })
 }

@@ -80,3 +80,50 @@ async fn shutdown_drains_in_flight_requests_and_reports_not_ready() {
     assert_eq!(&body[..], b"slept");
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_grace_period_ends_remaining_connections_are_closed() {
+    let r = Replica::start("r").await;
+    let p = TestProxy::start(
+        "shutdown_grace = \"300ms\"",
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+    // A request that outlives the grace period, and an open WebSocket tunnel.
+    let mut c = p.h1().await;
+    let slow = tokio::spawn(async move {
+        let req = c
+            .request(http::Method::GET, "/sleep/10000")
+            .body(empty())
+            .unwrap();
+        c.send(req).await.map(|r| r.status())
+    });
+    let mut ws_client = p.h1().await;
+    let req = ws_client
+        .request(http::Method::GET, "/ws")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(empty())
+        .unwrap();
+    let resp = ws_client.send(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut ws = hyper_util::rt::TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    within("slow request in flight", async {
+        while r.count() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // stop() returns (grace + close) well before the 10s request would finish.
+    p.stop().await;
+    let slow = within("slow request ended", slow).await.unwrap();
+    assert!(
+        slow.is_err(),
+        "the request past the grace period should be cut: {slow:?}"
+    );
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 8];
+    let n = within("tunnel closed", ws.read(&mut buf)).await;
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+}

@@ -363,3 +363,78 @@ async fn upstream_status_codes_pass_through_untouched() {
     }
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_replica_within_response_timeout_outlives_idle_timeout() {
+    let r = Replica::start("r").await;
+    let p = TestProxy::start(
+        "idle_timeout = \"300ms\"",
+        &(group_toml("api", &[r.addr], "response_timeout = \"10s\"") + &route_toml("/", "api")),
+    )
+    .await;
+    // No bytes move for 1.2s while the replica thinks: the idle watchdog must not cut in.
+    for h2 in [false, true] {
+        let mut c = if h2 { p.h2().await } else { p.h1().await };
+        let (resp, body) = c.get("/sleep/1200").await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(&body[..], b"slept");
+    }
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn response_timeout_starts_after_the_upload_ends() {
+    let r = Replica::start("r").await;
+    let p = TestProxy::start(
+        "",
+        &(group_toml("api", &[r.addr], "response_timeout = \"300ms\"") + &route_toml("/", "api")),
+    )
+    .await;
+    // A 900ms upload (6 chunks, 150ms apart) to a replica that answers at once: not a 504.
+    let mut c = p.h2().await;
+    let (tx, body) = channel_body();
+    let req = c.request(Method::POST, "/upload").body(body).unwrap();
+    let pending = tokio::spawn(async move {
+        let resp = c.send(req).await.unwrap();
+        let status = resp.status();
+        (status, body_bytes(resp.into_body()).await)
+    });
+    for _ in 0..6 {
+        tx.send(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            b"0123456789",
+        ))))
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    drop(tx);
+    let (status, body) = within("upload response", pending).await.unwrap();
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(&body[..], b"ok 60");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_never_sends_a_request_is_closed_after_header_timeout() {
+    let r = Replica::start("r").await;
+    let p = TestProxy::start(
+        "header_timeout = \"300ms\"",
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+    use tokio::io::AsyncReadExt;
+    // Plain: connect and say nothing.
+    let mut tcp = tokio::net::TcpStream::connect(p.addrs.plain.unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = within("silent plain connection closed", tcp.read(&mut buf)).await;
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+
+    // TLS: finish the handshake, then say nothing (idle_timeout is 60s: this is header_timeout).
+    let cfg = p.pki.client_config(&[b"h2"], &[&rustls::version::TLS13]);
+    let mut tls = tls_connect(p.addrs.tls, cfg, "localhost").await.unwrap();
+    let n = within("silent TLS connection closed", tls.read(&mut buf)).await;
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    p.stop().await;
+}

@@ -447,3 +447,105 @@ async fn websocket_upgrade_is_passed_through_and_echoes() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_and_non_websocket_upgrades_are_not_forwarded() {
+    let r = Replica::start("r1").await;
+    let p = TestProxy::start(
+        "",
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+    let mut c = p.h1().await;
+    // h2c smuggling attempt: must reach the replica as a plain GET, not an upgrade.
+    let req = c
+        .request(Method::GET, "/ws")
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
+        .body(empty())
+        .unwrap();
+    let resp = c.send(req).await.unwrap();
+    // The mock's /ws answers 101 to anything; doorman did not forward an upgrade, so it must
+    // not relay that 101 either (the client would be stranded): 502.
+    assert_eq!(resp.status(), 502);
+    body_bytes(resp.into_body()).await;
+    let seen = r.seen();
+    for name in ["upgrade", "connection", "http2-settings"] {
+        assert!(seen[0].headers.get(name).is_none(), "{name} forwarded");
+    }
+
+    // A websocket upgrade on POST is not a WebSocket handshake either.
+    let req = c
+        .request(Method::POST, "/plain")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(full("x"))
+        .unwrap();
+    let resp = c.send(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    body_bytes(resp.into_body()).await;
+    assert!(r.seen()[1].headers.get("upgrade").is_none());
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_supplied_x_forwarded_host_is_never_passed_on() {
+    let r = Replica::start("r1").await;
+    let p = TestProxy::start(
+        "",
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+    // HTTP/1.0 may omit Host; a spoofed X-Forwarded-Host must not ride along.
+    let out = raw_exchange(
+        p.addrs.plain.unwrap(),
+        b"GET /reset HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    let seen = &r.seen()[0];
+    assert!(seen.headers.get("x-forwarded-host").is_none());
+    assert_eq!(seen.headers["host"], r.addr.to_string().as_str());
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_websocket_tunnel_is_closed_and_a_busy_one_is_not() {
+    let r = Replica::start("r1").await;
+    let p = TestProxy::start(
+        "idle_timeout = \"400ms\"",
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+    let open_ws = || async {
+        let mut c = p.h1().await;
+        let req = c
+            .request(Method::GET, "/ws")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(empty())
+            .unwrap();
+        let resp = c.send(req).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        TokioIo::new(within("upgrade", hyper::upgrade::on(resp)).await.unwrap())
+    };
+
+    // Busy: a message every 100ms for 1.2s (three idle periods) keeps it open.
+    let mut busy = open_ws().await;
+    for i in 0..12 {
+        let msg = format!("msg-{i:02}");
+        busy.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 6];
+        within("echo", busy.read_exact(&mut buf)).await.unwrap();
+        assert_eq!(&buf, msg.as_bytes());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Idle: closed by doorman (EOF) without the client doing anything.
+    let mut idle = open_ws().await;
+    let mut buf = [0u8; 8];
+    let n = within("idle tunnel closed", idle.read(&mut buf)).await;
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    p.stop().await;
+}

@@ -22,6 +22,21 @@ use super::{
     ServerSpec, UpstreamSpec, default_workers, defaults,
 };
 
+const MIN_DURATION: Duration = Duration::from_millis(1);
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A DNS name, optionally with one leading `*.` label; lower-case, no port.
+fn valid_name(n: &str) -> bool {
+    let base = n.strip_prefix("*.").unwrap_or(n);
+    !base.is_empty()
+        && !base.starts_with('.')
+        && !base.ends_with('.')
+        && !base.contains("..")
+        && base
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 /// Read and validate a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     match std::fs::read_to_string(path) {
@@ -195,7 +210,10 @@ impl Validator {
 
     fn tls(&mut self, value: Option<toml::Value>) -> Vec<CertificateSpec> {
         let raw: RawTls = match value {
-            Some(v) => self.section("tls", v).unwrap_or_default(),
+            Some(v) => match self.section("tls", v) {
+                Some(raw) => raw,
+                None => return Vec::new(),
+            },
             None => RawTls::default(),
         };
         if raw.certificates.is_empty() {
@@ -208,7 +226,17 @@ impl Validator {
         raw.certificates
             .into_iter()
             .enumerate()
-            .filter_map(|(i, c)| self.certificate(&format!("tls.certificates[{i}]"), c, &mut seen))
+            .filter_map(|(i, c)| {
+                let key = format!("tls.certificates[{i}]");
+                if i > 0 && c.server_names.is_empty() {
+                    // Only the first certificate is the default; this one could never be chosen.
+                    self.err(
+                        format!("{key}.server_names"),
+                        "required for every certificate but the first (the default)",
+                    );
+                }
+                self.certificate(&key, c, &mut seen)
+            })
             .collect()
     }
 
@@ -221,10 +249,10 @@ impl Validator {
         let mut names = Vec::new();
         for name in &raw.server_names {
             let n = name.trim().to_ascii_lowercase();
-            if n.is_empty() || n.contains(['/', ':', ' ']) {
+            if !valid_name(&n) {
                 self.err(
                     format!("{key}.server_names"),
-                    format!("invalid server name {name:?}"),
+                    format!("invalid server name {name:?} (a DNS name, or *.parent)"),
                 );
             } else if !seen.insert(n.clone()) {
                 self.err(
@@ -434,10 +462,10 @@ impl Validator {
             // A group that failed its own validation was already reported; don't pile on.
             let group_known = upstreams.iter().any(|u| u.name == raw.upstream);
             if !group_known
-                && !self
-                    .errors
-                    .iter()
-                    .any(|e| e.key.starts_with(&format!("upstreams.{}", raw.upstream)))
+                && !self.errors.iter().any(|e| {
+                    let group = format!("upstreams.{}", raw.upstream);
+                    e.key == group || e.key.starts_with(&format!("{group}."))
+                })
             {
                 self.err(
                     format!("{key}.upstream"),
@@ -446,11 +474,11 @@ impl Validator {
             }
             let host = raw.host.map(|h| h.trim().to_ascii_lowercase());
             if let Some(h) = &host
-                && (h.is_empty() || h.contains(['/', ' ', ':']))
+                && !valid_name(h)
             {
                 self.err(
                     format!("{key}.host"),
-                    format!("invalid host {h:?} (no port, no scheme)"),
+                    format!("invalid host {h:?} (a DNS name or *.parent; no port, no scheme)"),
                 );
             }
             out.push(RouteSpec {
@@ -475,12 +503,14 @@ impl Validator {
         }
     }
 
+    /// A duration within [`MIN_DURATION`, `MAX_DURATION`]: below, timers would tick at zero;
+    /// above, deadlines overflow the clock.
     fn duration(&mut self, key: &str, s: Option<String>, default: Duration) -> Duration {
         let Some(s) = s else { return default };
         match humantime::parse_duration(&s) {
-            Ok(d) if !d.is_zero() => d,
+            Ok(d) if (MIN_DURATION..=MAX_DURATION).contains(&d) => d,
             Ok(_) => {
-                self.err(key, "must be greater than zero");
+                self.err(key, format!("{s:?} is out of range 1ms..=7days"));
                 default
             }
             Err(e) => {
@@ -600,6 +630,81 @@ mod tests {
                 "tls.certificates[0].cert",
             ]
         );
+    }
+
+    const MINIMAL_REST: &str = r#"
+        [tls]
+        certificates = [{ cert = "/nonexistent/a.crt", key = "/nonexistent/a.key" }]
+        [upstreams.api]
+        servers = [{ address = "127.0.0.1:9001" }]
+        [[routes]]
+        path_prefix = "/"
+        upstream = "api"
+    "#;
+
+    #[test]
+    fn durations_must_be_within_bounds() {
+        for (value, ok) in [
+            ("1ns", false),
+            ("999us", false),
+            ("1ms", true),
+            ("7days", true),
+            ("8days", false),
+            ("500000000000y", false),
+        ] {
+            let text = format!(
+                "[server]\nlisten = \"127.0.0.1:1\"\nidle_timeout = \"{value}\"\n{MINIMAL_REST}"
+            );
+            let e = errors(&text);
+            let idle: Vec<_> = e
+                .iter()
+                .filter(|e| e.key == "server.idle_timeout")
+                .collect();
+            assert_eq!(idle.is_empty(), ok, "{value}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn names_must_be_dns_names_or_leading_wildcards() {
+        for (host, ok) in [
+            ("api.test", true),
+            ("*.api.test", true),
+            ("*", false),
+            ("*foo.test", false),
+            ("a.*.test", false),
+            ("a..test", false),
+            ("a b", false),
+            ("a:80", false),
+        ] {
+            let text = format!(
+                "[server]\nlisten = \"127.0.0.1:1\"\n{MINIMAL_REST}\n[[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\nhost = \"{host}\"\n"
+            );
+            let e = errors(&text);
+            let bad: Vec<_> = e.iter().filter(|e| e.key == "routes[1].host").collect();
+            assert_eq!(bad.is_empty(), ok, "{host}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_broken_tls_section_is_reported_once() {
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\n[tls]\ncertificate = []\n";
+        let e = errors(text);
+        let tls: Vec<_> = e.iter().filter(|e| e.key.starts_with("tls")).collect();
+        assert_eq!(tls.len(), 1, "{e:?}");
+        assert!(
+            tls[0].message.contains("unknown field `certificate`"),
+            "{}",
+            tls[0].message
+        );
+    }
+
+    #[test]
+    fn a_route_to_a_similarly_named_broken_group_is_still_reported() {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\n{MINIMAL_REST}\n[upstreams.api2]\nservers = []\n[[routes]]\npath_prefix = \"/x\"\nupstream = \"ap\"\n"
+        );
+        let keys = keys(&text);
+        assert!(keys.contains(&"routes[1].upstream".to_string()), "{keys:?}");
     }
 
     #[test]

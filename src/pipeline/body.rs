@@ -7,6 +7,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -20,13 +21,17 @@ pub enum BodyError {
 pub struct LimitedBody {
     inner: Incoming,
     remaining: u64,
+    /// Dropped when the body ends (or fails, or is dropped): the upload is over, and the
+    /// wait for the response head begins.
+    done: Option<oneshot::Sender<()>>,
 }
 
 impl LimitedBody {
-    pub fn new(inner: Incoming, limit: u64) -> Self {
+    pub fn new(inner: Incoming, limit: u64, done: oneshot::Sender<()>) -> Self {
         LimitedBody {
             inner,
             remaining: limit,
+            done: Some(done),
         }
     }
 }
@@ -40,17 +45,27 @@ impl Body for LimitedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
-            None => return Poll::Ready(None),
-            Some(Err(e)) => return Poll::Ready(Some(Err(BodyError::Downstream(e)))),
+            None => {
+                self.done.take();
+                return Poll::Ready(None);
+            }
+            Some(Err(e)) => {
+                self.done.take();
+                return Poll::Ready(Some(Err(BodyError::Downstream(e))));
+            }
             Some(Ok(frame)) => frame,
         };
         if let Some(data) = frame.data_ref() {
             let n = data.len() as u64;
             if n > self.remaining {
                 self.remaining = 0;
+                self.done.take();
                 return Poll::Ready(Some(Err(BodyError::TooLarge)));
             }
             self.remaining -= n;
+        }
+        if self.inner.is_end_stream() {
+            self.done.take();
         }
         Poll::Ready(Some(Ok(frame)))
     }

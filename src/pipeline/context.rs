@@ -1,15 +1,37 @@
 //! Per-connection and per-request context carried through the pipeline stages.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Request, Uri};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::X_REQUEST_ID;
 use super::limits::{is_sane_request_id, new_request_id};
 
-/// Facts about the downstream connection, shared by its requests.
+/// Where the server is in its life: connections and tunnels watch this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Serving,
+    /// Shutdown began: finish what is in flight, take nothing new.
+    Draining,
+    /// The grace period is over: close everything now.
+    Closing,
+}
+
+/// Resolves once `phase` reaches `at_least`, with the phase seen. A server that is gone
+/// (sender dropped) counts as `Closing`.
+pub async fn reached(phase: &mut watch::Receiver<Phase>, at_least: Phase) -> Phase {
+    // The borrow guard is dropped here, before the caller awaits anything else.
+    match phase.wait_for(|p| *p >= at_least).await {
+        Ok(p) => *p,
+        Err(_) => Phase::Closing,
+    }
+}
+
+/// Facts and live counters about one downstream connection, shared by its requests.
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
@@ -19,6 +41,15 @@ pub struct ConnInfo {
     pub peer_ip: HeaderValue,
     /// The connection-limit permit: upgraded tunnels hold it too, so they count as connections.
     pub permit: Option<OwnedSemaphorePermit>,
+    /// Reads and writes on the socket (see `idle::Tracked`).
+    pub activity: Arc<AtomicU64>,
+    /// Requests started on this connection.
+    pub requests: AtomicU64,
+    /// Requests whose body is sent and which wait for the replica's response head. The
+    /// group's `response_timeout` bounds them, so the idle watchdog leaves them alone.
+    pub awaiting_upstream: AtomicUsize,
+    pub phase: watch::Receiver<Phase>,
+    pub idle_timeout: Duration,
 }
 
 impl ConnInfo {
@@ -26,15 +57,39 @@ impl ConnInfo {
         peer: SocketAddr,
         scheme: &'static str,
         permit: Option<OwnedSemaphorePermit>,
+        phase: watch::Receiver<Phase>,
+        idle_timeout: Duration,
     ) -> Self {
-        let peer_ip = HeaderValue::try_from(peer.ip().to_string())
+        // An IPv4 client on a dual-stack listener is logged and forwarded as a.b.c.d.
+        let peer_ip = HeaderValue::try_from(peer.ip().to_canonical().to_string())
             .expect("an IP address is a valid header value");
         ConnInfo {
             peer,
             scheme,
             peer_ip,
             permit,
+            activity: Arc::default(),
+            requests: AtomicU64::new(0),
+            awaiting_upstream: AtomicUsize::new(0),
+            phase,
+            idle_timeout,
         }
+    }
+}
+
+/// Counts a request as waiting on its replica for as long as the guard lives.
+pub struct AwaitingUpstream<'a>(&'a AtomicUsize);
+
+impl<'a> AwaitingUpstream<'a> {
+    pub fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        AwaitingUpstream(counter)
+    }
+}
+
+impl Drop for AwaitingUpstream<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -45,7 +100,7 @@ pub struct RequestCtx {
     pub request_id: HeaderValue,
     pub method: Method,
     pub uri: Uri,
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     pub upstream: Option<SocketAddr>,
 }
 

@@ -8,17 +8,19 @@ use std::error::Error as _;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::body::{BodyError, LimitedBody};
-use super::context::{ConnInfo, RequestCtx};
+use super::context::{AwaitingUpstream, ConnInfo, Phase, RequestCtx, reached};
 use super::{ResponseBody, X_REQUEST_ID};
 use crate::error::ProxyError;
+use crate::idle::{self, Tracked};
 use crate::upstream::{Upstream, UpstreamGroup};
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
@@ -34,6 +36,9 @@ pub const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// HTTP/2 over cleartext upgrade settings: meaningless past this hop, and the tool of h2c
+/// smuggling when paired with `Upgrade: h2c`.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -55,11 +60,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+    headers.remove(HTTP2_SETTINGS);
 }
 
-/// The protocol a request asks to upgrade to, when it is a valid HTTP/1.1 upgrade request.
-fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
+/// The `Upgrade` value to forward, for a WebSocket handshake (HTTP/1.1 GET with
+/// `Connection: upgrade` and `Upgrade: websocket`). Any other upgrade — `h2c` above all,
+/// which would let a client talk HTTP/2 straight to a replica past every check here — is
+/// not forwarded: the request goes upstream as an ordinary request without it.
+fn websocket_upgrade(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || req.method() != Method::GET {
         return None;
     }
     let asks = req
@@ -69,8 +78,9 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        req.headers().get(header::UPGRADE).cloned()
+    let upgrade = req.headers().get(header::UPGRADE)?;
+    if asks && upgrade.as_bytes().eq_ignore_ascii_case(b"websocket") {
+        Some(upgrade.clone())
     } else {
         None
     }
@@ -84,7 +94,7 @@ pub(super) async fn send(
     upstream: &Upstream,
     max_body_bytes: u64,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let upgrade = upgrade_protocol(&req);
+    let upgrade = websocket_upgrade(&req);
     let downstream_upgrade = match upgrade {
         Some(_) => req.extensions_mut().remove::<OnUpgrade>(),
         None => None,
@@ -106,9 +116,19 @@ pub(super) async fn send(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto);
     }
-    if let Some(h) = host {
-        headers.insert(X_FORWARDED_HOST, h.clone());
-        headers.insert(header::HOST, h);
+    // Never pass a client's own X-Forwarded-Host: it would poison links built from it.
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST, h.clone());
+            headers.insert(header::HOST, h);
+        }
+        None => {
+            // HTTP/1.0 without Host: HTTP/1.1 upstream requires one.
+            headers.remove(X_FORWARDED_HOST);
+            let authority = HeaderValue::from_str(upstream.authority.as_str())
+                .map_err(|e| ProxyError::Internal(format!("upstream authority: {e}")))?;
+            headers.insert(header::HOST, authority);
+        }
     }
     append_forwarded_for(headers, &conn.peer_ip);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
@@ -127,13 +147,16 @@ pub(super) async fn send(
         Uri::from_parts(uri).map_err(|e| ProxyError::Internal(format!("upstream uri: {e}")))?;
     parts.version = Version::HTTP_11;
 
-    let req = Request::from_parts(parts, LimitedBody::new(body, max_body_bytes));
-    let mut resp =
-        match tokio::time::timeout(group.response_timeout, group.client.request(req)).await {
-            Err(_) => return Err(ProxyError::UpstreamTimeout),
-            Ok(Err(e)) => return Err(classify(e, upstream)),
-            Ok(Ok(resp)) => resp,
-        };
+    let (uploaded_tx, uploaded) = oneshot::channel();
+    let req = Request::from_parts(parts, LimitedBody::new(body, max_body_bytes, uploaded_tx));
+    // response_timeout runs from the end of the upload, so a slow client's large body is not
+    // mistaken for a slow replica; the upload itself is bounded by the idle watchdog.
+    let mut resp = tokio::select! {
+        r = group.client.request(req) => r.map_err(|e| classify(e, upstream))?,
+        _ = response_deadline(uploaded, &conn.awaiting_upstream, group.response_timeout) => {
+            return Err(ProxyError::UpstreamTimeout);
+        }
+    };
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
@@ -163,6 +186,16 @@ pub(super) async fn send(
         headers.insert(header::UPGRADE, proto);
     }
     Ok(resp.map(Either::Left))
+}
+
+async fn response_deadline(
+    uploaded: oneshot::Receiver<()>,
+    awaiting: &std::sync::atomic::AtomicUsize,
+    timeout: std::time::Duration,
+) {
+    let _ = uploaded.await;
+    let _waiting = AwaitingUpstream::new(awaiting);
+    tokio::time::sleep(timeout).await;
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
@@ -214,22 +247,33 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Copy bytes both ways between an upgraded client and replica until either side closes.
-/// The connection's `ConnInfo` (and so its connection-limit permit) lives as long as the tunnel.
+/// Copy bytes both ways between an upgraded client and replica until either side closes,
+/// nothing moves for `idle_timeout`, or shutdown's grace period runs out. The connection's
+/// `ConnInfo` (and so its connection-limit permit) lives as long as the tunnel.
 async fn tunnel(down: OnUpgrade, up: OnUpgrade, conn: std::sync::Arc<ConnInfo>) {
     let (down, up) = tokio::join!(down, up);
-    match (down, up) {
-        (Ok(down), Ok(up)) => {
-            let mut down = TokioIo::new(down);
-            let mut up = TokioIo::new(up);
-            match tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                Ok((to_up, to_down)) => {
-                    debug!(peer = %conn.peer, to_up, to_down, "upgraded tunnel closed")
-                }
-                Err(e) => debug!(peer = %conn.peer, error = %e, "upgraded tunnel ended with error"),
-            }
+    let (down, up) = match (down, up) {
+        (Ok(down), Ok(up)) => (down, up),
+        (Err(e), _) | (_, Err(e)) => {
+            debug!(peer = %conn.peer, error = %e, "upgrade failed");
+            return;
         }
-        (Err(e), _) | (_, Err(e)) => debug!(peer = %conn.peer, error = %e, "upgrade failed"),
+    };
+    let activity = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut down = Tracked::new(TokioIo::new(down), activity.clone());
+    let mut up = TokioIo::new(up);
+    let mut phase = conn.phase.clone();
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut down, &mut up) => match r {
+            Ok((to_up, to_down)) => debug!(peer = %conn.peer, to_up, to_down, "tunnel closed"),
+            Err(e) => debug!(peer = %conn.peer, error = %e, "tunnel ended with error"),
+        },
+        _ = idle::quiet(&activity, conn.idle_timeout, || false) => {
+            debug!(peer = %conn.peer, "tunnel idle timeout")
+        }
+        _ = reached(&mut phase, Phase::Closing) => {
+            debug!(peer = %conn.peer, "tunnel closed: shutdown grace expired")
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use tracing::{info, warn};
 
 pub use body::{BodyError, LimitedBody};
-pub use context::{ConnInfo, RequestCtx};
+pub use context::{AwaitingUpstream, ConnInfo, Phase, RequestCtx, reached};
 pub use forward::{HOP_BY_HOP, strip_hop_by_hop};
 pub use limits::{is_sane_request_id, new_request_id};
 
