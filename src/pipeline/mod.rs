@@ -51,7 +51,7 @@ pub async fn handle(
                     info!(request_id = ?ctx.request_id, error = %err, "request refused")
                 }
                 Fault::Upstream | Fault::Internal => {
-                    warn!(request_id = ?ctx.request_id, upstream = ?ctx.upstream, error = %err, "request failed")
+                    warn!(request_id = ?ctx.request_id, upstream = %OrDash(ctx.upstream), error = %err, "request failed")
                 }
             }
             err.to_response(&ctx.request_id).map(Either::Right)
@@ -97,9 +97,21 @@ fn complete(resp: &mut Response<ResponseBody>, ctx: &RequestCtx) {
         method = %ctx.method,
         path = ctx.uri.path(),
         status = resp.status().as_u16(),
-        upstream = ?ctx.upstream,
+        upstream = %OrDash(ctx.upstream),
         route = ctx.route.as_deref().unwrap_or("-"),
         duration_us = ctx.started.elapsed().as_micros() as u64,
         request_id = ctx.request_id.to_str().unwrap_or("-"),
     );
+}
+
+/// Log an optional value as itself or "-", like an access-log field.
+struct OrDash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
