@@ -30,6 +30,8 @@ pub enum ProxyError {
     BodyTooLarge,
     /// The client went away or sent a broken body while we were forwarding it.
     DownstreamAborted(String),
+    /// The request body stopped moving for `idle_timeout` mid-upload.
+    BodyTimeout,
     /// The route's group has no server that may take traffic.
     NoUpstream,
     /// Connecting to the chosen replica failed (refused, unreachable, connect timeout).
@@ -51,6 +53,7 @@ impl ProxyError {
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::DownstreamAborted(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamBroken(_) => StatusCode::BAD_GATEWAY,
@@ -65,7 +68,8 @@ impl ProxyError {
             | ProxyError::NoRoute
             | ProxyError::HeadTooLarge
             | ProxyError::BodyTooLarge
-            | ProxyError::DownstreamAborted(_) => Fault::Downstream,
+            | ProxyError::DownstreamAborted(_)
+            | ProxyError::BodyTimeout => Fault::Downstream,
             ProxyError::NoUpstream
             | ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamBroken(_)
@@ -82,6 +86,7 @@ impl ProxyError {
             ProxyError::HeadTooLarge => "request header fields too large",
             ProxyError::BodyTooLarge => "request body too large",
             ProxyError::DownstreamAborted(_) => "request body could not be read",
+            ProxyError::BodyTimeout => "request body timed out",
             ProxyError::NoUpstream => "no upstream server available",
             ProxyError::UpstreamConnect(_) => "upstream connection failed",
             ProxyError::UpstreamBroken(_) => "upstream closed the connection",
@@ -108,6 +113,7 @@ impl fmt::Display for ProxyError {
             | ProxyError::NoRoute
             | ProxyError::HeadTooLarge
             | ProxyError::BodyTooLarge
+            | ProxyError::BodyTimeout
             | ProxyError::NoUpstream
             | ProxyError::UpstreamTimeout => f.write_str(self.client_message()),
         }
@@ -168,6 +174,10 @@ mod tests {
     #[test]
     fn downstream_aborted_is_400() {
         assert_eq!(status_of(ProxyError::DownstreamAborted("eof".into())), 400);
+    }
+    #[test]
+    fn stalled_body_is_408() {
+        assert_eq!(status_of(ProxyError::BodyTimeout), 408);
     }
     #[test]
     fn no_upstream_is_503() {

@@ -267,8 +267,8 @@ where
     // detection), and HTTP/2 has none: the first request must start within header_timeout.
     let first_request_by = tokio::time::Instant::now() + settings.header_timeout;
     let mut first_checked = false;
-    // After an idle close, a connection still open one idle period later is dropped.
-    let mut drop_at: Option<tokio::time::Instant> = None;
+    // The first quiet period closes gracefully; a second one in a row drops the connection.
+    let mut idle_closed = false;
     loop {
         tokio::select! {
             res = http.as_mut() => {
@@ -294,26 +294,16 @@ where
             }
             _ = idle::quiet(&conn.activity, conn.idle_timeout, || {
                 conn.awaiting_upstream.load(Ordering::Relaxed) > 0
-            }), if drop_at.is_none() => {
-                debug!("idle timeout: closing connection");
-                http.as_mut().graceful_shutdown();
-                closing = true;
-                drop_at = Some(tokio::time::Instant::now() + conn.idle_timeout);
-            }
-            _ = sleep_until_opt(drop_at) => {
-                if conn.awaiting_upstream.load(Ordering::Relaxed) == 0 {
+            }) => {
+                if idle_closed {
                     debug!("idle timeout: dropping connection");
                     return;
                 }
-                drop_at = Some(tokio::time::Instant::now() + conn.idle_timeout);
+                debug!("idle timeout: closing connection");
+                http.as_mut().graceful_shutdown();
+                closing = true;
+                idle_closed = true;
             }
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

@@ -438,3 +438,81 @@ async fn a_connection_that_never_sends_a_request_is_closed_after_header_timeout(
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_upload_is_408_even_while_the_connection_is_busy() {
+    let r = Replica::start("r").await;
+    let p = TestProxy::start(
+        "idle_timeout = \"400ms\"",
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+    // HTTP/1.1: a declared 100-byte body of which 10 bytes ever arrive.
+    let mut c = p.h1().await;
+    let (tx, body) = channel_body();
+    let req = c
+        .request(Method::POST, "/upload")
+        .header("content-length", "100")
+        .body(body)
+        .unwrap();
+    tx.send(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+        b"0123456789",
+    ))))
+    .await
+    .unwrap();
+    let resp = c.send(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body_bytes(body).await;
+    let resp = http::Response::from_parts(parts, ());
+    assert_json_error(
+        resp.status().as_u16(),
+        &resp,
+        &body,
+        (408, "request body timed out"),
+    );
+    drop(tx);
+
+    // HTTP/2: one stream stalls while another keeps the connection busy.
+    let mut c = p.h2().await;
+    let mut busy = p.h2().await;
+    let (tx, body) = channel_body();
+    let req = c.request(Method::POST, "/upload").body(body).unwrap();
+    tx.send(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+        b"0123456789",
+    ))))
+    .await
+    .unwrap();
+    let stalled = tokio::spawn(async move {
+        let resp = c.send(req).await.unwrap();
+        resp.status()
+    });
+    within("stalled stream answered while another stays busy", async {
+        while !stalled.is_finished() {
+            assert_eq!(busy.get("/").await.0.status(), 200);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(stalled.await.unwrap(), 408);
+    drop(tx);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_that_pauses_past_idle_timeout_then_flows_is_not_cut() {
+    let r = Replica::start("r").await;
+    let p = TestProxy::start(
+        "idle_timeout = \"400ms\"",
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+    // A 600ms pause (one idle period: graceful close begins), then 15 chunks 100ms apart:
+    // bytes move again, so the connection must live until the body is done.
+    for h2 in [false, true] {
+        let mut c = if h2 { p.h2().await } else { p.h1().await };
+        let (resp, body) = c.get("/drip/600/15").await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(body.len(), 5 + 15 * 4, "h2={h2}");
+    }
+    p.stop().await;
+}

@@ -2,6 +2,8 @@
 //! `max_body_bytes`, with downstream errors kept distinguishable from upstream ones.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -24,15 +26,25 @@ pub struct LimitedBody {
     /// Dropped when the body ends (or fails, or is dropped): the upload is over, and the
     /// wait for the response head begins.
     done: Option<oneshot::Sender<()>>,
+    /// Bumped on every frame, so a stalled upload can be told from a moving one. None for
+    /// bodies that are empty from the start (most GETs): nothing to watch.
+    progress: Option<Arc<AtomicU64>>,
 }
 
 impl LimitedBody {
     pub fn new(inner: Incoming, limit: u64, done: oneshot::Sender<()>) -> Self {
+        let progress = (!inner.is_end_stream()).then(Arc::default);
         LimitedBody {
             inner,
             remaining: limit,
             done: Some(done),
+            progress,
         }
+    }
+
+    /// The upload's progress counter, when there is an upload to watch.
+    pub fn progress(&self) -> Option<Arc<AtomicU64>> {
+        self.progress.clone()
     }
 }
 
@@ -55,6 +67,9 @@ impl Body for LimitedBody {
             }
             Some(Ok(frame)) => frame,
         };
+        if let Some(p) = &self.progress {
+            p.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(data) = frame.data_ref() {
             let n = data.len() as u64;
             if n > self.remaining {

@@ -148,14 +148,12 @@ pub(super) async fn send(
     parts.version = Version::HTTP_11;
 
     let (uploaded_tx, uploaded) = oneshot::channel();
-    let req = Request::from_parts(parts, LimitedBody::new(body, max_body_bytes, uploaded_tx));
-    // response_timeout runs from the end of the upload, so a slow client's large body is not
-    // mistaken for a slow replica; the upload itself is bounded by the idle watchdog.
+    let body = LimitedBody::new(body, max_body_bytes, uploaded_tx);
+    let progress = body.progress();
+    let req = Request::from_parts(parts, body);
     let mut resp = tokio::select! {
         r = group.client.request(req) => r.map_err(|e| classify(e, upstream))?,
-        _ = response_deadline(uploaded, &conn.awaiting_upstream, group.response_timeout) => {
-            return Err(ProxyError::UpstreamTimeout);
-        }
+        e = deadlines(uploaded, progress, conn, group.response_timeout) => return Err(e),
     };
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -188,14 +186,29 @@ pub(super) async fn send(
     Ok(resp.map(Either::Left))
 }
 
-async fn response_deadline(
-    uploaded: oneshot::Receiver<()>,
-    awaiting: &std::sync::atomic::AtomicUsize,
-    timeout: std::time::Duration,
-) {
-    let _ = uploaded.await;
-    let _waiting = AwaitingUpstream::new(awaiting);
-    tokio::time::sleep(timeout).await;
+/// The two clocks of a forwarded request. While the body uploads, it must keep moving: no
+/// progress for `idle_timeout` is a 408 (the connection's own watchdog cannot see one stuck
+/// HTTP/2 stream among busy ones). Once it is sent, `response_timeout` runs until the
+/// response head, so a slow client's large body is never blamed on the replica.
+async fn deadlines(
+    mut uploaded: oneshot::Receiver<()>,
+    progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    conn: &ConnInfo,
+    response_timeout: std::time::Duration,
+) -> ProxyError {
+    if let Some(progress) = progress {
+        tokio::select! {
+            _ = &mut uploaded => {}
+            _ = idle::quiet(&progress, conn.idle_timeout, || false) => {
+                return ProxyError::BodyTimeout;
+            }
+        }
+    } else {
+        let _ = uploaded.await;
+    }
+    let _waiting = AwaitingUpstream::new(&conn.awaiting_upstream);
+    tokio::time::sleep(response_timeout).await;
+    ProxyError::UpstreamTimeout
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {

@@ -140,6 +140,7 @@ pub struct Seen {
 /// - `/status/{code}`: answer with that status
 /// - `/hop`: answer with hop-by-hop headers that must not reach the client
 /// - `/gate`: send "first", wait for `Replica::open_gate`, then send "second"
+/// - `/drip/{pause_ms}/{n}`: send "first", pause, then n chunks "drip" 100ms apart
 /// - `/ws`: accept an HTTP/1.1 upgrade and echo bytes on the upgraded connection
 /// - anything else: `200 ok` after reading the whole body (its length goes in `Seen`)
 #[derive(Clone)]
@@ -243,6 +244,22 @@ impl Replica {
                 let _ = tx
                     .send(Ok(Frame::data(Bytes::from_static(b"second"))))
                     .await;
+            });
+            Response::new(BoxBody::new(http_body_util::StreamBody::new(
+                tokio_stream_from(rx),
+            )))
+        } else if let Some(rest) = path.strip_prefix("/drip/") {
+            self.record(&req, 0);
+            let (pause, n) = rest.split_once('/').unwrap();
+            let (pause, n): (u64, usize) = (pause.parse().unwrap(), n.parse().unwrap());
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                for _ in 0..n {
+                    let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"drip")))).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             });
             Response::new(BoxBody::new(http_body_util::StreamBody::new(
                 tokio_stream_from(rx),
