@@ -98,16 +98,7 @@ async fn when_the_grace_period_ends_remaining_connections_are_closed() {
             .unwrap();
         c.send(req).await.map(|r| r.status())
     });
-    let mut ws_client = p.h1().await;
-    let req = ws_client
-        .request(http::Method::GET, "/ws")
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .body(empty())
-        .unwrap();
-    let resp = ws_client.send(req).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    let mut ws = hyper_util::rt::TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    let mut ws = p.h1().await.open_websocket("/ws").await;
     within("slow request in flight", async {
         while r.count() < 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -149,10 +149,7 @@ async fn oversized_head_is_431() {
             .header("x-big", "a".repeat(10_000))
             .body(empty())
             .unwrap();
-        let resp = c.send(req).await.unwrap();
-        let (parts, body) = resp.into_parts();
-        let body = body_bytes(body).await;
-        let resp = http::Response::from_parts(parts, ());
+        let (resp, body) = c.send_collect(req).await;
         assert_json_error(
             resp.status().as_u16(),
             &resp,
@@ -185,10 +182,7 @@ async fn oversized_body_is_413_declared_or_streamed() {
         .request(Method::POST, "/")
         .body(full(vec![b'x'; 2048]))
         .unwrap();
-    let resp = c.send(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body_bytes(body).await;
-    let resp = http::Response::from_parts(parts, ());
+    let (resp, body) = c.send_collect(req).await;
     assert_json_error(
         resp.status().as_u16(),
         &resp,
@@ -203,10 +197,7 @@ async fn oversized_body_is_413_declared_or_streamed() {
             .request(Method::POST, "/")
             .body(repeat_body(64 * 1024, 512))
             .unwrap();
-        let resp = c.send(req).await.unwrap();
-        let (parts, body) = resp.into_parts();
-        let body = body_bytes(body).await;
-        let resp = http::Response::from_parts(parts, ());
+        let (resp, body) = c.send_collect(req).await;
         assert_json_error(
             resp.status().as_u16(),
             &resp,
@@ -460,10 +451,7 @@ async fn a_stalled_upload_is_408_even_while_the_connection_is_busy() {
     ))))
     .await
     .unwrap();
-    let resp = c.send(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body_bytes(body).await;
-    let resp = http::Response::from_parts(parts, ());
+    let (resp, body) = c.send_collect(req).await;
     assert_json_error(
         resp.status().as_u16(),
         &resp,

@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body::Frame;
-use hyper_util::rt::TokioIo;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -407,19 +406,7 @@ async fn websocket_upgrade_is_passed_through_and_echoes() {
         &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
     )
     .await;
-    let mut c = p.h1().await;
-    let req = c
-        .request(Method::GET, "/ws")
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("sec-websocket-version", "13")
-        .body(empty())
-        .unwrap();
-    let resp = c.send(req).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    assert_eq!(resp.headers()["upgrade"], "websocket");
-    assert_eq!(resp.headers()["connection"], "upgrade");
+    let mut io = p.h1().await.open_websocket("/ws").await;
 
     let seen = &r.seen()[0];
     assert_eq!(seen.headers["upgrade"], "websocket");
@@ -429,10 +416,6 @@ async fn websocket_upgrade_is_passed_through_and_echoes() {
         "dGhlIHNhbXBsZSBub25jZQ=="
     );
 
-    let upgraded = within("client upgrade", hyper::upgrade::on(resp))
-        .await
-        .unwrap();
-    let mut io = TokioIo::new(upgraded);
     let mut echoed = HashMap::new();
     for msg in ["hello", "over the tunnel", "third frame"] {
         io.write_all(msg.as_bytes()).await.unwrap();
@@ -518,18 +501,7 @@ async fn an_idle_websocket_tunnel_is_closed_and_a_busy_one_is_not() {
         &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
     )
     .await;
-    let open_ws = || async {
-        let mut c = p.h1().await;
-        let req = c
-            .request(Method::GET, "/ws")
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .body(empty())
-            .unwrap();
-        let resp = c.send(req).await.unwrap();
-        assert_eq!(resp.status(), 101);
-        TokioIo::new(within("upgrade", hyper::upgrade::on(resp)).await.unwrap())
-    };
+    let open_ws = || async { p.h1().await.open_websocket("/ws").await };
 
     // Busy: a message every 100ms for 1.2s (three idle periods) keeps it open.
     let mut busy = open_ws().await;

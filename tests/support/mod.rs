@@ -197,7 +197,7 @@ impl Replica {
         self.gate.notify_one();
     }
 
-    fn record(&self, req: &Request<Incoming>, body_len: u64) {
+    fn record<B>(&self, req: &Request<B>, body_len: u64) {
         self.seen.lock().unwrap().push(Seen {
             method: req.method().clone(),
             uri: req.uri().to_string(),
@@ -305,14 +305,7 @@ impl Replica {
                     }
                 }
             }
-            let req = Request::from_parts(parts, ());
-            self.seen.lock().unwrap().push(Seen {
-                method: req.method().clone(),
-                uri: req.uri().to_string(),
-                version: req.version(),
-                headers: req.headers().clone(),
-                body_len: n,
-            });
+            self.record(&Request::from_parts(parts, ()), n);
             Response::new(full(n.to_string()))
         } else {
             let (parts, body) = req.into_parts();
@@ -324,14 +317,7 @@ impl Replica {
                     Err(_) => break,
                 }
             }
-            let req = Request::from_parts(parts, ());
-            self.seen.lock().unwrap().push(Seen {
-                method: req.method().clone(),
-                uri: req.uri().to_string(),
-                version: req.version(),
-                headers: req.headers().clone(),
-                body_len: n,
-            });
+            self.record(&Request::from_parts(parts, ()), n);
             Response::new(full(format!("ok {n}")))
         };
         resp.headers_mut()
@@ -623,11 +609,33 @@ impl Client {
         .await
     }
 
-    pub async fn get(&mut self, path: &str) -> (Response<()>, Bytes) {
-        let req = self.request(Method::GET, path).body(empty()).unwrap();
+    /// Send and read the whole response.
+    pub async fn send_collect(&mut self, req: Request<TestBody>) -> (Response<()>, Bytes) {
         let resp = self.send(req).await.unwrap();
         let (parts, body) = resp.into_parts();
         (Response::from_parts(parts, ()), body_bytes(body).await)
+    }
+
+    pub async fn get(&mut self, path: &str) -> (Response<()>, Bytes) {
+        let req = self.request(Method::GET, path).body(empty()).unwrap();
+        self.send_collect(req).await
+    }
+
+    /// A WebSocket handshake on `path` (HTTP/1.1); asserts 101 and returns the tunnel.
+    pub async fn open_websocket(&mut self, path: &str) -> TokioIo<hyper::upgrade::Upgraded> {
+        let req = self
+            .request(Method::GET, path)
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .body(empty())
+            .unwrap();
+        let resp = self.send(req).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        assert_eq!(resp.headers()["upgrade"], "websocket");
+        assert_eq!(resp.headers()["connection"], "upgrade");
+        TokioIo::new(within("upgrade", hyper::upgrade::on(resp)).await.unwrap())
     }
 
     pub fn is_closed(&self) -> bool {
