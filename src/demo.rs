@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 use tracing::debug;
 
 use crate::config::{
-    Balance, CertificateSpec, Config, RouteSpec, ServerSettings, ServerSpec, UpstreamSpec, defaults,
+    AuthMode, Balance, CertificateSpec, Config, RevocationSettings, RouteSpec, ServerSettings,
+    ServerSpec, StoreSettings, UpstreamSpec, defaults,
 };
 use crate::server::{self, Listeners};
 use crate::snapshot::Snapshot;
@@ -75,7 +76,11 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
             host: None,
             path_prefix: "/".into(),
             upstream: "demo".into(),
+            auth: AuthMode::Off,
         }],
+        store: StoreSettings::default(),
+        auth: None,
+        revocation: RevocationSettings::default(),
     };
     let listeners = Listeners::bind(&config.server)
         .await

@@ -22,6 +22,8 @@ pub enum Fault {
 pub enum ProxyError {
     /// The request cannot be proxied as sent (no Host, bad framing, ...).
     BadRequest(&'static str),
+    /// No usable bearer token (None: none was sent; Some: why the one sent was refused).
+    Unauthorized(Option<&'static str>),
     /// No route matches the request's host and path.
     NoRoute,
     /// The request head is larger than `server.max_header_bytes`.
@@ -34,6 +36,8 @@ pub enum ProxyError {
     BodyTimeout,
     /// The route's group has no server that may take traffic.
     NoUpstream,
+    /// The state store could not answer within its budget and `on_error = "closed"`.
+    StoreUnavailable(String),
     /// Connecting to the chosen replica failed (refused, unreachable, connect timeout).
     UpstreamConnect(String),
     /// The replica closed or reset the connection, or answered with a broken response.
@@ -49,12 +53,14 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::DownstreamAborted(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamBroken(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -65,6 +71,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             ProxyError::BadRequest(_)
+            | ProxyError::Unauthorized(_)
             | ProxyError::NoRoute
             | ProxyError::HeadTooLarge
             | ProxyError::BodyTooLarge
@@ -74,7 +81,7 @@ impl ProxyError {
             | ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamBroken(_)
             | ProxyError::UpstreamTimeout => Fault::Upstream,
-            ProxyError::Internal(_) => Fault::Internal,
+            ProxyError::Internal(_) | ProxyError::StoreUnavailable(_) => Fault::Internal,
         }
     }
 
@@ -82,12 +89,15 @@ impl ProxyError {
     pub fn client_message(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(why) => why,
+            ProxyError::Unauthorized(None) => "missing bearer token",
+            ProxyError::Unauthorized(Some(why)) => why,
             ProxyError::NoRoute => "no route for this host and path",
             ProxyError::HeadTooLarge => "request header fields too large",
             ProxyError::BodyTooLarge => "request body too large",
             ProxyError::DownstreamAborted(_) => "request body could not be read",
             ProxyError::BodyTimeout => "request body timed out",
             ProxyError::NoUpstream => "no upstream server available",
+            ProxyError::StoreUnavailable(_) => "state store unavailable",
             ProxyError::UpstreamConnect(_) => "upstream connection failed",
             ProxyError::UpstreamBroken(_) => "upstream closed the connection",
             ProxyError::UpstreamTimeout => "upstream timed out",
@@ -95,9 +105,23 @@ impl ProxyError {
         }
     }
 
-    /// The JSON error response: `{"error": "...", "request_id": "..."}`.
+    /// The JSON error response: `{"error": "...", "request_id": "..."}`; a 401 also carries
+    /// the RFC 6750 `WWW-Authenticate` challenge.
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
-        error_response(self.status(), self.client_message(), request_id)
+        let mut resp = error_response(self.status(), self.client_message(), request_id);
+        if let ProxyError::Unauthorized(why) = self {
+            let challenge = match why {
+                None => HeaderValue::from_static("Bearer"),
+                // Descriptions are our own static ASCII strings, never token content.
+                Some(d) => HeaderValue::from_str(&format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{d}\""
+                ))
+                .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"invalid_token\"")),
+            };
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        resp
     }
 }
 
@@ -108,8 +132,10 @@ impl fmt::Display for ProxyError {
             ProxyError::DownstreamAborted(d)
             | ProxyError::UpstreamConnect(d)
             | ProxyError::UpstreamBroken(d)
-            | ProxyError::Internal(d) => write!(f, "{}: {}", self.client_message(), d),
+            | ProxyError::Internal(d)
+            | ProxyError::StoreUnavailable(d) => write!(f, "{}: {}", self.client_message(), d),
             ProxyError::BadRequest(_)
+            | ProxyError::Unauthorized(_)
             | ProxyError::NoRoute
             | ProxyError::HeadTooLarge
             | ProxyError::BodyTooLarge
@@ -157,6 +183,25 @@ mod tests {
         assert_eq!(
             status_of(ProxyError::BadRequest("missing Host header")),
             400
+        );
+    }
+    #[test]
+    fn unauthorized_is_401_with_a_bearer_challenge() {
+        let id = HeaderValue::from_static("r");
+        assert_eq!(status_of(ProxyError::Unauthorized(None)), 401);
+        let r = ProxyError::Unauthorized(None).to_response(&id);
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let r = ProxyError::Unauthorized(Some("token expired")).to_response(&id);
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer error=\"invalid_token\", error_description=\"token expired\""
+        );
+    }
+    #[test]
+    fn store_unavailable_is_503() {
+        assert_eq!(
+            status_of(ProxyError::StoreUnavailable("timeout".into())),
+            503
         );
     }
     #[test]

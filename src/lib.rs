@@ -21,6 +21,7 @@
 //! - [`demo`]     `doorman demo`: three replicas, an in-memory certificate, the proxy
 
 pub mod admin;
+pub mod auth;
 pub mod balance;
 pub mod config;
 pub mod demo;
@@ -29,5 +30,6 @@ pub mod idle;
 pub mod pipeline;
 pub mod server;
 pub mod snapshot;
+pub mod store;
 pub mod tls;
 pub mod upstream;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, RouteSpec, ServerSettings};
+use crate::auth::Verifier;
+use crate::config::{AuthMode, Config, OnError, RouteSpec, ServerSettings};
+use crate::store::Store;
 use crate::upstream::UpstreamGroup;
 
 /// Everything a request or a new connection needs, built once per (re)load.
@@ -16,6 +18,11 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     pub groups: Vec<Arc<UpstreamGroup>>,
     pub tls: Arc<rustls::ServerConfig>,
+    /// None when no `[auth]` is configured.
+    pub auth: Option<Arc<Verifier>>,
+    pub store: Store,
+    pub revocation_enabled: bool,
+    pub on_error: OnError,
 }
 
 /// A route with its group resolved: no name lookups at request time.
@@ -24,6 +31,7 @@ pub struct Route {
     pub host: Option<HostMatch>,
     pub path_prefix: Arc<str>,
     pub group: Arc<UpstreamGroup>,
+    pub auth: AuthMode,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -53,7 +61,8 @@ impl HostMatch {
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
 impl Snapshot {
-    /// Build every runtime piece from a validated config.
+    /// Build every runtime piece from a validated config. Call within a tokio runtime: a
+    /// Redis store starts its background sync here.
     pub fn build(config: &Config) -> Result<Self, String> {
         let tls = crate::tls::server_config(&config.tls).map_err(|e| format!("tls: {e}"))?;
         let groups: Vec<Arc<UpstreamGroup>> = config
@@ -66,11 +75,21 @@ impl Snapshot {
             .iter()
             .map(|r| route(r, &groups))
             .collect::<Result<Vec<_>, _>>()?;
+        let store = Store::new(&config.store, &config.revocation)?;
+        if store.is_embedded() {
+            tracing::warn!(
+                "no [store] redis_url: using the embedded in-process store (one doorman instance only)"
+            );
+        }
         Ok(Snapshot {
             settings: config.server.clone(),
             routes,
             groups,
             tls,
+            auth: config.auth.as_ref().map(|a| Arc::new(Verifier::new(a))),
+            store,
+            revocation_enabled: config.revocation.enabled,
+            on_error: config.store.on_error,
         })
     }
 
@@ -105,6 +124,7 @@ fn route(spec: &RouteSpec, groups: &[Arc<UpstreamGroup>]) -> Result<Route, Strin
         host: spec.host.as_deref().map(HostMatch::new),
         path_prefix: spec.path_prefix.as_str().into(),
         group: group.clone(),
+        auth: spec.auth,
     })
 }
 

@@ -7,7 +7,15 @@ use serde::Deserialize;
 
 /// Top-level sections. Each is deserialized on its own (see `validate::parse`) so that a typo in
 /// one section does not hide the errors of the others.
-pub(crate) const SECTIONS: &[&str] = &["server", "tls", "upstreams", "routes"];
+pub(crate) const SECTIONS: &[&str] = &[
+    "server",
+    "tls",
+    "upstreams",
+    "routes",
+    "store",
+    "auth",
+    "revocation",
+];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,4 +72,46 @@ pub(crate) struct RawRoute {
     pub(crate) path_prefix: String,
     pub(crate) upstream: String,
     pub(crate) host: Option<String>,
+    pub(crate) auth: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub(crate) redis_url: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) on_error: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuth {
+    pub(crate) issuer: Option<String>,
+    pub(crate) audiences: Option<Vec<String>>,
+    pub(crate) leeway: Option<String>,
+    pub(crate) require_jti: Option<bool>,
+    #[serde(default)]
+    pub(crate) forward_claims: std::collections::BTreeMap<String, String>,
+    pub(crate) strip_authorization: Option<bool>,
+    pub(crate) cache_entries: Option<i64>,
+    #[serde(default)]
+    pub(crate) keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKey {
+    pub(crate) kid: Option<String>,
+    pub(crate) algorithm: String,
+    pub(crate) secret_env: Option<String>,
+    pub(crate) secret_file: Option<String>,
+    pub(crate) public_key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRevocation {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) key_prefix: Option<String>,
+    pub(crate) subject_ttl: Option<String>,
 }

@@ -29,6 +29,13 @@ pub mod defaults {
     pub const KEEPALIVE: usize = 64;
     pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const WEIGHT: u32 = 1;
+    pub const STORE_TIMEOUT: Duration = Duration::from_millis(50);
+    pub const LEEWAY: Duration = Duration::from_secs(30);
+    pub const AUTH_CACHE_ENTRIES: usize = 16_384;
+    pub const KEY_PREFIX: &str = "doorman:revoked:";
+    pub const SUBJECT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 256 bits here).
+    pub const MIN_SECRET_BYTES: usize = 32;
     pub const MAX_WEIGHT: u32 = 1000;
 }
 
@@ -39,6 +46,97 @@ pub struct Config {
     pub tls: Vec<CertificateSpec>,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+    pub store: StoreSettings,
+    /// None when there is no `[auth]` section: no route may then require a token.
+    pub auth: Option<AuthSettings>,
+    pub revocation: RevocationSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// None: the embedded in-process store (one instance only).
+    pub redis_url: Option<String>,
+    /// Budget for any store call on the request path.
+    pub timeout: Duration,
+    pub on_error: OnError,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            redis_url: None,
+            timeout: defaults::STORE_TIMEOUT,
+            on_error: OnError::Closed,
+        }
+    }
+}
+
+/// What a request gets when the store cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// 503.
+    Closed,
+    /// Let the request through.
+    Open,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub issuer: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    pub leeway: Duration,
+    pub require_jti: bool,
+    /// claim name → header sent upstream.
+    pub forward_claims: Vec<(String, http::HeaderName)>,
+    pub strip_authorization: bool,
+    pub cache_entries: usize,
+    pub keys: Vec<JwtKey>,
+}
+
+/// A verification key, loaded at config time. The algorithm is pinned here, never taken
+/// from a token.
+#[derive(Clone)]
+pub struct JwtKey {
+    pub kid: Option<String>,
+    pub algorithm: jsonwebtoken::Algorithm,
+    pub key: jsonwebtoken::DecodingKey,
+}
+
+impl fmt::Debug for JwtKey {
+    // Never print key material (HMAC secrets live in DecodingKey).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationSettings {
+    pub enabled: bool,
+    pub key_prefix: String,
+    /// How long a subject-wide revocation is kept: must outlast the longest token lifetime.
+    pub subject_ttl: Duration,
+}
+
+impl Default for RevocationSettings {
+    fn default() -> Self {
+        RevocationSettings {
+            enabled: true,
+            key_prefix: defaults::KEY_PREFIX.to_string(),
+            subject_ttl: defaults::SUBJECT_TTL,
+        }
+    }
+}
+
+/// Whether a route needs a verified token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    /// Verified when present; absent is fine, invalid is not.
+    Optional,
+    Off,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +225,7 @@ pub struct RouteSpec {
     pub host: Option<String>,
     pub path_prefix: String,
     pub upstream: String,
+    pub auth: AuthMode,
 }
 
 /// One problem found in a config file: the key it sits under and why it is wrong.

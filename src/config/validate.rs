@@ -15,11 +15,13 @@ use pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 
 use super::file::{
-    RawCertificate, RawRoute, RawServer, RawServerEntry, RawTls, RawUpstream, SECTIONS,
+    RawAuth, RawCertificate, RawKey, RawRevocation, RawRoute, RawServer, RawServerEntry, RawStore,
+    RawTls, RawUpstream, SECTIONS,
 };
 use super::{
-    Balance, CertificateSpec, Config, ConfigError, ConfigErrors, RouteSpec, ServerSettings,
-    ServerSpec, UpstreamSpec, default_workers, defaults,
+    AuthMode, AuthSettings, Balance, CertificateSpec, Config, ConfigError, ConfigErrors, JwtKey,
+    OnError, RevocationSettings, RouteSpec, ServerSettings, ServerSpec, StoreSettings,
+    UpstreamSpec, default_workers, defaults,
 };
 
 const MIN_DURATION: Duration = Duration::from_millis(1);
@@ -112,13 +114,35 @@ impl Validator {
         };
         let tls = self.tls(doc.remove("tls"));
         let upstreams = self.upstreams(doc.remove("upstreams"));
-        let routes = self.routes(doc.remove("routes"), &upstreams);
+        let store = match doc.remove("store") {
+            Some(v) => self
+                .section::<RawStore>("store", v)
+                .map(|raw| self.store(raw))
+                .unwrap_or_default(),
+            None => StoreSettings::default(),
+        };
+        let auth_present = doc.contains_key("auth");
+        let auth = doc
+            .remove("auth")
+            .and_then(|v| self.section::<RawAuth>("auth", v))
+            .and_then(|raw| self.auth(raw));
+        let revocation = match doc.remove("revocation") {
+            Some(v) => self
+                .section::<RawRevocation>("revocation", v)
+                .map(|raw| self.revocation(raw))
+                .unwrap_or_default(),
+            None => RevocationSettings::default(),
+        };
+        let routes = self.routes(doc.remove("routes"), &upstreams, auth_present);
 
         Some(Config {
             server: server?,
             tls,
             upstreams,
             routes,
+            store,
+            auth,
+            revocation,
         })
     }
 
@@ -432,7 +456,12 @@ impl Validator {
         Some(ServerSpec { address, weight })
     }
 
-    fn routes(&mut self, value: Option<toml::Value>, upstreams: &[UpstreamSpec]) -> Vec<RouteSpec> {
+    fn routes(
+        &mut self,
+        value: Option<toml::Value>,
+        upstreams: &[UpstreamSpec],
+        auth_present: bool,
+    ) -> Vec<RouteSpec> {
         let items = match value {
             Some(toml::Value::Array(items)) => items,
             Some(_) => {
@@ -481,13 +510,254 @@ impl Validator {
                     format!("invalid host {h:?} (a DNS name or *.parent; no port, no scheme)"),
                 );
             }
+            // With an [auth] section, routes require a token unless they say otherwise.
+            let auth = match raw.auth.as_deref() {
+                None if auth_present => AuthMode::Required,
+                None => AuthMode::Off,
+                Some("required") => AuthMode::Required,
+                Some("optional") => AuthMode::Optional,
+                Some("off") => AuthMode::Off,
+                Some(other) => {
+                    self.err(
+                        format!("{key}.auth"),
+                        format!("unknown auth mode {other:?}, expected required, optional or off"),
+                    );
+                    AuthMode::Off
+                }
+            };
+            if auth != AuthMode::Off && !auth_present {
+                self.err(
+                    format!("{key}.auth"),
+                    "needs an [auth] section with at least one key",
+                );
+            }
             out.push(RouteSpec {
                 host,
                 path_prefix: raw.path_prefix,
                 upstream: raw.upstream,
+                auth,
             });
         }
         out
+    }
+
+    fn store(&mut self, raw: RawStore) -> StoreSettings {
+        if let Some(url) = &raw.redis_url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+        {
+            self.err("store.redis_url", format!("{url:?} is not a redis:// URL"));
+        }
+        let on_error = match raw.on_error.as_deref() {
+            None | Some("closed") => OnError::Closed,
+            Some("open") => OnError::Open,
+            Some(other) => {
+                self.err(
+                    "store.on_error",
+                    format!("unknown policy {other:?}, expected \"closed\" or \"open\""),
+                );
+                OnError::Closed
+            }
+        };
+        StoreSettings {
+            redis_url: raw.redis_url,
+            timeout: self.duration("store.timeout", raw.timeout, defaults::STORE_TIMEOUT),
+            on_error,
+        }
+    }
+
+    fn revocation(&mut self, raw: RawRevocation) -> RevocationSettings {
+        let key_prefix = raw
+            .key_prefix
+            .unwrap_or_else(|| defaults::KEY_PREFIX.to_string());
+        if key_prefix.is_empty() || key_prefix.bytes().any(|b| b <= b' ' || b == b'*') {
+            self.err(
+                "revocation.key_prefix",
+                format!("{key_prefix:?} must be non-empty, without spaces or '*'"),
+            );
+        }
+        RevocationSettings {
+            enabled: raw.enabled.unwrap_or(true),
+            key_prefix,
+            subject_ttl: self.duration(
+                "revocation.subject_ttl",
+                raw.subject_ttl,
+                defaults::SUBJECT_TTL,
+            ),
+        }
+    }
+
+    fn auth(&mut self, raw: RawAuth) -> Option<AuthSettings> {
+        if raw.keys.is_empty() {
+            self.err("auth.keys", "at least one [[auth.keys]] entry is required");
+        }
+        let mut keys = Vec::new();
+        for (i, k) in raw.keys.into_iter().enumerate() {
+            let key = format!("auth.keys[{i}]");
+            if let Some(kid) = &k.kid
+                && keys.iter().any(|o: &JwtKey| o.kid.as_ref() == Some(kid))
+            {
+                self.err(format!("{key}.kid"), format!("kid {kid:?} is used twice"));
+            }
+            if let Some(jk) = self.jwt_key(&key, k) {
+                keys.push(jk);
+            }
+        }
+        let mut forward_claims = Vec::new();
+        for (claim, header) in raw.forward_claims {
+            match http::HeaderName::from_bytes(header.as_bytes()) {
+                Ok(h) if !crate::pipeline::HOP_BY_HOP.contains(&h) && h != http::header::HOST => {
+                    forward_claims.push((claim, h))
+                }
+                _ => self.err(
+                    format!("auth.forward_claims.{claim}"),
+                    format!("{header:?} is not a header doorman can set"),
+                ),
+            }
+        }
+        let cache_entries = self.count(
+            "auth.cache_entries",
+            raw.cache_entries,
+            defaults::AUTH_CACHE_ENTRIES,
+            0,
+            1 << 24,
+        );
+        Some(AuthSettings {
+            issuer: raw.issuer,
+            audiences: raw.audiences,
+            leeway: self.duration_or_zero("auth.leeway", raw.leeway, defaults::LEEWAY),
+            require_jti: raw.require_jti.unwrap_or(true),
+            forward_claims,
+            strip_authorization: raw.strip_authorization.unwrap_or(false),
+            cache_entries,
+            keys,
+        })
+    }
+
+    fn jwt_key(&mut self, key: &str, raw: RawKey) -> Option<JwtKey> {
+        use jsonwebtoken::{Algorithm, DecodingKey};
+        let algorithm = match raw.algorithm.parse::<Algorithm>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.err(
+                    format!("{key}.algorithm"),
+                    format!(
+                        "unknown algorithm {:?} (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA)",
+                        raw.algorithm
+                    ),
+                );
+                return None;
+            }
+        };
+        let hmac = matches!(
+            algorithm,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        );
+        let decoding = if hmac {
+            if raw.public_key_file.is_some() {
+                self.err(
+                    format!("{key}.public_key_file"),
+                    "an HMAC key takes secret_env or secret_file",
+                );
+            }
+            let secret = match (&raw.secret_env, &raw.secret_file) {
+                (Some(var), None) => match std::env::var(var) {
+                    Ok(v) => v.into_bytes(),
+                    Err(_) => {
+                        self.err(
+                            format!("{key}.secret_env"),
+                            format!("environment variable {var} is not set"),
+                        );
+                        return None;
+                    }
+                },
+                (None, Some(path)) => match std::fs::read(path) {
+                    // A trailing newline from `echo > file` is not part of the secret.
+                    Ok(mut v) => {
+                        while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                            v.pop();
+                        }
+                        v
+                    }
+                    Err(e) => {
+                        self.err(
+                            format!("{key}.secret_file"),
+                            format!("{path}: cannot read: {e}"),
+                        );
+                        return None;
+                    }
+                },
+                _ => {
+                    self.err(
+                        key,
+                        "an HMAC key needs exactly one of secret_env or secret_file",
+                    );
+                    return None;
+                }
+            };
+            if secret.len() < defaults::MIN_SECRET_BYTES {
+                self.err(
+                    key,
+                    format!(
+                        "the HMAC secret is {} bytes; at least {} are required",
+                        secret.len(),
+                        defaults::MIN_SECRET_BYTES
+                    ),
+                );
+                return None;
+            }
+            DecodingKey::from_secret(&secret)
+        } else {
+            if raw.secret_env.is_some() || raw.secret_file.is_some() {
+                self.err(key, "an asymmetric key takes public_key_file, not a secret");
+            }
+            let Some(path) = &raw.public_key_file else {
+                self.err(
+                    format!("{key}.public_key_file"),
+                    "missing: required for this algorithm",
+                );
+                return None;
+            };
+            let pem = match std::fs::read(path) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.err(
+                        format!("{key}.public_key_file"),
+                        format!("{path}: cannot read: {e}"),
+                    );
+                    return None;
+                }
+            };
+            let parsed = match algorithm {
+                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+                Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                _ => DecodingKey::from_rsa_pem(&pem),
+            };
+            match parsed {
+                Ok(k) => k,
+                Err(e) => {
+                    self.err(
+                        format!("{key}.public_key_file"),
+                        format!("{path}: not a {algorithm:?} public key: {e}"),
+                    );
+                    return None;
+                }
+            }
+        };
+        Some(JwtKey {
+            kid: raw.kid,
+            algorithm,
+            key: decoding,
+        })
+    }
+
+    /// Like `duration`, but "0s" is allowed (e.g. no clock-skew leeway).
+    fn duration_or_zero(&mut self, key: &str, s: Option<String>, default: Duration) -> Duration {
+        match s.as_deref().map(humantime::parse_duration) {
+            Some(Ok(d)) if d.is_zero() => d,
+            _ => self.duration(key, s, default),
+        }
     }
 
     fn addr(&mut self, key: &str, s: &str) -> Option<SocketAddr> {

@@ -2,12 +2,14 @@
 //!
 //! 1. limits   — head size (431), declared body size (413), request id
 //! 2. route    — host + path prefix → route and its upstream group (404)
-//! 3. select   — the group's balancer picks a replica (503 when none may take traffic)
-//! 4. forward  — hop-by-hop stripped, X-Forwarded-* set, bodies streamed both ways
-//! 5. complete — request id on the response, access log line
+//! 3. auth     — bearer JWT verified, revocation checked, claims forwarded (401 / 503)
+//! 4. select   — the group's balancer picks a replica (503 when none may take traffic)
+//! 5. forward  — hop-by-hop stripped, X-Forwarded-* set, bodies streamed both ways
+//! 6. complete — request id on the response, access log line
 //!
-//! Later issues slot auth and idempotency between route and select.
+//! Idempotency (a later issue) slots in between auth and select.
 
+mod auth;
 mod body;
 mod context;
 mod forward;
@@ -62,7 +64,7 @@ pub async fn handle(
 }
 
 async fn stages(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     ctx: &mut RequestCtx,
     conn: &Arc<ConnInfo>,
     snap: &Snapshot,
@@ -75,6 +77,9 @@ async fn stages(
         .route(host.as_deref(), req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     ctx.route = Some(route.path_prefix.clone());
+    // Auth after route (the route says whether a token is needed), before any replica is
+    // chosen: an unauthenticated request never costs upstream capacity.
+    auth::check(req.headers_mut(), route.auth, snap).await?;
     let upstream = route.group.select().ok_or(ProxyError::NoUpstream)?;
     ctx.upstream = Some(upstream.address);
     forward::send(

@@ -1,0 +1,311 @@
+//! JWT verification. The verification algorithm always comes from the configured key:
+//! the token's `alg` must name it exactly, so `none`, algorithm confusion (HS256 signed
+//! with a public key) and algorithms a key does not allow are refused before any crypto.
+//! Header and claims rules are checked here rather than left to jsonwebtoken's defaults,
+//! which accept a missing `aud`/`iss` and ignore `crit`.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+
+use super::cache::TokenCache;
+use crate::config::{AuthSettings, JwtKey};
+
+/// Why a token was refused; `description()` goes into `WWW-Authenticate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    Malformed,
+    Algorithm,
+    UnknownKid,
+    Critical,
+    Signature,
+    Expired,
+    NotYetValid,
+    IssuedInFuture,
+    Issuer,
+    Audience,
+    MissingJti,
+    BadClaim,
+    Revoked,
+}
+
+impl Reject {
+    pub fn description(&self) -> &'static str {
+        match self {
+            Reject::Malformed => "malformed token",
+            Reject::Algorithm => "algorithm not allowed",
+            Reject::UnknownKid => "unknown key id",
+            Reject::Critical => "unsupported critical header",
+            Reject::Signature => "invalid signature",
+            Reject::Expired => "token expired",
+            Reject::NotYetValid => "token not yet valid",
+            Reject::IssuedInFuture => "token issued in the future",
+            Reject::Issuer => "invalid issuer",
+            Reject::Audience => "invalid audience",
+            Reject::MissingJti => "missing jti",
+            Reject::BadClaim => "invalid claims",
+            Reject::Revoked => "token revoked",
+        }
+    }
+}
+
+/// A token whose signature and time-independent claims have been checked.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    pub token: Box<str>,
+    pub exp: u64,
+    pub nbf: Option<u64>,
+    pub iat: Option<u64>,
+    pub jti: Option<String>,
+    pub sub: Option<String>,
+    /// Claim headers to send upstream, already validated as header values.
+    pub forward: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl VerifiedToken {
+    /// exp / nbf / iat against `now`, with `leeway` seconds of clock skew. Checked on every
+    /// request, cached or not.
+    pub fn check_time(&self, now: u64, leeway: u64) -> Result<(), Reject> {
+        if now >= self.exp.saturating_add(leeway) {
+            return Err(Reject::Expired);
+        }
+        if let Some(nbf) = self.nbf
+            && now.saturating_add(leeway) < nbf
+        {
+            return Err(Reject::NotYetValid);
+        }
+        if let Some(iat) = self.iat
+            && iat > now.saturating_add(leeway)
+        {
+            return Err(Reject::IssuedInFuture);
+        }
+        Ok(())
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The JOSE name of an algorithm, as it must appear in a token's `alg`. None for a variant
+/// this build does not know, so it can never match any token.
+pub fn alg_name(a: Algorithm) -> Option<&'static str> {
+    Some(match a {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::EdDSA => "EdDSA",
+        _ => return None,
+    })
+}
+
+/// Everything needed to verify tokens for one snapshot.
+#[derive(Debug)]
+pub struct Verifier {
+    keys: Vec<JwtKey>,
+    issuer: Option<String>,
+    audiences: Option<Vec<String>>,
+    pub leeway: u64,
+    require_jti: bool,
+    forward_claims: Vec<(String, HeaderName)>,
+    pub strip_authorization: bool,
+    cache: TokenCache,
+}
+
+impl Verifier {
+    pub fn new(s: &AuthSettings) -> Self {
+        Verifier {
+            keys: s.keys.clone(),
+            issuer: s.issuer.clone(),
+            audiences: s.audiences.clone(),
+            leeway: s.leeway.as_secs(),
+            require_jti: s.require_jti,
+            forward_claims: s.forward_claims.clone(),
+            strip_authorization: s.strip_authorization,
+            cache: TokenCache::new(s.cache_entries),
+        }
+    }
+
+    /// Headers a client must never set itself: the ones doorman fills from claims.
+    pub fn forwarded_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.forward_claims.iter().map(|(_, h)| h)
+    }
+
+    /// Verify a token at time `now`. A token verified before skips the signature check;
+    /// its times are still checked.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Arc<VerifiedToken>, Reject> {
+        if let Some(hit) = self.cache.get(token) {
+            hit.check_time(now, self.leeway)?;
+            return Ok(hit);
+        }
+        let v = self.verify_uncached(token)?;
+        v.check_time(now, self.leeway)?;
+        let v = Arc::new(v);
+        self.cache.insert(v.clone());
+        Ok(v)
+    }
+
+    /// Signature and every time-independent rule.
+    pub fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, Reject> {
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(s64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Reject::Malformed);
+        };
+        if h64.is_empty() || p64.is_empty() || s64.is_empty() {
+            return Err(Reject::Malformed);
+        }
+        let header = json_object(h64)?;
+        let alg = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or(Reject::Malformed)?;
+        // RFC 7515 §4.1.11: we implement no extensions, so any `crit` is one we don't understand.
+        if header.contains_key("crit") {
+            return Err(Reject::Critical);
+        }
+        // jku / x5u / jwk / x5c are never looked at: keys come from configuration only.
+        let candidates: Vec<&JwtKey> = match header.get("kid") {
+            Some(Value::String(kid)) => {
+                let key = self
+                    .keys
+                    .iter()
+                    .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                    .ok_or(Reject::UnknownKid)?;
+                vec![key]
+            }
+            Some(_) => return Err(Reject::Malformed),
+            None => self
+                .keys
+                .iter()
+                .filter(|k| alg_name(k.algorithm) == Some(alg))
+                .collect(),
+        };
+        if candidates.is_empty()
+            || candidates
+                .iter()
+                .any(|k| alg_name(k.algorithm) != Some(alg))
+        {
+            return Err(Reject::Algorithm);
+        }
+        let message = &token.as_bytes()[..h64.len() + 1 + p64.len()];
+        let mut verified = false;
+        for key in candidates {
+            match jsonwebtoken::crypto::verify(s64, message, &key.key, key.algorithm) {
+                Ok(true) => {
+                    verified = true;
+                    break;
+                }
+                Ok(false) => {}
+                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::Base64(_)) => {
+                    return Err(Reject::Malformed);
+                }
+                Err(_) => {}
+            }
+        }
+        if !verified {
+            return Err(Reject::Signature);
+        }
+        let claims = json_object(p64)?;
+        self.claims(token, &claims)
+    }
+
+    fn claims(&self, token: &str, c: &Map<String, Value>) -> Result<VerifiedToken, Reject> {
+        let exp = numeric_date(c.get("exp"))?.ok_or(Reject::BadClaim)?;
+        let nbf = numeric_date(c.get("nbf"))?;
+        let iat = numeric_date(c.get("iat"))?;
+        if let Some(want) = &self.issuer
+            && c.get("iss").and_then(Value::as_str) != Some(want.as_str())
+        {
+            return Err(Reject::Issuer);
+        }
+        if let Some(allowed) = &self.audiences {
+            let ok = match c.get("aud") {
+                Some(Value::String(a)) => allowed.contains(a),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .any(|a| a.as_str().is_some_and(|a| allowed.iter().any(|x| x == a))),
+                _ => false,
+            };
+            if !ok {
+                return Err(Reject::Audience);
+            }
+        }
+        let jti = match c.get("jti") {
+            Some(Value::String(j)) if !j.is_empty() => Some(j.clone()),
+            None if !self.require_jti => None,
+            None => return Err(Reject::MissingJti),
+            Some(_) => return Err(Reject::BadClaim),
+        };
+        let sub = match c.get("sub") {
+            Some(Value::String(s)) => Some(s.clone()),
+            None => None,
+            Some(_) => return Err(Reject::BadClaim),
+        };
+        let mut forward = Vec::with_capacity(self.forward_claims.len());
+        for (claim, header) in &self.forward_claims {
+            let text = match c.get(claim) {
+                None | Some(Value::Null) => continue,
+                Some(Value::String(s)) => s.clone(),
+                // A list of scopes travels as the usual space-separated string.
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned).ok_or(Reject::BadClaim))
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(" "),
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::Bool(b)) => b.to_string(),
+                Some(Value::Object(_)) => return Err(Reject::BadClaim),
+            };
+            let value = HeaderValue::from_str(&text).map_err(|_| Reject::BadClaim)?;
+            forward.push((header.clone(), value));
+        }
+        Ok(VerifiedToken {
+            token: token.into(),
+            exp,
+            nbf,
+            iat,
+            jti,
+            sub,
+            forward,
+        })
+    }
+}
+
+fn json_object(b64: &str) -> Result<Map<String, Value>, Reject> {
+    let bytes = URL_SAFE_NO_PAD.decode(b64).map_err(|_| Reject::Malformed)?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(Reject::Malformed),
+    }
+}
+
+/// A NumericDate (RFC 7519 §2): a JSON number of seconds, fractional allowed. Anything else
+/// present under the name is refused.
+fn numeric_date(v: Option<&Value>) -> Result<Option<u64>, Reject> {
+    match v {
+        None => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => Ok(Some(u)),
+            (None, Some(f)) if f.is_finite() && f >= 0.0 => Ok(Some(f as u64)),
+            _ => Err(Reject::BadClaim),
+        },
+        Some(_) => Err(Reject::BadClaim),
+    }
+}

@@ -1,0 +1,101 @@
+//! The shared state store: revocations now, idempotency records later.
+//!
+//! Two backends behind one type. `Memory` is the embedded single-instance store (no Redis
+//! configured). `Redis` keeps a local, coherent view of every revocation key so that the
+//! request path answers without a network round trip; see `redis.rs`.
+//!
+//! Key schema (public, so an auth server can revoke by writing Redis directly):
+//! - `{prefix}jti:{jti}` exists → that token is revoked. TTL = the token's remaining life.
+//! - `{prefix}sub:{sub}` = unix seconds T → every token of `sub` with `iat <= T` is revoked
+//!   (a token of that subject without `iat` is treated as revoked too).
+
+mod memory;
+mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use memory::MemoryStore;
+pub use redis::RedisStore;
+
+use crate::auth::VerifiedToken;
+use crate::config::{RevocationSettings, StoreSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store timed out")]
+    Timeout,
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum Store {
+    Memory(Arc<MemoryStore>),
+    Redis(Arc<RedisStore>),
+}
+
+/// A revocation to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoke {
+    /// Revoke one token until it would have expired anyway (unix seconds).
+    Jti { jti: String, expires_at: u64 },
+    /// Revoke every token of `sub` issued at or before `before` (unix seconds).
+    Subject { sub: String, before: u64 },
+}
+
+impl Store {
+    /// The embedded store, or a Redis-backed one whose background sync task starts now
+    /// (call from within a tokio runtime).
+    pub fn new(store: &StoreSettings, revocation: &RevocationSettings) -> Result<Self, String> {
+        match &store.redis_url {
+            None => Ok(Store::Memory(Arc::new(MemoryStore::new(revocation)))),
+            Some(url) => Ok(Store::Redis(RedisStore::start(url, store, revocation)?)),
+        }
+    }
+
+    /// Is this verified token revoked? Answered from local state when it can be; otherwise
+    /// one Redis round trip under the store timeout.
+    pub async fn is_revoked(&self, t: &VerifiedToken) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.is_revoked(t.jti.as_deref(), t.sub.as_deref(), t.iat)),
+            Store::Redis(r) => {
+                r.is_revoked(t.jti.as_deref(), t.sub.as_deref(), t.iat)
+                    .await
+            }
+        }
+    }
+
+    pub async fn revoke(&self, r: &Revoke) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.revoke(r);
+                Ok(())
+            }
+            Store::Redis(s) => s.revoke(r).await,
+        }
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        matches!(self, Store::Memory(_))
+    }
+}
+
+/// The Redis keys for a token's revocation checks.
+pub(crate) fn jti_key(prefix: &str, jti: &str) -> String {
+    format!("{prefix}jti:{jti}")
+}
+
+pub(crate) fn sub_key(prefix: &str, sub: &str) -> String {
+    format!("{prefix}sub:{sub}")
+}
+
+/// Whether a subject revocation stamped `before` covers a token issued at `iat`.
+pub(crate) fn subject_covers(before: u64, iat: Option<u64>) -> bool {
+    iat.is_none_or(|iat| iat <= before)
+}
+
+/// TTL for a jti key: the token's remaining life plus leeway, at least one second.
+pub(crate) fn jti_ttl(expires_at: u64, now: u64, leeway: Duration) -> Duration {
+    Duration::from_secs(expires_at.saturating_sub(now).max(1)) + leeway
+}
