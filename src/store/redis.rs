@@ -190,30 +190,25 @@ impl RedisStore {
         let Some(rest) = key.strip_prefix(self.prefix.as_str()) else {
             return;
         };
-        let (map, id, parse): (&DashMap<String, Entry>, &str, fn(&str) -> u64) =
-            if let Some(jti) = rest.strip_prefix("jti:") {
-                (&self.view.jtis, jti, |_| 0)
-            } else if let Some(sub) = rest.strip_prefix("sub:") {
-                (&self.view.subs, sub, parse_cutoff)
-            } else {
-                return;
-            };
-        match value {
-            Some(v) => {
-                let expires =
-                    (pttl >= 0).then(|| Instant::now() + Duration::from_millis(pttl as u64));
-                map.insert(
-                    id.to_string(),
-                    Entry {
-                        value: parse(v),
-                        expires,
-                    },
-                );
-            }
-            None => {
-                map.remove(id);
-            }
-        }
+        let (map, id) = if let Some(jti) = rest.strip_prefix("jti:") {
+            (&self.view.jtis, jti)
+        } else if let Some(sub) = rest.strip_prefix("sub:") {
+            (&self.view.subs, sub)
+        } else {
+            return;
+        };
+        let Some(v) = value else {
+            map.remove(id);
+            return;
+        };
+        // Only a subject entry's value means something: its cut-off time.
+        let value = if std::ptr::eq(map, &self.view.subs) {
+            parse_cutoff(v)
+        } else {
+            0
+        };
+        let expires = (pttl >= 0).then(|| Instant::now() + Duration::from_millis(pttl as u64));
+        map.insert(id.to_string(), Entry { value, expires });
     }
 }
 
