@@ -190,25 +190,26 @@ impl RedisStore {
         let Some(rest) = key.strip_prefix(self.prefix.as_str()) else {
             return;
         };
-        let (map, id) = if let Some(jti) = rest.strip_prefix("jti:") {
-            (&self.view.jtis, jti)
+        // Only a subject entry's value means something: its cut-off time.
+        let (map, id, cutoff) = if let Some(jti) = rest.strip_prefix("jti:") {
+            (&self.view.jtis, jti, 0)
         } else if let Some(sub) = rest.strip_prefix("sub:") {
-            (&self.view.subs, sub)
+            (&self.view.subs, sub, value.map_or(0, parse_cutoff))
         } else {
             return;
         };
-        let Some(v) = value else {
+        if value.is_none() {
             map.remove(id);
             return;
-        };
-        // Only a subject entry's value means something: its cut-off time.
-        let value = if std::ptr::eq(map, &self.view.subs) {
-            parse_cutoff(v)
-        } else {
-            0
-        };
+        }
         let expires = (pttl >= 0).then(|| Instant::now() + Duration::from_millis(pttl as u64));
-        map.insert(id.to_string(), Entry { value, expires });
+        map.insert(
+            id.to_string(),
+            Entry {
+                value: cutoff,
+                expires,
+            },
+        );
     }
 }
 
