@@ -46,6 +46,25 @@ enum Command {
         #[arg(long, short, conflicts_with = "path")]
         config: Option<PathBuf>,
     },
+    /// Revoke a token (by jti) or every token of a subject. Writes Redis directly when
+    /// `[store] redis_url` is set; otherwise asks the running instance's admin listener.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "sub"])))]
+    Revoke {
+        #[arg(long, short, default_value = "config/proxy.toml")]
+        config: PathBuf,
+        /// The token's jti claim.
+        #[arg(long, requires = "expires_at")]
+        jti: Option<String>,
+        /// The token's exp (unix seconds): the revocation is kept until then (plus leeway).
+        #[arg(long)]
+        expires_at: Option<u64>,
+        /// Revoke every token of this subject (sub claim) issued at or before --before.
+        #[arg(long, conflicts_with_all = ["jti", "expires_at"])]
+        sub: Option<String>,
+        /// Unix seconds (default: now).
+        #[arg(long, requires = "sub")]
+        before: Option<u64>,
+    },
     /// Zero-setup first run: three demo replicas, an in-memory certificate, the proxy.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8443")]
@@ -67,6 +86,26 @@ fn main() -> ExitCode {
             path.or(config)
                 .unwrap_or_else(|| "config/proxy.toml".into()),
         ),
+        Command::Revoke {
+            config,
+            jti,
+            expires_at,
+            sub,
+            before,
+        } => {
+            let what = match (jti, sub) {
+                (Some(jti), _) => doorman::store::Revoke::Jti {
+                    jti,
+                    expires_at: expires_at.unwrap_or_default(),
+                },
+                (None, Some(sub)) => doorman::store::Revoke::Subject {
+                    sub,
+                    before: before.unwrap_or_else(doorman::auth::unix_now),
+                },
+                (None, None) => unreachable!("clap requires --jti or --sub"),
+            };
+            revoke(config, what)
+        }
         Command::Demo {
             listen,
             admin_listen,
@@ -127,6 +166,45 @@ fn check(path: PathBuf) -> ExitCode {
             );
             ExitCode::FAILURE
         }
+    }
+}
+
+fn revoke(path: PathBuf, what: doorman::store::Revoke) -> ExitCode {
+    let config = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let leeway = config
+        .auth
+        .as_ref()
+        .map_or(config::defaults::LEEWAY, |a| a.leeway);
+    let records = doorman::store::Records {
+        prefix: config.revocation.key_prefix.clone(),
+        subject_ttl: config.revocation.subject_ttl,
+        leeway,
+    };
+    let result = rt.block_on(async {
+        match &config.store.redis_url {
+            Some(url) => doorman::store::write_to_redis(url, &records, &what).await,
+            None => doorman::admin::post_revocation(config.server.admin_listen, &what).await,
+        }
+    });
+    match result {
+        Ok(()) => {
+            println!("revoked: {what:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("revocation failed: {e}")),
     }
 }
 

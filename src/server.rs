@@ -91,7 +91,11 @@ pub async fn run(
     let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
     let admin_state = Arc::new(AdminState::default());
 
-    let admin_task = tokio::spawn(admin::serve(listeners.admin, admin_state.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        listeners.admin,
+        admin_state.clone(),
+        snapshot.clone(),
+    ));
     let mut loops = vec![tokio::spawn(accept_loop(
         listeners.tls,
         Kind::Tls,

@@ -75,7 +75,11 @@ impl Snapshot {
             .iter()
             .map(|r| route(r, &groups))
             .collect::<Result<Vec<_>, _>>()?;
-        let store = Store::new(&config.store, &config.revocation)?;
+        let leeway = config
+            .auth
+            .as_ref()
+            .map_or(crate::config::defaults::LEEWAY, |a| a.leeway);
+        let store = Store::new(&config.store, &config.revocation, leeway)?;
         if store.is_embedded() {
             tracing::warn!(
                 "no [store] redis_url: using the embedded in-process store (one doorman instance only)"

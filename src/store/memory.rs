@@ -2,11 +2,9 @@
 //! doorman instances, use Redis.
 
 use dashmap::DashMap;
-use std::time::Duration;
 
-use super::{Revoke, subject_covers};
+use super::{Records, Revoke, subject_covers};
 use crate::auth::unix_now;
-use crate::config::RevocationSettings;
 
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -14,15 +12,15 @@ pub struct MemoryStore {
     jtis: DashMap<String, u64>,
     /// sub → (revoked before, forget after).
     subs: DashMap<String, (u64, u64)>,
-    subject_ttl: Duration,
+    records: Records,
 }
 
 impl MemoryStore {
-    pub fn new(revocation: &RevocationSettings) -> Self {
+    pub fn new(records: Records) -> Self {
         MemoryStore {
             jtis: DashMap::new(),
             subs: DashMap::new(),
-            subject_ttl: revocation.subject_ttl,
+            records,
         }
     }
 
@@ -47,12 +45,14 @@ impl MemoryStore {
         // Forget what has expired, so the maps stay bounded by live revocations.
         self.jtis.retain(|_, until| *until >= now);
         self.subs.retain(|_, (_, until)| *until >= now);
+        // The same TTLs as the Redis records.
+        let (_, _, ttl) = self.records.record(r, now);
+        let until = now + ttl.as_secs();
         match r {
-            Revoke::Jti { jti, expires_at } => {
-                self.jtis.insert(jti.clone(), *expires_at);
+            Revoke::Jti { jti, .. } => {
+                self.jtis.insert(jti.clone(), until);
             }
             Revoke::Subject { sub, before } => {
-                let until = now + self.subject_ttl.as_secs();
                 self.subs.insert(sub.clone(), (*before, until));
             }
         }

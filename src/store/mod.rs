@@ -47,10 +47,21 @@ pub enum Revoke {
 impl Store {
     /// The embedded store, or a Redis-backed one whose background sync task starts now
     /// (call from within a tokio runtime).
-    pub fn new(store: &StoreSettings, revocation: &RevocationSettings) -> Result<Self, String> {
+    /// `leeway` is the JWT clock-skew allowance: a revoked jti is kept that much past the
+    /// token's expiry, as long as a verifier could still accept the token.
+    pub fn new(
+        store: &StoreSettings,
+        revocation: &RevocationSettings,
+        leeway: Duration,
+    ) -> Result<Self, String> {
+        let records = Records {
+            prefix: revocation.key_prefix.clone(),
+            subject_ttl: revocation.subject_ttl,
+            leeway,
+        };
         match &store.redis_url {
-            None => Ok(Store::Memory(Arc::new(MemoryStore::new(revocation)))),
-            Some(url) => Ok(Store::Redis(RedisStore::start(url, store, revocation)?)),
+            None => Ok(Store::Memory(Arc::new(MemoryStore::new(records)))),
+            Some(url) => Ok(Store::Redis(RedisStore::start(url, store, records)?)),
         }
     }
 
@@ -79,6 +90,50 @@ impl Store {
     pub fn is_embedded(&self) -> bool {
         matches!(self, Store::Memory(_))
     }
+}
+
+/// How revocations are written: the key schema and the TTLs. Shared by the stores, the
+/// admin endpoint and `doorman revoke`, so every writer produces the same records.
+#[derive(Debug, Clone)]
+pub struct Records {
+    pub prefix: String,
+    pub subject_ttl: Duration,
+    pub leeway: Duration,
+}
+
+impl Records {
+    /// (key, value, ttl) for a revocation written at unix time `now`.
+    pub fn record(&self, r: &Revoke, now: u64) -> (String, String, Duration) {
+        match r {
+            Revoke::Jti { jti, expires_at } => (
+                jti_key(&self.prefix, jti),
+                "1".to_string(),
+                jti_ttl(*expires_at, now, self.leeway),
+            ),
+            Revoke::Subject { sub, before } => (
+                sub_key(&self.prefix, sub),
+                before.to_string(),
+                self.subject_ttl,
+            ),
+        }
+    }
+}
+
+/// Write one revocation straight to Redis (used by `doorman revoke`).
+pub async fn write_to_redis(url: &str, records: &Records, r: &Revoke) -> Result<(), String> {
+    use ::redis::AsyncCommands;
+    let client = ::redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
+    let cfg = ::redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let (key, value, ttl) = records.record(r, crate::auth::unix_now());
+    conn.pset_ex::<_, _, ()>(&key, &value, ttl.as_millis() as u64)
+        .await
+        .map_err(|e| format!("SET {key}: {e}"))
 }
 
 /// The Redis keys for a token's revocation checks.

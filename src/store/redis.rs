@@ -25,9 +25,9 @@ use redis::{AsyncCommands, AsyncConnectionConfig, PushInfo, PushKind, ScanOption
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tracing::{info, warn};
 
-use super::{Revoke, StoreError, jti_key, jti_ttl, sub_key, subject_covers};
+use super::{Records, Revoke, StoreError, jti_key, sub_key, subject_covers};
 use crate::auth::unix_now;
-use crate::config::{RevocationSettings, StoreSettings};
+use crate::config::StoreSettings;
 
 /// How often the tracking connection proves it is alive, and how long a PING may take.
 const PING_EVERY: Duration = Duration::from_millis(100);
@@ -61,8 +61,8 @@ struct View {
 #[derive(Debug)]
 pub struct RedisStore {
     prefix: String,
+    records: Records,
     timeout: Duration,
-    subject_ttl: Duration,
     view: View,
     /// The current session's connection, for fallback reads and writes. None between sessions.
     conn: Mutex<Option<MultiplexedConnection>>,
@@ -71,17 +71,13 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Validate the URL and start the background session that keeps the view coherent.
-    pub fn start(
-        url: &str,
-        store: &StoreSettings,
-        revocation: &RevocationSettings,
-    ) -> Result<Arc<Self>, String> {
+    pub fn start(url: &str, store: &StoreSettings, records: Records) -> Result<Arc<Self>, String> {
         let url = resp3_url(url);
         redis::Client::open(url.as_str()).map_err(|e| format!("store.redis_url: {e}"))?;
         let s = Arc::new(RedisStore {
-            prefix: revocation.key_prefix.clone(),
+            prefix: records.prefix.clone(),
+            records,
             timeout: store.timeout,
-            subject_ttl: revocation.subject_ttl,
             view: View::default(),
             conn: Mutex::new(None),
             url,
@@ -155,18 +151,7 @@ impl RedisStore {
 
     pub async fn revoke(&self, r: &Revoke) -> Result<(), StoreError> {
         let mut conn = self.connection()?;
-        let (key, value, ttl) = match r {
-            Revoke::Jti { jti, expires_at } => (
-                jti_key(&self.prefix, jti),
-                "1".to_string(),
-                jti_ttl(*expires_at, unix_now(), Duration::ZERO),
-            ),
-            Revoke::Subject { sub, before } => (
-                sub_key(&self.prefix, sub),
-                before.to_string(),
-                self.subject_ttl,
-            ),
-        };
+        let (key, value, ttl) = self.records.record(r, unix_now());
         let write = conn.pset_ex::<_, _, ()>(&key, &value, ttl.as_millis() as u64);
         tokio::time::timeout(WRITE_TIMEOUT, write)
             .await

@@ -421,6 +421,8 @@ pub async fn body_bytes(body: Incoming) -> Bytes {
 /// doorman running in-process on port 0, stopped through the same shutdown future as signals.
 pub struct TestProxy {
     pub addrs: BoundAddrs,
+    /// The config the proxy runs, with its listeners at port 0.
+    pub text: String,
     pub pki: Arc<TestPki>,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<io::Result<()>>,
@@ -473,6 +475,7 @@ impl TestProxy {
         }));
         TestProxy {
             addrs,
+            text,
             pki,
             stop: Some(stop),
             done,
@@ -738,6 +741,63 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} redis-server");
+    }
+
+    /// SIGSTOP: the server stays connected but answers nothing.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Kill the server (its data is gone: it keeps nothing on disk) and start a fresh one on
+    /// the same port.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for _ in 0..100 {
+            let child = Command::new("redis-server")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(self._dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server restarts");
+            self.child = child;
+            for _ in 0..50 {
+                if redis_ping(self.port).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        panic!("redis-server did not come back on port {}", self.port);
+    }
+
+    /// Run one command with redis-cli-like simplicity (through the redis crate).
+    pub async fn cmd(&self, args: &[&str]) -> redis::Value {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query_async(&mut conn).await.unwrap()
     }
 }
 

@@ -1,0 +1,345 @@
+//! Revocation: by jti and by subject, through the admin endpoint, the CLI and raw Redis
+//! writes; two proxy instances sharing one real redis-server; Redis stopped (SIGSTOP) under
+//! both `on_error` policies; Redis restarted under a running proxy; the embedded store.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::jwt::*;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_doorman");
+
+async fn proxy(kit: &JwtKit, replica: &Replica, store: &str) -> TestProxy {
+    let rest = group_toml("api", &[replica.addr], "")
+        + store
+        + "\n"
+        + &kit.auth_toml("")
+        + &route_toml("/", "api");
+    TestProxy::start("", &rest).await
+}
+
+fn store_toml(redis: &RedisServer, on_error: &str) -> String {
+    format!(
+        "[store]\nredis_url = \"{}\"\ntimeout = \"50ms\"\non_error = \"{on_error}\"\n",
+        redis.url()
+    )
+}
+
+async fn status(c: &mut Client, token: &str) -> u16 {
+    let req = c
+        .request(http::Method::GET, "/api/x")
+        .header("authorization", format!("Bearer {token}"))
+        .body(empty())
+        .unwrap();
+    c.send_collect(req).await.0.status().as_u16()
+}
+
+async fn admin_post(p: &TestProxy, body: serde_json::Value) -> (u16, String) {
+    let mut admin = Client::plain(p.addrs.admin).await;
+    let req = http::Request::post("/revocations")
+        .header("host", "admin")
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap();
+    let (resp, body) = admin.send_collect(req).await;
+    (
+        resp.status().as_u16(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Poll until `token` gets `want` from `c`; returns how long it took.
+async fn until_status(c: &mut Client, token: &str, want: u16, what: &str) -> Duration {
+    let start = Instant::now();
+    within(what, async {
+        while status(c, token).await != want {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    start.elapsed()
+}
+
+fn token_for(kit: &JwtKit, sub: &str, iat: u64) -> (String, String, u64) {
+    let mut claims = good_claims(sub);
+    claims["iat"] = json!(iat);
+    claims["nbf"] = json!(iat);
+    let jti = claims["jti"].as_str().unwrap().to_string();
+    let exp = claims["exp"].as_u64().unwrap();
+    (sign(kit.key("es256"), &claims), jti, exp)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_store_revokes_by_jti_and_by_subject() {
+    let kit = JwtKit::new();
+    let r = Replica::start("r").await;
+    let p = proxy(&kit, &r, "").await;
+    let mut c = p.h1().await;
+    let now = now();
+    let (t1, jti1, exp1) = token_for(&kit, "alice", now - 20);
+    let (t2, _, _) = token_for(&kit, "alice", now - 20);
+    let (t3, _, _) = token_for(&kit, "alice", now);
+    let (t4, _, _) = token_for(&kit, "bob", now - 20);
+    for t in [&t1, &t2, &t3, &t4] {
+        assert_eq!(status(&mut c, t).await, 200);
+    }
+
+    let (code, body) = admin_post(&p, json!({"jti": jti1, "expires_at": exp1})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status(&mut c, &t1).await, 401);
+    assert_eq!(
+        status(&mut c, &t2).await,
+        200,
+        "only that one token is revoked"
+    );
+
+    // Log alice out everywhere as of 10s ago: tokens issued before are refused, newer pass.
+    let (code, body) = admin_post(&p, json!({"sub": "alice", "before": now - 10})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status(&mut c, &t2).await, 401);
+    assert_eq!(status(&mut c, &t3).await, 200);
+    assert_eq!(
+        status(&mut c, &t4).await,
+        200,
+        "other subjects are untouched"
+    );
+
+    // The refusal names the reason.
+    let req = c
+        .request(http::Method::GET, "/api/x")
+        .header("authorization", format!("Bearer {t1}"))
+        .body(empty())
+        .unwrap();
+    let (resp, _) = c.send_collect(req).await;
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Bearer error=\"invalid_token\", error_description=\"token revoked\""
+    );
+
+    // Bad requests to the admin endpoint are 400 with a reason.
+    for (body, why) in [
+        (
+            json!({"jti": "x"}),
+            "expires_at (unix seconds) is required with jti",
+        ),
+        (
+            json!({"jti": "x", "sub": "y", "expires_at": 1}),
+            "give exactly one of jti or sub",
+        ),
+        (
+            json!({"sub": "y", "before": "yesterday"}),
+            "before must be unix seconds",
+        ),
+    ] {
+        let (code, text) = admin_post(&p, body).await;
+        assert_eq!(code, 400);
+        assert_eq!(text, json!({ "error": why }).to_string());
+    }
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_revokes_through_the_admin_listener_of_an_embedded_instance() {
+    let kit = JwtKit::new();
+    let r = Replica::start("r").await;
+    let p = proxy(&kit, &r, "").await;
+    let mut c = p.h2().await;
+    let (token, jti, exp) = token_for(&kit, "erin", now());
+    assert_eq!(status(&mut c, &token).await, 200);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    let text = p.text.replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        &format!("admin_listen = \"{}\"", p.addrs.admin),
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["revoke", "--config"])
+            .arg(&path)
+            .args(["--jti", &jti, "--expires-at", &exp.to_string()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(status(&mut c, &token).await, 401);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_share_revocations_through_redis() {
+    let redis = RedisServer::start();
+    let kit = JwtKit::new();
+    let r = Replica::start("r").await;
+    let a = proxy(&kit, &r, &store_toml(&redis, "closed")).await;
+    let b = proxy(&kit, &r, &store_toml(&redis, "closed")).await;
+    let mut ca = a.h1().await;
+    let mut cb = b.h2().await;
+
+    // Each way of revoking, three times: through A's admin endpoint, a raw Redis SET, and
+    // `doorman revoke` against B's config. B must refuse within 100 ms (median of three).
+    let mut waits = Vec::new();
+    for how in ["admin", "raw", "cli"] {
+        for _ in 0..3 {
+            let (token, jti, exp) = token_for(&kit, "frank", now());
+            within("both instances in sync", async {
+                while status(&mut ca, &token).await != 200 || status(&mut cb, &token).await != 200 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            match how {
+                "admin" => assert_eq!(
+                    admin_post(&a, json!({"jti": jti, "expires_at": exp}))
+                        .await
+                        .0,
+                    200
+                ),
+                "raw" => {
+                    let key = format!("doorman:revoked:jti:{jti}");
+                    redis.cmd(&["SET", &key, "1", "EX", "300"]).await;
+                }
+                _ => {
+                    let dir = tempfile::tempdir().unwrap();
+                    let path = dir.path().join("p.toml");
+                    std::fs::write(&path, &b.text).unwrap();
+                    let out = tokio::task::spawn_blocking(move || {
+                        Command::new(BIN)
+                            .args(["revoke", "--config"])
+                            .arg(&path)
+                            .args(["--jti", &jti, "--expires-at", &exp.to_string()])
+                            .output()
+                            .unwrap()
+                    })
+                    .await
+                    .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+            waits.push(until_status(&mut cb, &token, 401, "B refuses the revoked token").await);
+            assert_eq!(
+                status(&mut ca, &token).await,
+                401,
+                "A refuses it too ({how})"
+            );
+        }
+    }
+    // The key written by the CLI and the endpoint carries a TTL (remaining life + leeway).
+    let (_, jti, _) = token_for(&kit, "gina", now());
+    admin_post(&a, json!({"jti": jti, "expires_at": now() + 100})).await;
+    let ttl = redis
+        .cmd(&["TTL", &format!("doorman:revoked:jti:{jti}")])
+        .await;
+    assert!(
+        matches!(ttl, redis::Value::Int(t) if (125..=130).contains(&t)),
+        "{ttl:?}"
+    );
+
+    // Subject-wide, through Redis directly.
+    let (old, _, _) = token_for(&kit, "hank", now() - 20);
+    assert_eq!(status(&mut cb, &old).await, 200);
+    redis
+        .cmd(&["SET", "doorman:revoked:sub:hank", &(now() - 5).to_string()])
+        .await;
+    until_status(&mut cb, &old, 401, "subject revocation reaches B").await;
+
+    for chunk in waits.chunks(3) {
+        let mut c = chunk.to_vec();
+        c.sort();
+        assert!(c[1] <= Duration::from_millis(100), "propagation took {c:?}");
+    }
+    eprintln!("propagation to the other instance: {waits:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_redis_means_503_when_closed_and_recovers_by_itself() {
+    let redis = RedisServer::start();
+    let kit = JwtKit::new();
+    let r = Replica::start("r").await;
+    let p = proxy(&kit, &r, &store_toml(&redis, "closed")).await;
+    let mut c = p.h1().await;
+    let (token, _, _) = token_for(&kit, "ivan", now());
+    until_status(&mut c, &token, 200, "view in sync").await;
+
+    redis.pause();
+    // Within the PING deadline the view is distrusted; from then on each check goes to the
+    // stopped Redis and gives up after the 50ms store timeout: 503, never a hang.
+    until_status(&mut c, &token, 503, "503 while Redis is stopped").await;
+    for _ in 0..5 {
+        let start = Instant::now();
+        assert_eq!(status(&mut c, &token).await, 503);
+        // Generous bound (the budget is 50ms): a hang would be seconds.
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    redis.resume();
+    until_status(&mut c, &token, 200, "recovery after SIGCONT").await;
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_redis_lets_requests_through_when_open() {
+    let redis = RedisServer::start();
+    let kit = JwtKit::new();
+    let r = Replica::start("r").await;
+    let p = proxy(&kit, &r, &store_toml(&redis, "open")).await;
+    let mut c = p.h1().await;
+    let (token, _, _) = token_for(&kit, "judy", now());
+    until_status(&mut c, &token, 200, "view in sync").await;
+    redis.pause();
+    // Long enough for the view to be distrusted (PING every 100ms, 250ms deadline).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for _ in 0..5 {
+        let start = Instant::now();
+        assert_eq!(status(&mut c, &token).await, 200);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    redis.resume();
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_redis_is_resynced_without_restarting_the_proxy() {
+    let mut redis = RedisServer::start();
+    let kit = JwtKit::new();
+    let r = Replica::start("r").await;
+    let p = proxy(&kit, &r, &store_toml(&redis, "closed")).await;
+    let mut c = p.h2().await;
+    let (token, jti, _) = token_for(&kit, "kate", now());
+    until_status(&mut c, &token, 200, "view in sync").await;
+    let key = format!("doorman:revoked:jti:{jti}");
+    redis.cmd(&["SET", &key, "1", "EX", "300"]).await;
+    until_status(&mut c, &token, 401, "revoked").await;
+
+    // A fresh, empty Redis on the same port: the view reloads, so the token passes again...
+    tokio::task::block_in_place(|| redis.restart());
+    until_status(&mut c, &token, 200, "resynced with the empty Redis").await;
+    // ...and tracking is live on the new connection.
+    redis.cmd(&["SET", &key, "1", "EX", "300"]).await;
+    until_status(&mut c, &token, 401, "revocation seen after restart").await;
+    p.stop().await;
+}
