@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tracing::debug;
 
 use crate::config::{
-    AuthMode, Balance, CertificateSpec, Config, RevocationSettings, RouteSpec, ServerSettings,
-    ServerSpec, StoreSettings, UpstreamSpec, defaults,
+    AuthMode, AuthSettings, Balance, CertificateSpec, Config, JwtKey, RevocationSettings,
+    RouteSpec, ServerSettings, ServerSpec, StoreSettings, UpstreamSpec, defaults,
 };
 use crate::server::{self, Listeners};
 use crate::snapshot::Snapshot;
@@ -52,6 +52,9 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
 
     let (ca_pem, cert) =
         certificate().map_err(|e| format!("cannot generate the demo certificate: {e}"))?;
+    // A fresh random HS256 secret per run: the demo token is only good for this process.
+    let secret: Vec<u8> = (0..48).map(|_| fastrand::alphanumeric() as u8).collect();
+    let (token, jti, exp) = demo_token(&secret)?;
     std::fs::create_dir_all(&opts.ca_dir)
         .map_err(|e| format!("cannot create {}: {e}", opts.ca_dir.display()))?;
     let ca_path = opts.ca_dir.join("ca.pem");
@@ -72,14 +75,22 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
             keepalive_timeout: defaults::KEEPALIVE_TIMEOUT,
             servers: servers.clone(),
         }],
-        routes: vec![RouteSpec {
-            host: None,
-            path_prefix: "/".into(),
-            upstream: "demo".into(),
-            auth: AuthMode::Off,
-        }],
+        routes: vec![
+            RouteSpec {
+                host: None,
+                path_prefix: "/api/".into(),
+                upstream: "demo".into(),
+                auth: AuthMode::Required,
+            },
+            RouteSpec {
+                host: None,
+                path_prefix: "/".into(),
+                upstream: "demo".into(),
+                auth: AuthMode::Off,
+            },
+        ],
         store: StoreSettings::default(),
-        auth: None,
+        auth: Some(demo_auth(&secret)),
         revocation: RevocationSettings::default(),
     };
     let listeners = Listeners::bind(&config.server)
@@ -107,11 +118,67 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
     );
     println!("  curl -s http://{}/ready", addrs.admin);
     println!();
+    println!("/api/ needs a JWT; this HS256 token (subject demo-user) is valid for an hour:");
+    println!("  export TOKEN={token}");
+    println!(
+        "  curl -s --cacert {ca} -H \"Authorization: Bearer $TOKEN\" https://localhost:{port}/api/me"
+    );
+    println!(
+        "  curl -s --cacert {ca} -o /dev/null -w '%{{http_code}}\\n' https://localhost:{port}/api/me"
+    );
+    println!("Revoke it, then the same request is refused with 401:");
+    println!(
+        "  curl -s -X POST http://{}/revocations -d '{{\"jti\":\"{jti}\",\"expires_at\":{exp}}}'",
+        addrs.admin
+    );
+    println!(
+        "  curl -s --cacert {ca} -o /dev/null -w '%{{http_code}}\\n' -H \"Authorization: Bearer $TOKEN\" https://localhost:{port}/api/me"
+    );
+    println!();
     println!("Press Ctrl-C to stop.");
 
     server::run(listeners, snapshot, shutdown)
         .await
         .map_err(|e| e.to_string())
+}
+
+fn demo_auth(secret: &[u8]) -> AuthSettings {
+    AuthSettings {
+        issuer: Some(DEMO_ISSUER.into()),
+        audiences: Some(vec!["demo".into()]),
+        leeway: defaults::LEEWAY,
+        require_jti: true,
+        forward_claims: vec![("sub".into(), http::HeaderName::from_static("x-user-id"))],
+        strip_authorization: true,
+        cache_entries: defaults::AUTH_CACHE_ENTRIES,
+        keys: vec![JwtKey {
+            kid: Some("demo".into()),
+            algorithm: jsonwebtoken::Algorithm::HS256,
+            key: jsonwebtoken::DecodingKey::from_secret(secret),
+        }],
+    }
+}
+
+const DEMO_ISSUER: &str = "https://doorman.demo";
+
+/// A one-hour HS256 token for `demo-user`: (token, jti, exp).
+fn demo_token(secret: &[u8]) -> Result<(String, String, u64), String> {
+    let now = crate::auth::unix_now();
+    let jti = format!("demo-{:016x}", fastrand::u64(..));
+    let exp = now + 3600;
+    let claims = serde_json::json!({
+        "iss": DEMO_ISSUER, "aud": "demo", "sub": "demo-user",
+        "iat": now, "exp": exp, "jti": jti,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("demo".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| format!("cannot sign the demo token: {e}"))?;
+    Ok((token, jti, exp))
 }
 
 /// A demo CA and a localhost certificate it signed, both generated in memory.

@@ -241,7 +241,7 @@ fn demo_prints_curl_commands_that_work_as_printed() {
             commands.push(cmd.to_string());
         }
     }
-    assert_eq!(commands.len(), 4, "{commands:?}");
+    assert_eq!(commands.len(), 9, "{commands:?}");
     let run = |cmd: &str| {
         let out = Command::new("bash").args(["-c", cmd]).output().unwrap();
         assert!(
@@ -276,6 +276,33 @@ fn demo_prints_curl_commands_that_work_as_printed() {
         ]
     );
     assert_eq!(run(&commands[3]), r#"{"ready":true}"#);
+
+    // The JWT walk-through, in one shell so `export TOKEN=...` carries over.
+    assert!(
+        commands[4].starts_with("export TOKEN=ey"),
+        "{}",
+        commands[4]
+    );
+    let script = format!(
+        "{}\n{}\necho '--'\n{}\necho '--'\n{}\necho '--'\n{}",
+        commands[4], commands[5], commands[6], commands[7], commands[8]
+    );
+    let out = run(&script);
+    let parts: Vec<&str> = out.split("--\n").collect();
+    assert_eq!(parts.len(), 4, "{out}");
+    assert!(
+        parts[0].contains("\"x-user-id\": \"demo-user\""),
+        "{}",
+        parts[0]
+    );
+    assert!(
+        !parts[0].contains("authorization"),
+        "the demo strips the token: {}",
+        parts[0]
+    );
+    assert_eq!(parts[1], "401\n");
+    assert!(parts[2].starts_with(r#"{"revoked":{"#), "{}", parts[2]);
+    assert_eq!(parts[3], "401\n");
 
     // SIGTERM drains and exits 0.
     let status = Command::new("kill")
