@@ -87,6 +87,15 @@ impl Store {
         }
     }
 
+    /// Whether revocation checks are answered locally right now (always, for the embedded
+    /// store; for Redis, while the tracked view is in sync).
+    pub fn view_coherent(&self) -> bool {
+        match self {
+            Store::Memory(_) => true,
+            Store::Redis(r) => r.view_trusted(),
+        }
+    }
+
     pub fn is_embedded(&self) -> bool {
         matches!(self, Store::Memory(_))
     }
