@@ -88,6 +88,29 @@ async fn answer(
 /// `POST /revocations` with `{"jti": "...", "expires_at": UNIX}` or
 /// `{"sub": "...", "before": UNIX}` (`before` defaults to now).
 async fn revoke(req: Request<Incoming>, snap: &Snapshot) -> Response<Full<Bytes>> {
+    // JSON only: a browser cannot send that cross-site without a CORS preflight, which this
+    // listener never grants.
+    let json_body = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        });
+    if !json_body {
+        return json(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            r#"{"error":"Content-Type must be application/json"}"#,
+        );
+    }
+    let leeway = snap
+        .auth
+        .as_ref()
+        .map_or(crate::config::defaults::LEEWAY.as_secs(), |a| a.leeway);
     let body = match Limited::new(req.into_body(), 4096).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -97,7 +120,7 @@ async fn revoke(req: Request<Incoming>, snap: &Snapshot) -> Response<Full<Bytes>
             );
         }
     };
-    let r = match parse_revoke(&body) {
+    let r = match parse_revoke(&body, unix_now(), leeway) {
         Ok(r) => r,
         Err(why) => {
             return json_owned(StatusCode::BAD_REQUEST, serde_json::json!({ "error": why }));
@@ -126,25 +149,27 @@ async fn revoke(req: Request<Incoming>, snap: &Snapshot) -> Response<Full<Bytes>
     }
 }
 
-fn parse_revoke(body: &[u8]) -> Result<Revoke, &'static str> {
+fn parse_revoke(body: &[u8], now: u64, leeway: u64) -> Result<Revoke, &'static str> {
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| "body is not JSON")?;
     let text = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|s| !s.is_empty());
     let time = |k: &str| v.get(k).and_then(|x| x.as_u64());
-    match (text("jti"), text("sub")) {
-        (Some(jti), None) => Ok(Revoke::Jti {
+    let r = match (text("jti"), text("sub")) {
+        (Some(jti), None) => Revoke::Jti {
             jti: jti.to_string(),
             expires_at: time("expires_at")
                 .ok_or("expires_at (unix seconds) is required with jti")?,
-        }),
-        (None, Some(sub)) => Ok(Revoke::Subject {
+        },
+        (None, Some(sub)) => Revoke::Subject {
             sub: sub.to_string(),
             before: match v.get("before") {
-                None => unix_now(),
+                None => now,
                 Some(_) => time("before").ok_or("before must be unix seconds")?,
             },
-        }),
-        _ => Err("give exactly one of jti or sub"),
-    }
+        },
+        _ => return Err("give exactly one of jti or sub"),
+    };
+    r.check(now, leeway)?;
+    Ok(r)
 }
 
 fn json_owned(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {

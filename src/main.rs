@@ -193,6 +193,9 @@ fn revoke(path: PathBuf, what: doorman::store::Revoke) -> ExitCode {
         subject_ttl: config.revocation.subject_ttl,
         leeway,
     };
+    if let Err(why) = what.check(doorman::auth::unix_now(), leeway.as_secs()) {
+        return fail(format!("revocation refused: {why}"));
+    }
     let result = rt.block_on(async {
         match &config.store.redis_url {
             Some(url) => doorman::store::write_to_redis(url, &records, &what).await,

@@ -343,3 +343,136 @@ async fn a_restarted_redis_is_resynced_without_restarting_the_proxy() {
     until_status(&mut c, &token, 401, "revocation seen after restart").await;
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_endpoint_refuses_mistakes_and_never_weakens_a_revocation() {
+    let redis = RedisServer::start();
+    let kit = JwtKit::new();
+    let r = Replica::start("r").await;
+    let p = proxy(&kit, &r, &store_toml(&redis, "closed")).await;
+    let now = now();
+
+    // Not JSON by Content-Type: 415 (a cross-site form post cannot revoke or un-revoke).
+    let mut admin = Client::plain(p.addrs.admin).await;
+    let req = http::Request::post("/revocations")
+        .header("host", "admin")
+        .header("content-type", "text/plain")
+        .body(full(json!({"sub": "x"}).to_string()))
+        .unwrap();
+    assert_eq!(admin.send_collect(req).await.0.status(), 415);
+
+    for (body, why) in [
+        (
+            json!({"jti": "x", "expires_at": now - 3600}),
+            "expires_at is in the past: that token is already refused",
+        ),
+        (
+            json!({"jti": "x", "expires_at": now * 1000}),
+            "expires_at is more than a year ahead (unix seconds, not milliseconds?)",
+        ),
+        (
+            json!({"sub": "x", "before": now * 1000}),
+            "before is in the future (unix seconds, not milliseconds?)",
+        ),
+    ] {
+        let (code, text) = admin_post(&p, body).await;
+        assert_eq!((code, text), (400, json!({ "error": why }).to_string()));
+    }
+
+    // A later, weaker write does not shorten a jti revocation...
+    admin_post(&p, json!({"jti": "keep", "expires_at": now + 3000})).await;
+    admin_post(&p, json!({"jti": "keep", "expires_at": now + 10})).await;
+    let ttl = redis.cmd(&["TTL", "doorman:revoked:jti:keep"]).await;
+    assert!(matches!(ttl, redis::Value::Int(t) if t > 3000), "{ttl:?}");
+    // ...nor lower a subject's cut-off (un-revoking its tokens).
+    let (old, _, _) = token_for(&kit, "lena", now - 20);
+    let mut c = p.h1().await;
+    admin_post(&p, json!({"sub": "lena", "before": now - 5})).await;
+    admin_post(&p, json!({"sub": "lena", "before": 0})).await;
+    assert_eq!(status(&mut c, &old).await, 401);
+    let cutoff = redis.cmd(&["GET", "doorman:revoked:sub:lena"]).await;
+    assert_eq!(
+        cutoff,
+        redis::Value::BulkString((now - 5).to_string().into_bytes())
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn odd_keys_under_the_prefix_fail_closed_without_breaking_the_view() {
+    let redis = RedisServer::start();
+    // Written before doorman starts: a set where a string belongs, and a junk cut-off.
+    redis
+        .cmd(&["SADD", "doorman:revoked:jti:odd-type", "1"])
+        .await;
+    redis
+        .cmd(&["SET", "doorman:revoked:sub:mona", "not-a-number"])
+        .await;
+    let kit = JwtKit::new();
+    let r = Replica::start("r").await;
+    let p = proxy(&kit, &r, &store_toml(&redis, "closed")).await;
+    let mut c = p.h1().await;
+    let now = now();
+    let mut claims = good_claims("nina");
+    claims["jti"] = json!("odd-type");
+    let odd = sign(kit.key("es256"), &claims);
+    let (mona, _, _) = token_for(&kit, "mona", now);
+    let (fine, jti, _) = token_for(&kit, "olga", now);
+
+    until_status(&mut c, &fine, 200, "the view syncs despite the odd keys").await;
+    assert_eq!(
+        status(&mut c, &odd).await,
+        401,
+        "a wrong-type jti key counts as revoked"
+    );
+    assert_eq!(
+        status(&mut c, &mona).await,
+        401,
+        "a junk cut-off revokes the whole subject"
+    );
+    // And tracking works: a normal revocation still arrives.
+    redis
+        .cmd(&[
+            "SET",
+            &format!("doorman:revoked:jti:{jti}"),
+            "1",
+            "EX",
+            "300",
+        ])
+        .await;
+    until_status(&mut c, &fine, 401, "revocation after odd keys").await;
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checks_still_reach_redis_when_tracking_is_not_permitted() {
+    let redis = RedisServer::start();
+    // A Redis user that may read and write but not run CLIENT: no tracking session can start.
+    redis
+        .cmd(&[
+            "ACL", "SETUSER", "limited", "on", ">pw", "~*", "+@all", "-client",
+        ])
+        .await;
+    let kit = JwtKit::new();
+    let r = Replica::start("r").await;
+    let store = format!(
+        "[store]\nredis_url = \"redis://limited:pw@127.0.0.1:{}/0\"\ntimeout = \"200ms\"\non_error = \"closed\"\n",
+        redis.port
+    );
+    let p = proxy(&kit, &r, &store).await;
+    let mut c = p.h1().await;
+    let (token, jti, _) = token_for(&kit, "pia", now());
+    // Not 503: the fallback connection answers, and the answer is exact.
+    until_status(&mut c, &token, 200, "fallback check passes a live token").await;
+    redis
+        .cmd(&[
+            "SET",
+            &format!("doorman:revoked:jti:{jti}"),
+            "1",
+            "EX",
+            "300",
+        ])
+        .await;
+    assert_eq!(status(&mut c, &token).await, 401);
+    p.stop().await;
+}

@@ -549,6 +549,15 @@ impl Validator {
         {
             self.err("store.redis_url", format!("{url:?} is not a redis:// URL"));
         }
+        if let Some(url) = &raw.redis_url
+            && url.contains("protocol=")
+            && !url.contains("protocol=resp3")
+        {
+            self.err(
+                "store.redis_url",
+                "doorman speaks RESP3 to Redis (for client-side caching pushes): drop protocol=",
+            );
+        }
         let on_error = match raw.on_error.as_deref() {
             None | Some("closed") => OnError::Closed,
             Some("open") => OnError::Open,
@@ -571,10 +580,16 @@ impl Validator {
         let key_prefix = raw
             .key_prefix
             .unwrap_or_else(|| defaults::KEY_PREFIX.to_string());
-        if key_prefix.is_empty() || key_prefix.bytes().any(|b| b <= b' ' || b == b'*') {
+        // The prefix is also a SCAN pattern: glob characters would make it match other keys
+        // (or none) while tracking matches it literally.
+        if key_prefix.is_empty()
+            || key_prefix
+                .bytes()
+                .any(|b| b <= b' ' || matches!(b, b'*' | b'?' | b'[' | b']' | b'\\'))
+        {
             self.err(
                 "revocation.key_prefix",
-                format!("{key_prefix:?} must be non-empty, without spaces or '*'"),
+                format!("{key_prefix:?} must be non-empty, without spaces or * ? [ ] \\"),
             );
         }
         RevocationSettings {

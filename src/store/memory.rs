@@ -46,14 +46,17 @@ impl MemoryStore {
         self.jtis.retain(|_, until| *until >= now);
         self.subs.retain(|_, (_, until)| *until >= now);
         // The same TTLs as the Redis records.
+        // Never weaken an existing revocation: the later expiry and cut-off win, as in Redis.
         let (_, _, ttl) = self.records.record(r, now);
-        let until = now + ttl.as_secs();
+        let until = now.saturating_add(ttl.as_secs());
         match r {
             Revoke::Jti { jti, .. } => {
-                self.jtis.insert(jti.clone(), until);
+                let mut e = self.jtis.entry(jti.clone()).or_insert(until);
+                *e = (*e).max(until);
             }
             Revoke::Subject { sub, before } => {
-                self.subs.insert(sub.clone(), (*before, until));
+                let mut e = self.subs.entry(sub.clone()).or_insert((*before, until));
+                *e = (e.0.max(*before), e.1.max(until));
             }
         }
     }

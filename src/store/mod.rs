@@ -44,6 +44,34 @@ pub enum Revoke {
     Subject { sub: String, before: u64 },
 }
 
+/// Longest a jti revocation can be asked to live: beyond this, `expires_at` is a mistake.
+const MAX_TOKEN_LIFETIME: u64 = 366 * 24 * 3600;
+
+impl Revoke {
+    /// Refuse revocations that are certainly mistakes (milliseconds for seconds, a token
+    /// that is already dead) before anything is written.
+    pub fn check(&self, now: u64, leeway: u64) -> Result<(), &'static str> {
+        match self {
+            Revoke::Jti { expires_at, .. } => {
+                if expires_at.saturating_add(leeway) <= now {
+                    return Err("expires_at is in the past: that token is already refused");
+                }
+                if *expires_at > now.saturating_add(MAX_TOKEN_LIFETIME) {
+                    return Err(
+                        "expires_at is more than a year ahead (unix seconds, not milliseconds?)",
+                    );
+                }
+            }
+            Revoke::Subject { before, .. } => {
+                if *before > now.saturating_add(leeway) {
+                    return Err("before is in the future (unix seconds, not milliseconds?)");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Store {
     /// The embedded store, or a Redis-backed one whose background sync task starts now
     /// (call from within a tokio runtime).
@@ -130,7 +158,6 @@ impl Records {
 
 /// Write one revocation straight to Redis (used by `doorman revoke`).
 pub async fn write_to_redis(url: &str, records: &Records, r: &Revoke) -> Result<(), String> {
-    use ::redis::AsyncCommands;
     let client = ::redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
     let cfg = ::redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -139,10 +166,9 @@ pub async fn write_to_redis(url: &str, records: &Records, r: &Revoke) -> Result<
         .get_multiplexed_async_connection_with_config(&cfg)
         .await
         .map_err(|e| format!("{url}: {e}"))?;
-    let (key, value, ttl) = records.record(r, crate::auth::unix_now());
-    conn.pset_ex::<_, _, ()>(&key, &value, ttl.as_millis() as u64)
+    redis::write_record(&mut conn, records, r)
         .await
-        .map_err(|e| format!("SET {key}: {e}"))
+        .map_err(|e| format!("writing the revocation: {e}"))
 }
 
 /// The Redis keys for a token's revocation checks.
@@ -161,5 +187,5 @@ pub(crate) fn subject_covers(before: u64, iat: Option<u64>) -> bool {
 
 /// TTL for a jti key: the token's remaining life plus leeway, at least one second.
 pub(crate) fn jti_ttl(expires_at: u64, now: u64, leeway: Duration) -> Duration {
-    Duration::from_secs(expires_at.saturating_sub(now).max(1)) + leeway
+    Duration::from_secs(expires_at.saturating_sub(now).max(1)).saturating_add(leeway)
 }

@@ -66,6 +66,9 @@ pub struct RedisStore {
     view: View,
     /// The current session's connection, for fallback reads and writes. None between sessions.
     conn: Mutex<Option<MultiplexedConnection>>,
+    /// A connection of its own for checks and writes while no session is up (tracking not
+    /// permitted, scan failing, reconnecting), so a healthy Redis is still asked.
+    fallback: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     url: String,
 }
 
@@ -80,6 +83,7 @@ impl RedisStore {
             timeout: store.timeout,
             view: View::default(),
             conn: Mutex::new(None),
+            fallback: tokio::sync::Mutex::new(None),
             url,
         });
         tokio::spawn(sync_forever(Arc::downgrade(&s)));
@@ -127,86 +131,173 @@ impl RedisStore {
         sub: Option<&str>,
         iat: Option<u64>,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.connection()?;
-        let keys = [
-            jti.map(|j| jti_key(&self.prefix, j)),
-            sub.map(|s| sub_key(&self.prefix, s)),
-        ];
-        let keys: Vec<&String> = keys.iter().flatten().collect();
-        if keys.is_empty() {
+        if jti.is_none() && sub.is_none() {
             return Ok(false);
         }
-        let values: Vec<Option<String>> = conn.mget(&keys).await.map_err(unavailable)?;
+        let mut conn = self.connection().await?;
+        let mut p = redis::pipe();
+        p.ignore_errors();
+        if let Some(j) = jti {
+            p.get(jti_key(&self.prefix, j));
+        }
+        if let Some(s) = sub {
+            p.get(sub_key(&self.prefix, s));
+        }
+        let values: Vec<Value> = match p.query_async(&mut conn).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.drop_fallback_if_broken(&e).await;
+                return Err(unavailable(e));
+            }
+        };
         let mut values = values.into_iter();
-        if jti.is_some() && values.next().flatten().is_some() {
+        if jti.is_some() && read_value(values.next().unwrap_or(Value::Nil)).is_some() {
             return Ok(true);
         }
         if sub.is_some()
-            && let Some(v) = values.next().flatten()
+            && let Some(cutoff) = read_value(values.next().unwrap_or(Value::Nil))
         {
-            return Ok(subject_covers(parse_cutoff(&v), iat));
+            return Ok(subject_covers(cutoff, iat));
         }
         Ok(false)
     }
 
     pub async fn revoke(&self, r: &Revoke) -> Result<(), StoreError> {
-        let mut conn = self.connection()?;
-        let (key, value, ttl) = self.records.record(r, unix_now());
-        let write = conn.pset_ex::<_, _, ()>(&key, &value, ttl.as_millis() as u64);
-        tokio::time::timeout(WRITE_TIMEOUT, write)
+        let mut conn = self.connection().await?;
+        let write = async {
+            write_record(&mut conn, &self.records, r).await?;
+            // Read-your-writes on this instance without waiting for the invalidation echo.
+            let (key, _, _) = self.records.record(r, unix_now());
+            refresh(self, &mut conn, std::slice::from_ref(&key)).await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// The session's connection, or else the fallback one (opened on demand).
+    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(c) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(c);
+        }
+        let mut fallback = self.fallback.lock().await;
+        if let Some(c) = fallback.as_ref() {
+            return Ok(c.clone());
+        }
+        let client = redis::Client::open(self.url.as_str()).map_err(unavailable)?;
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(WRITE_TIMEOUT));
+        let c = client
+            .get_multiplexed_async_connection_with_config(&cfg)
             .await
-            .map_err(|_| StoreError::Timeout)?
             .map_err(unavailable)?;
-        // Read-your-writes on this instance without waiting for the invalidation echo.
-        self.apply(&key, Some(&value), ttl.as_millis() as i64);
-        Ok(())
+        *fallback = Some(c.clone());
+        Ok(c)
     }
 
-    fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
-        self.conn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| StoreError::Unavailable("not connected".into()))
+    async fn drop_fallback_if_broken(&self, e: &redis::RedisError) {
+        if e.is_connection_dropped() || e.is_unrecoverable_error() {
+            self.fallback.lock().await.take();
+        }
     }
 
-    /// Put one key's current state (value, PTTL in ms; -1 = no TTL) into the view.
-    fn apply(&self, key: &str, value: Option<&str>, pttl: i64) {
+    /// Put one key's current state into the view: `value` as read by `read_value` (None =
+    /// absent), `pttl` in ms (-1 = no TTL).
+    fn apply(&self, key: &str, value: Option<u64>, pttl: i64) {
         let Some(rest) = key.strip_prefix(self.prefix.as_str()) else {
             return;
         };
-        // Only a subject entry's value means something: its cut-off time.
-        let (map, id, cutoff) = if let Some(jti) = rest.strip_prefix("jti:") {
-            (&self.view.jtis, jti, 0)
+        let (map, id) = if let Some(jti) = rest.strip_prefix("jti:") {
+            (&self.view.jtis, jti)
         } else if let Some(sub) = rest.strip_prefix("sub:") {
-            (&self.view.subs, sub, value.map_or(0, parse_cutoff))
+            (&self.view.subs, sub)
         } else {
             return;
         };
-        if value.is_none() {
+        let Some(value) = value else {
             map.remove(id);
             return;
-        }
+        };
         let expires = (pttl >= 0).then(|| Instant::now() + Duration::from_millis(pttl as u64));
-        map.insert(
-            id.to_string(),
-            Entry {
-                value: cutoff,
-                expires,
-            },
-        );
+        map.insert(id.to_string(), Entry { value, expires });
     }
 }
 
-/// A subject cut-off that is not a number revokes every token of the subject: failing
-/// closed beats guessing.
-fn parse_cutoff(v: &str) -> u64 {
-    v.trim().parse().unwrap_or(u64::MAX)
+/// A key's value as doorman reads it: None when the key is absent; for a subject, its
+/// cut-off. A value that is not a number, not text, or not a string key at all (WRONGTYPE)
+/// counts as present with the strictest meaning — failing closed beats guessing.
+fn read_value(v: Value) -> Option<u64> {
+    match v {
+        Value::Nil => None,
+        Value::BulkString(b) => Some(
+            std::str::from_utf8(&b)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(u64::MAX),
+        ),
+        Value::Int(i) => Some(u64::try_from(i).unwrap_or(u64::MAX)),
+        _ => Some(u64::MAX),
+    }
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
+
+/// Write a revocation so that it never weakens one already there: a jti keeps the later
+/// expiry, a subject keeps the later cut-off (and the longer TTL).
+pub(super) async fn write_record(
+    conn: &mut MultiplexedConnection,
+    records: &Records,
+    r: &Revoke,
+) -> Result<(), redis::RedisError> {
+    let (key, value, ttl) = records.record(r, unix_now());
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    match r {
+        Revoke::Jti { .. } => {
+            redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl_ms)
+                .arg("GT")
+                .ignore()
+                .exec_async(conn)
+                .await
+        }
+        Revoke::Subject { .. } => {
+            redis::cmd("EVAL")
+                .arg(RAISE_CUTOFF)
+                .arg(1)
+                .arg(&key)
+                .arg(&value)
+                .arg(ttl_ms)
+                .exec_async(conn)
+                .await
+        }
+    }
+}
+
+/// Set a subject's cut-off only if it raises it; otherwise only extend the TTL.
+const RAISE_CUTOFF: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '')
+if cur == nil or tonumber(ARGV[1]) > cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[2], 'GT')
+end
+return 1
+"#;
 
 /// Client-side caching pushes need RESP3.
 fn resp3_url(url: &str) -> String {
@@ -224,6 +315,7 @@ async fn sync_forever(store: Weak<RedisStore>) {
     let mut backoff = Duration::from_millis(50);
     let mut reported = false;
     loop {
+        let started = Instant::now();
         let result = session(&store).await;
         let Some(s) = store.upgrade() else { return };
         s.view.trusted.store(false, Ordering::Release);
@@ -232,8 +324,12 @@ async fn sync_forever(store: Weak<RedisStore>) {
         match result {
             Ok(Synced::Gone) => return,
             Ok(Synced::WasTrusted) => {
-                // A session that got in sync was healthy: retry quickly, report once.
-                backoff = Duration::from_millis(50);
+                // A session that stayed in sync a while was healthy: retry quickly. One that
+                // keeps dropping (a Redis too slow for the PING deadline) backs off instead
+                // of rescanning every few hundred milliseconds.
+                if started.elapsed() > Duration::from_secs(5) {
+                    backoff = Duration::from_millis(50);
+                }
                 reported = false;
             }
             Err(e) => {
@@ -295,6 +391,15 @@ async fn session(store: &Weak<RedisStore>) -> Result<Synced, SessionError> {
             .await?;
         *s.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         let loaded = full_load(&s, &mut conn).await?;
+        // Writes that landed during the scan are queued as invalidations: apply them before
+        // the view is trusted.
+        match drain(&mut pushes) {
+            Pending::Lost => return Ok(Synced::WasTrusted),
+            Pending::Flush => {
+                full_load(&s, &mut conn).await?;
+            }
+            Pending::Keys(keys) => refresh(&s, &mut conn, &keys).await?,
+        }
         s.view.trusted.store(true, Ordering::Release);
         info!(keys = loaded, "revocation view in sync with Redis");
     }
@@ -304,25 +409,20 @@ async fn session(store: &Weak<RedisStore>) -> Result<Synced, SessionError> {
         tokio::select! {
             msg = pushes.recv() => {
                 let Some(s) = store.upgrade() else { return Ok(Synced::Gone) };
-                match msg {
-                    None | Some(PushInfo { kind: PushKind::Disconnection, .. }) => {
+                // Take everything queued, not one message per round trip.
+                let mut batch = classify(msg);
+                if !matches!(batch, Pending::Lost) {
+                    batch = batch.merge(drain(&mut pushes));
+                }
+                match batch {
+                    Pending::Lost => {
                         warn!("revocation view: Redis connection lost");
                         return Ok(Synced::WasTrusted);
                     }
-                    Some(PushInfo { kind: PushKind::Invalidate, data }) => match data.into_iter().next() {
-                        Some(Value::Array(keys)) => {
-                            let keys: Vec<String> = keys
-                                .into_iter()
-                                .filter_map(|k| redis::from_redis_value(k).ok())
-                                .collect();
-                            refresh(&s, &mut conn, &keys).await?;
-                        }
-                        // FLUSHALL / FLUSHDB: every key may be gone.
-                        _ => {
-                            full_load(&s, &mut conn).await?;
-                        }
-                    },
-                    Some(_) => {}
+                    Pending::Flush => {
+                        full_load(&s, &mut conn).await?;
+                    }
+                    Pending::Keys(keys) => refresh(&s, &mut conn, &keys).await?,
                 }
             }
             _ = ping.tick() => {
@@ -346,6 +446,63 @@ async fn session(store: &Weak<RedisStore>) -> Result<Synced, SessionError> {
     }
 }
 
+/// What a batch of push messages asks for.
+enum Pending {
+    /// Re-read these keys.
+    Keys(Vec<String>),
+    /// Everything may have changed (FLUSHALL / FLUSHDB): reload.
+    Flush,
+    /// The connection is gone.
+    Lost,
+}
+
+impl Pending {
+    fn merge(self, other: Pending) -> Pending {
+        match (self, other) {
+            (Pending::Lost, _) | (_, Pending::Lost) => Pending::Lost,
+            (Pending::Flush, _) | (_, Pending::Flush) => Pending::Flush,
+            (Pending::Keys(mut a), Pending::Keys(b)) => {
+                a.extend(b);
+                Pending::Keys(a)
+            }
+        }
+    }
+}
+
+fn classify(msg: Option<PushInfo>) -> Pending {
+    match msg {
+        None
+        | Some(PushInfo {
+            kind: PushKind::Disconnection,
+            ..
+        }) => Pending::Lost,
+        Some(PushInfo {
+            kind: PushKind::Invalidate,
+            data,
+        }) => match data.into_iter().next() {
+            Some(Value::Array(keys)) => Pending::Keys(
+                keys.into_iter()
+                    .filter_map(|k| redis::from_redis_value(k).ok())
+                    .collect(),
+            ),
+            _ => Pending::Flush,
+        },
+        Some(_) => Pending::Keys(Vec::new()),
+    }
+}
+
+/// Everything already queued on the push channel, without waiting.
+fn drain(pushes: &mut UnboundedReceiver<PushInfo>) -> Pending {
+    let mut out = Pending::Keys(Vec::new());
+    loop {
+        match pushes.try_recv() {
+            Ok(msg) => out = out.merge(classify(Some(msg))),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return out,
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return Pending::Lost,
+        }
+    }
+}
+
 /// Load every revocation key; entries that vanished from Redis are pruned afterwards rather
 /// than clearing first, so a concurrent check never sees a half-empty view.
 async fn full_load(
@@ -357,27 +514,31 @@ async fn full_load(
         let opts = ScanOptions::default()
             .with_pattern(format!("{}*", s.prefix))
             .with_count(SCAN_BATCH);
-        let mut it = conn.scan_options::<String>(opts).await?;
+        let mut it = conn.scan_options::<Vec<u8>>(opts).await?;
         while let Some(k) = it.next_item().await {
-            keys.push(k?);
+            // A key name that is not UTF-8 can never equal a JSON jti or sub: skip it.
+            if let Ok(k) = String::from_utf8(k?) {
+                keys.push(k);
+            }
         }
     }
     for chunk in keys.chunks(SCAN_BATCH) {
         refresh(s, conn, chunk).await?;
     }
-    let present: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
-    let jti_prefix = format!("{}jti:", s.prefix);
-    let sub_prefix = format!("{}sub:", s.prefix);
-    s.view
-        .jtis
-        .retain(|id, _| present.contains(format!("{jti_prefix}{id}").as_str()));
-    s.view
-        .subs
-        .retain(|id, _| present.contains(format!("{sub_prefix}{id}").as_str()));
+    // Prune what vanished, comparing bare ids (no formatting under the maps' shard locks).
+    let ids = |kind: &str| -> std::collections::HashSet<&str> {
+        keys.iter()
+            .filter_map(|k| k.strip_prefix(s.prefix.as_str())?.strip_prefix(kind))
+            .collect()
+    };
+    let (jtis, subs) = (ids("jti:"), ids("sub:"));
+    s.view.jtis.retain(|id, _| jtis.contains(id.as_str()));
+    s.view.subs.retain(|id, _| subs.contains(id.as_str()));
     Ok(keys.len())
 }
 
-/// Re-read the named keys (GET + PTTL in one pipeline) and apply them to the view.
+/// Re-read the named keys (GET + PTTL in one pipeline) and apply them to the view. An error
+/// on a single key (WRONGTYPE) does not fail the batch: such a key counts as present.
 async fn refresh(
     s: &RedisStore,
     conn: &mut MultiplexedConnection,
@@ -387,12 +548,19 @@ async fn refresh(
         return Ok(());
     }
     let mut p = redis::pipe();
+    p.ignore_errors();
     for k in keys {
         p.get(k).pttl(k);
     }
-    let values: Vec<(Option<String>, i64)> = p.query_async(conn).await?;
-    for (k, (v, pttl)) in keys.iter().zip(values) {
-        s.apply(k, v.as_deref(), pttl);
+    let values: Vec<Value> = p.query_async(conn).await?;
+    let mut values = values.into_iter();
+    for k in keys {
+        let value = read_value(values.next().unwrap_or(Value::Nil));
+        let pttl = match values.next() {
+            Some(Value::Int(ms)) => ms,
+            _ => -1,
+        };
+        s.apply(k, value, pttl);
     }
     Ok(())
 }
