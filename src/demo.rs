@@ -128,7 +128,7 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
     );
     println!("Revoke it, then the same request is refused with 401:");
     println!(
-        "  curl -s -X POST http://{}/revocations -d '{{\"jti\":\"{jti}\",\"expires_at\":{exp}}}'",
+        "  curl -s -X POST http://{}/revocations -H 'content-type: application/json' -d '{{\"jti\":\"{jti}\",\"expires_at\":{exp}}}'",
         addrs.admin
     );
     println!(

@@ -169,13 +169,14 @@ fn check(path: PathBuf) -> ExitCode {
     }
 }
 
+/// Load a config, printing every error when it is invalid.
+fn load(path: &std::path::Path) -> Option<config::Config> {
+    config::load(path).map_err(|e| eprintln!("{e}")).ok()
+}
+
 fn revoke(path: PathBuf, what: doorman::store::Revoke) -> ExitCode {
-    let config = match config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(config) = load(&path) else {
+        return ExitCode::FAILURE;
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -188,11 +189,7 @@ fn revoke(path: PathBuf, what: doorman::store::Revoke) -> ExitCode {
         .auth
         .as_ref()
         .map_or(config::defaults::LEEWAY, |a| a.leeway);
-    let records = doorman::store::Records {
-        prefix: config.revocation.key_prefix.clone(),
-        subject_ttl: config.revocation.subject_ttl,
-        leeway,
-    };
+    let records = doorman::store::Records::new(&config.revocation, leeway);
     if let Err(why) = what.check(doorman::auth::unix_now(), leeway.as_secs()) {
         return fail(format!("revocation refused: {why}"));
     }
@@ -212,12 +209,8 @@ fn revoke(path: PathBuf, what: doorman::store::Revoke) -> ExitCode {
 }
 
 fn run(path: PathBuf) -> ExitCode {
-    let config = match config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(config) = load(&path) else {
+        return ExitCode::FAILURE;
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server.workers)

@@ -52,6 +52,29 @@ async fn admin_post(p: &TestProxy, body: serde_json::Value) -> (u16, String) {
     )
 }
 
+/// `doorman revoke --config <text> --jti JTI --expires-at EXP`, asserting success.
+async fn cli_revoke(config_text: &str, jti: &str, exp: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config_text).unwrap();
+    let (jti, exp) = (jti.to_string(), exp.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["revoke", "--config"])
+            .arg(&path)
+            .args(["--jti", &jti, "--expires-at", &exp])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Poll until `token` gets `want` from `c`; returns how long it took.
 async fn until_status(c: &mut Client, token: &str, want: u16, what: &str) -> Duration {
     let start = Instant::now();
@@ -151,28 +174,11 @@ async fn the_cli_revokes_through_the_admin_listener_of_an_embedded_instance() {
     let (token, jti, exp) = token_for(&kit, "erin", now());
     assert_eq!(status(&mut c, &token).await, 200);
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("proxy.toml");
     let text = p.text.replace(
         "admin_listen = \"127.0.0.1:0\"",
         &format!("admin_listen = \"{}\"", p.addrs.admin),
     );
-    std::fs::write(&path, text).unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["revoke", "--config"])
-            .arg(&path)
-            .args(["--jti", &jti, "--expires-at", &exp.to_string()])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_revoke(&text, &jti, exp).await;
     assert_eq!(status(&mut c, &token).await, 401);
     p.stop().await;
 }
@@ -210,26 +216,7 @@ async fn two_instances_share_revocations_through_redis() {
                     let key = format!("doorman:revoked:jti:{jti}");
                     redis.cmd(&["SET", &key, "1", "EX", "300"]).await;
                 }
-                _ => {
-                    let dir = tempfile::tempdir().unwrap();
-                    let path = dir.path().join("p.toml");
-                    std::fs::write(&path, &b.text).unwrap();
-                    let out = tokio::task::spawn_blocking(move || {
-                        Command::new(BIN)
-                            .args(["revoke", "--config"])
-                            .arg(&path)
-                            .args(["--jti", &jti, "--expires-at", &exp.to_string()])
-                            .output()
-                            .unwrap()
-                    })
-                    .await
-                    .unwrap();
-                    assert!(
-                        out.status.success(),
-                        "{}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
+                _ => cli_revoke(&b.text, &jti, exp).await,
             }
             waits.push(until_status(&mut cb, &token, 401, "B refuses the revoked token").await);
             assert_eq!(

@@ -82,11 +82,7 @@ impl Store {
         revocation: &RevocationSettings,
         leeway: Duration,
     ) -> Result<Self, String> {
-        let records = Records {
-            prefix: revocation.key_prefix.clone(),
-            subject_ttl: revocation.subject_ttl,
-            leeway,
-        };
+        let records = Records::new(revocation, leeway);
         match &store.redis_url {
             None => Ok(Store::Memory(Arc::new(MemoryStore::new(records)))),
             Some(url) => Ok(Store::Redis(RedisStore::start(url, store, records)?)),
@@ -139,6 +135,14 @@ pub struct Records {
 }
 
 impl Records {
+    pub fn new(revocation: &RevocationSettings, leeway: Duration) -> Self {
+        Records {
+            prefix: revocation.key_prefix.clone(),
+            subject_ttl: revocation.subject_ttl,
+            leeway,
+        }
+    }
+
     /// (key, value, ttl) for a revocation written at unix time `now`.
     pub fn record(&self, r: &Revoke, now: u64) -> (String, String, Duration) {
         match r {
