@@ -19,8 +19,9 @@ use tokio::net::TcpListener;
 use tracing::debug;
 
 use crate::config::{
-    AuthMode, AuthSettings, Balance, CertificateSpec, Config, JwtKey, RevocationSettings,
-    RouteSpec, ServerSettings, ServerSpec, StoreSettings, UpstreamSpec, defaults,
+    AuthMode, AuthSettings, Balance, CertificateSpec, Config, IdempotencyMode, IdempotencySettings,
+    JwtKey, RevocationSettings, RouteSpec, ServerSettings, ServerSpec, StoreSettings, UpstreamSpec,
+    defaults,
 };
 use crate::server::{self, Listeners};
 use crate::snapshot::Snapshot;
@@ -81,17 +82,20 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
                 path_prefix: "/api/".into(),
                 upstream: "demo".into(),
                 auth: AuthMode::Required,
+                idempotency: IdempotencyMode::Off,
             },
             RouteSpec {
                 host: None,
                 path_prefix: "/".into(),
                 upstream: "demo".into(),
                 auth: AuthMode::Off,
+                idempotency: IdempotencyMode::Off,
             },
         ],
         store: StoreSettings::default(),
         auth: Some(demo_auth(&secret)),
         revocation: RevocationSettings::default(),
+        idempotency: IdempotencySettings::default(),
     };
     let listeners = Listeners::bind(&config.server)
         .await

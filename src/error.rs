@@ -24,6 +24,14 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// No usable bearer token (None: none was sent; Some: why the one sent was refused).
     Unauthorized(Option<&'static str>),
+    /// The idempotency key is missing on a required route, or malformed.
+    IdempotencyKey(&'static str),
+    /// The same key is being processed right now; retry after this many seconds.
+    IdempotencyInFlight(u64),
+    /// The same key was used for a different request.
+    IdempotencyMismatch,
+    /// The original response was too large to store, so it cannot be replayed.
+    IdempotencyNotReplayable,
     /// No route matches the request's host and path.
     NoRoute,
     /// The request head is larger than `server.max_header_bytes`.
@@ -54,6 +62,10 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::IdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            ProxyError::IdempotencyInFlight(_) => StatusCode::CONFLICT,
+            ProxyError::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            ProxyError::IdempotencyNotReplayable => StatusCode::CONFLICT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -72,6 +84,10 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::Unauthorized(_)
+            | ProxyError::IdempotencyKey(_)
+            | ProxyError::IdempotencyInFlight(_)
+            | ProxyError::IdempotencyMismatch
+            | ProxyError::IdempotencyNotReplayable
             | ProxyError::NoRoute
             | ProxyError::HeadTooLarge
             | ProxyError::BodyTooLarge
@@ -91,6 +107,14 @@ impl ProxyError {
             ProxyError::BadRequest(why) => why,
             ProxyError::Unauthorized(None) => "missing bearer token",
             ProxyError::Unauthorized(Some(why)) => why,
+            ProxyError::IdempotencyKey(why) => why,
+            ProxyError::IdempotencyInFlight(_) => {
+                "a request with this idempotency key is in progress"
+            }
+            ProxyError::IdempotencyMismatch => "idempotency key reused with a different request",
+            ProxyError::IdempotencyNotReplayable => {
+                "the original response to this idempotency key was too large to store and cannot be replayed"
+            }
             ProxyError::NoRoute => "no route for this host and path",
             ProxyError::HeadTooLarge => "request header fields too large",
             ProxyError::BodyTooLarge => "request body too large",
@@ -121,6 +145,10 @@ impl ProxyError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, challenge);
         }
+        if let ProxyError::IdempotencyInFlight(secs) = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
         resp
     }
 }
@@ -136,6 +164,10 @@ impl fmt::Display for ProxyError {
             | ProxyError::StoreUnavailable(d) => write!(f, "{}: {}", self.client_message(), d),
             ProxyError::BadRequest(_)
             | ProxyError::Unauthorized(_)
+            | ProxyError::IdempotencyKey(_)
+            | ProxyError::IdempotencyInFlight(_)
+            | ProxyError::IdempotencyMismatch
+            | ProxyError::IdempotencyNotReplayable
             | ProxyError::NoRoute
             | ProxyError::HeadTooLarge
             | ProxyError::BodyTooLarge
@@ -196,6 +228,15 @@ mod tests {
             r.headers()["www-authenticate"],
             "Bearer error=\"invalid_token\", error_description=\"token expired\""
         );
+    }
+    #[test]
+    fn idempotency_arms() {
+        assert_eq!(status_of(ProxyError::IdempotencyKey("missing")), 400);
+        assert_eq!(status_of(ProxyError::IdempotencyMismatch), 422);
+        assert_eq!(status_of(ProxyError::IdempotencyNotReplayable), 409);
+        let r = ProxyError::IdempotencyInFlight(3).to_response(&HeaderValue::from_static("r"));
+        assert_eq!(r.status(), 409);
+        assert_eq!(r.headers()["retry-after"], "3");
     }
     #[test]
     fn store_unavailable_is_503() {

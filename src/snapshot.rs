@@ -7,7 +7,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::auth::Verifier;
-use crate::config::{AuthMode, Config, OnError, RouteSpec, ServerSettings};
+use crate::config::{
+    AuthMode, Config, IdempotencyMode, IdempotencySettings, OnError, RouteSpec, ServerSettings,
+};
 use crate::store::Store;
 use crate::upstream::UpstreamGroup;
 
@@ -23,6 +25,7 @@ pub struct Snapshot {
     pub store: Store,
     pub revocation_enabled: bool,
     pub on_error: OnError,
+    pub idempotency: IdempotencySettings,
 }
 
 /// A route with its group resolved: no name lookups at request time.
@@ -32,6 +35,7 @@ pub struct Route {
     pub path_prefix: Arc<str>,
     pub group: Arc<UpstreamGroup>,
     pub auth: AuthMode,
+    pub idempotency: IdempotencyMode,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -94,6 +98,7 @@ impl Snapshot {
             store,
             revocation_enabled: config.revocation.enabled,
             on_error: config.store.on_error,
+            idempotency: config.idempotency.clone(),
         })
     }
 
@@ -129,6 +134,7 @@ fn route(spec: &RouteSpec, groups: &[Arc<UpstreamGroup>]) -> Result<Route, Strin
         path_prefix: spec.path_prefix.as_str().into(),
         group: group.clone(),
         auth: spec.auth,
+        idempotency: spec.idempotency,
     })
 }
 

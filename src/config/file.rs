@@ -15,6 +15,7 @@ pub(crate) const SECTIONS: &[&str] = &[
     "store",
     "auth",
     "revocation",
+    "idempotency",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +74,21 @@ pub(crate) struct RawRoute {
     pub(crate) upstream: String,
     pub(crate) host: Option<String>,
     pub(crate) auth: Option<String>,
+    pub(crate) idempotency: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIdempotency {
+    pub(crate) header: Option<String>,
+    pub(crate) methods: Option<Vec<String>>,
+    pub(crate) ttl: Option<String>,
+    pub(crate) lock_ttl: Option<String>,
+    pub(crate) max_request_body_bytes: Option<i64>,
+    pub(crate) max_stored_body_bytes: Option<i64>,
+    pub(crate) store_server_errors: Option<bool>,
+    pub(crate) store_set_cookie: Option<bool>,
+    pub(crate) key_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -36,6 +36,11 @@ pub mod defaults {
     pub const SUBJECT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
     /// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 256 bits here).
     pub const MIN_SECRET_BYTES: usize = 32;
+    pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+    pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+    pub const LOCK_TTL: Duration = Duration::from_secs(60);
+    pub const IDEMPOTENCY_BODY_BYTES: usize = 1024 * 1024;
+    pub const IDEMPOTENCY_PREFIX: &str = "doorman:idem:";
     pub const MAX_WEIGHT: u32 = 1000;
 }
 
@@ -50,6 +55,49 @@ pub struct Config {
     /// None when there is no `[auth]` section: no route may then require a token.
     pub auth: Option<AuthSettings>,
     pub revocation: RevocationSettings,
+    pub idempotency: IdempotencySettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencySettings {
+    /// The header carrying the key (lower-case); `x-` + it is accepted too.
+    pub header: http::HeaderName,
+    pub methods: Vec<http::Method>,
+    /// How long a completed response can be replayed.
+    pub ttl: Duration,
+    /// Lease on an in-flight request.
+    pub lock_ttl: Duration,
+    pub max_request_body_bytes: u64,
+    pub max_stored_body_bytes: u64,
+    /// Store and replay upstream 5xx / timeouts (Stripe-style) instead of releasing the key.
+    pub store_server_errors: bool,
+    pub store_set_cookie: bool,
+    pub key_prefix: String,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        IdempotencySettings {
+            header: http::HeaderName::from_static(defaults::IDEMPOTENCY_HEADER),
+            methods: vec![http::Method::POST, http::Method::PATCH],
+            ttl: defaults::IDEMPOTENCY_TTL,
+            lock_ttl: defaults::LOCK_TTL,
+            max_request_body_bytes: defaults::IDEMPOTENCY_BODY_BYTES as u64,
+            max_stored_body_bytes: defaults::IDEMPOTENCY_BODY_BYTES as u64,
+            store_server_errors: false,
+            store_set_cookie: false,
+            key_prefix: defaults::IDEMPOTENCY_PREFIX.to_string(),
+        }
+    }
+}
+
+/// Whether a route enforces idempotency keys on the configured methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdempotencyMode {
+    Required,
+    /// Enforced when the client sends a key.
+    Optional,
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +274,7 @@ pub struct RouteSpec {
     pub path_prefix: String,
     pub upstream: String,
     pub auth: AuthMode,
+    pub idempotency: IdempotencyMode,
 }
 
 /// One problem found in a config file: the key it sits under and why it is wrong.

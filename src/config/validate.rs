@@ -15,13 +15,13 @@ use pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 
 use super::file::{
-    RawAuth, RawCertificate, RawKey, RawRevocation, RawRoute, RawServer, RawServerEntry, RawStore,
-    RawTls, RawUpstream, SECTIONS,
+    RawAuth, RawCertificate, RawIdempotency, RawKey, RawRevocation, RawRoute, RawServer,
+    RawServerEntry, RawStore, RawTls, RawUpstream, SECTIONS,
 };
 use super::{
-    AuthMode, AuthSettings, Balance, CertificateSpec, Config, ConfigError, ConfigErrors, JwtKey,
-    OnError, RevocationSettings, RouteSpec, ServerSettings, ServerSpec, StoreSettings,
-    UpstreamSpec, default_workers, defaults,
+    AuthMode, AuthSettings, Balance, CertificateSpec, Config, ConfigError, ConfigErrors,
+    IdempotencyMode, IdempotencySettings, JwtKey, OnError, RevocationSettings, RouteSpec,
+    ServerSettings, ServerSpec, StoreSettings, UpstreamSpec, default_workers, defaults,
 };
 
 const MIN_DURATION: Duration = Duration::from_millis(1);
@@ -133,7 +133,32 @@ impl Validator {
                 .unwrap_or_default(),
             None => RevocationSettings::default(),
         };
+        let idempotency = match doc.remove("idempotency") {
+            Some(v) => self
+                .section::<RawIdempotency>("idempotency", v)
+                .map(|raw| self.idempotency(raw))
+                .unwrap_or_default(),
+            None => IdempotencySettings::default(),
+        };
         let routes = self.routes(doc.remove("routes"), &upstreams, auth_present);
+        // A lease must outlive the longest wait for a replica, or a slow first request
+        // would lose its key to a duplicate while still running.
+        for (i, r) in routes.iter().enumerate() {
+            if r.idempotency == IdempotencyMode::Off {
+                continue;
+            }
+            if let Some(g) = upstreams.iter().find(|u| u.name == r.upstream)
+                && idempotency.lock_ttl <= g.response_timeout
+            {
+                self.err(
+                    "idempotency.lock_ttl",
+                    format!(
+                        "{:?} must exceed the response_timeout ({:?}) of upstream {:?} used by routes[{i}]",
+                        idempotency.lock_ttl, g.response_timeout, g.name
+                    ),
+                );
+            }
+        }
 
         Some(Config {
             server: server?,
@@ -143,6 +168,7 @@ impl Validator {
             store,
             auth,
             revocation,
+            idempotency,
         })
     }
 
@@ -531,11 +557,24 @@ impl Validator {
                     "needs an [auth] section with at least one key",
                 );
             }
+            let idempotency = match raw.idempotency.as_deref() {
+                None | Some("off") => IdempotencyMode::Off,
+                Some("required") => IdempotencyMode::Required,
+                Some("optional") => IdempotencyMode::Optional,
+                Some(other) => {
+                    self.err(
+                        format!("{key}.idempotency"),
+                        format!("unknown mode {other:?}, expected required, optional or off"),
+                    );
+                    IdempotencyMode::Off
+                }
+            };
             out.push(RouteSpec {
                 host,
                 path_prefix: raw.path_prefix,
                 upstream: raw.upstream,
                 auth,
+                idempotency,
             });
         }
         out
@@ -573,6 +612,63 @@ impl Validator {
             redis_url: raw.redis_url,
             timeout: self.duration("store.timeout", raw.timeout, defaults::STORE_TIMEOUT),
             on_error,
+        }
+    }
+
+    fn idempotency(&mut self, raw: RawIdempotency) -> IdempotencySettings {
+        let d = IdempotencySettings::default();
+        let header = match raw.header.as_deref() {
+            None => d.header.clone(),
+            Some(h) => match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(h) => h,
+                Err(_) => {
+                    self.err("idempotency.header", format!("{h:?} is not a header name"));
+                    d.header.clone()
+                }
+            },
+        };
+        let mut methods = Vec::new();
+        for m in raw
+            .methods
+            .unwrap_or_else(|| vec!["POST".into(), "PATCH".into()])
+        {
+            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) if m != http::Method::CONNECT => methods.push(m),
+                _ => self.err(
+                    "idempotency.methods",
+                    format!("{m:?} is not a method doorman can key"),
+                ),
+            }
+        }
+        let key_prefix = raw.key_prefix.unwrap_or(d.key_prefix.clone());
+        if key_prefix.is_empty() || key_prefix.bytes().any(|b| b <= b' ') {
+            self.err(
+                "idempotency.key_prefix",
+                format!("{key_prefix:?} must be non-empty, without spaces"),
+            );
+        }
+        IdempotencySettings {
+            header,
+            methods,
+            ttl: self.duration("idempotency.ttl", raw.ttl, d.ttl),
+            lock_ttl: self.duration("idempotency.lock_ttl", raw.lock_ttl, d.lock_ttl),
+            max_request_body_bytes: self.count(
+                "idempotency.max_request_body_bytes",
+                raw.max_request_body_bytes,
+                d.max_request_body_bytes as usize,
+                0,
+                64 << 20,
+            ) as u64,
+            max_stored_body_bytes: self.count(
+                "idempotency.max_stored_body_bytes",
+                raw.max_stored_body_bytes,
+                d.max_stored_body_bytes as usize,
+                0,
+                64 << 20,
+            ) as u64,
+            store_server_errors: raw.store_server_errors.unwrap_or(false),
+            store_set_cookie: raw.store_set_cookie.unwrap_or(false),
+            key_prefix,
         }
     }
 

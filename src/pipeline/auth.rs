@@ -5,29 +5,32 @@
 use http::header::{self, HeaderMap};
 use tracing::warn;
 
-use crate::auth::{Reject, unix_now};
+use std::sync::Arc;
+
+use crate::auth::{Reject, VerifiedToken, unix_now};
 use crate::config::{AuthMode, OnError};
 use crate::error::ProxyError;
 use crate::snapshot::Snapshot;
 
+/// Returns the verified token, when one was required or offered.
 pub(super) async fn check(
     headers: &mut HeaderMap,
     mode: AuthMode,
     snap: &Snapshot,
-) -> Result<(), ProxyError> {
+) -> Result<Option<Arc<VerifiedToken>>, ProxyError> {
     let Some(verifier) = &snap.auth else {
-        return Ok(());
+        return Ok(None);
     };
     // On every route: a client must never be able to set x-user-id & co itself.
     for h in verifier.forwarded_headers() {
         headers.remove(h);
     }
     if mode == AuthMode::Off {
-        return Ok(());
+        return Ok(None);
     }
     let token = match bearer(headers) {
         Bearer::Token(t) => t,
-        Bearer::Missing if mode == AuthMode::Optional => return Ok(()),
+        Bearer::Missing if mode == AuthMode::Optional => return Ok(None),
         Bearer::Missing => return Err(ProxyError::Unauthorized(None)),
         Bearer::Malformed => {
             return Err(ProxyError::Unauthorized(Some(
@@ -60,7 +63,7 @@ pub(super) async fn check(
     if verifier.strip_authorization {
         headers.remove(header::AUTHORIZATION);
     }
-    Ok(())
+    Ok(Some(verified))
 }
 
 enum Bearer<'a> {

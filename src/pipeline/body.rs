@@ -21,7 +21,7 @@ pub enum BodyError {
 
 #[derive(Debug)]
 pub struct LimitedBody {
-    inner: Incoming,
+    inner: Source,
     remaining: u64,
     /// Dropped when the body ends (or fails, or is dropped): the upload is over, and the
     /// wait for the response head begins.
@@ -31,11 +31,29 @@ pub struct LimitedBody {
     progress: Option<Arc<AtomicU64>>,
 }
 
+/// Where the bytes come from: the client, or a body already buffered (idempotent requests).
+#[derive(Debug)]
+enum Source {
+    Stream(Incoming),
+    Buffered(Option<Bytes>),
+}
+
 impl LimitedBody {
+    /// A body already in memory (its size was checked when it was read).
+    pub fn buffered(bytes: Bytes, done: oneshot::Sender<()>) -> Self {
+        let remaining = bytes.len() as u64;
+        LimitedBody {
+            inner: Source::Buffered((!bytes.is_empty()).then_some(bytes)),
+            remaining,
+            done: Some(done),
+            progress: None,
+        }
+    }
+
     pub fn new(inner: Incoming, limit: u64, done: oneshot::Sender<()>) -> Self {
         let progress = (!inner.is_end_stream()).then(Arc::default);
         LimitedBody {
-            inner,
+            inner: Source::Stream(inner),
             remaining: limit,
             done: Some(done),
             progress,
@@ -56,7 +74,11 @@ impl Body for LimitedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+        let polled = match &mut self.inner {
+            Source::Stream(inner) => ready!(Pin::new(inner).poll_frame(cx)),
+            Source::Buffered(b) => b.take().map(|b| Ok(Frame::data(b))),
+        };
+        let frame = match polled {
             None => {
                 self.done.take();
                 return Poll::Ready(None);
@@ -79,17 +101,86 @@ impl Body for LimitedBody {
             }
             self.remaining -= n;
         }
-        if self.inner.is_end_stream() {
+        if self.is_end_stream() {
             self.done.take();
         }
         Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Source::Stream(inner) => inner.is_end_stream(),
+            Source::Buffered(b) => b.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Stream(inner) => inner.size_hint(),
+            Source::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+/// The body relayed downstream: chunks already read (an oversized idempotent response that
+/// was partly buffered) followed by the rest of the replica's stream.
+#[derive(Debug)]
+pub struct RelayBody {
+    read: std::collections::VecDeque<Bytes>,
+    rest: Incoming,
+}
+
+impl RelayBody {
+    pub fn new(rest: Incoming) -> Self {
+        RelayBody {
+            read: Default::default(),
+            rest,
+        }
+    }
+
+    pub fn resume(read: Vec<Bytes>, rest: Incoming) -> Self {
+        RelayBody {
+            read: read.into(),
+            rest,
+        }
+    }
+
+    /// The replica's stream, for reading it further.
+    pub fn stream(&mut self) -> &mut Incoming {
+        &mut self.rest
+    }
+
+    pub fn into_stream(self) -> Incoming {
+        self.rest
+    }
+}
+
+impl Body for RelayBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(b) = self.read.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let read: u64 = self.read.iter().map(|b| b.len() as u64).sum();
+        let rest = self.rest.size_hint();
+        let mut h = SizeHint::new();
+        h.set_lower(rest.lower() + read);
+        if let Some(u) = rest.upper() {
+            h.set_upper(u + read);
+        }
+        h
     }
 }

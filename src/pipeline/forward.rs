@@ -16,8 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::body::{BodyError, LimitedBody};
-use super::context::{AwaitingUpstream, ConnInfo, Phase, RequestCtx, reached};
+use super::body::{BodyError, LimitedBody, RelayBody};
+use super::context::{AwaitingUpstream, ConnInfo, Phase, reached};
 use super::{ResponseBody, X_REQUEST_ID};
 use crate::error::ProxyError;
 use crate::idle::{self, Tracked};
@@ -86,9 +86,10 @@ fn websocket_upgrade(req: &Request<Incoming>) -> Option<HeaderValue> {
     }
 }
 
+/// Forward a request whose body streams from the client.
 pub(super) async fn send(
     mut req: Request<Incoming>,
-    ctx: &RequestCtx,
+    request_id: &HeaderValue,
     conn: &std::sync::Arc<ConnInfo>,
     group: &UpstreamGroup,
     upstream: &Upstream,
@@ -99,7 +100,48 @@ pub(super) async fn send(
         Some(_) => req.extensions_mut().remove::<OnUpgrade>(),
         None => None,
     };
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
+    let (uploaded_tx, uploaded) = oneshot::channel();
+    let body = LimitedBody::new(body, max_body_bytes, uploaded_tx);
+    let upgrade = upgrade.zip(downstream_upgrade);
+    relay(
+        parts, body, uploaded, upgrade, request_id, conn, group, upstream,
+    )
+    .await
+}
+
+/// Forward a request whose body was already read (an idempotent request).
+pub(super) async fn send_buffered(
+    parts: http::request::Parts,
+    body: bytes::Bytes,
+    request_id: &HeaderValue,
+    conn: &std::sync::Arc<ConnInfo>,
+    group: &UpstreamGroup,
+    upstream: &Upstream,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (uploaded_tx, uploaded) = oneshot::channel();
+    let body = LimitedBody::buffered(body, uploaded_tx);
+    relay(
+        parts, body, uploaded, None, request_id, conn, group, upstream,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    mut parts: http::request::Parts,
+    body: LimitedBody,
+    uploaded: oneshot::Receiver<()>,
+    upgrade: Option<(HeaderValue, OnUpgrade)>,
+    request_id: &HeaderValue,
+    conn: &std::sync::Arc<ConnInfo>,
+    group: &UpstreamGroup,
+    upstream: &Upstream,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (upgrade, downstream_upgrade) = match upgrade {
+        Some((proto, on)) => (Some(proto), Some(on)),
+        None => (None, None),
+    };
 
     // Host is kept: the client's, or (HTTP/2) the :authority it asked for.
     let host = match parts.headers.get(header::HOST) {
@@ -132,7 +174,7 @@ pub(super) async fn send(
     }
     append_forwarded_for(headers, &conn.peer_ip);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
-    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+    headers.insert(X_REQUEST_ID, request_id.clone());
 
     let path = parts
         .uri
@@ -147,8 +189,6 @@ pub(super) async fn send(
         Uri::from_parts(uri).map_err(|e| ProxyError::Internal(format!("upstream uri: {e}")))?;
     parts.version = Version::HTTP_11;
 
-    let (uploaded_tx, uploaded) = oneshot::channel();
-    let body = LimitedBody::new(body, max_body_bytes, uploaded_tx);
     let progress = body.progress();
     let req = Request::from_parts(parts, body);
     let mut resp = tokio::select! {
@@ -183,7 +223,7 @@ pub(super) async fn send(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto);
     }
-    Ok(resp.map(Either::Left))
+    Ok(resp.map(|b| Either::Left(RelayBody::new(b))))
 }
 
 /// The two clocks of a forwarded request. While the body uploads, it must keep moving: no

@@ -3,16 +3,16 @@
 //! 1. limits   — head size (431), declared body size (413), request id
 //! 2. route    — host + path prefix → route and its upstream group (404)
 //! 3. auth     — bearer JWT verified, revocation checked, claims forwarded (401 / 503)
-//! 4. select   — the group's balancer picks a replica (503 when none may take traffic)
-//! 5. forward  — hop-by-hop stripped, X-Forwarded-* set, bodies streamed both ways
-//! 6. complete — request id on the response, access log line
-//!
-//! Idempotency (a later issue) slots in between auth and select.
+//! 4. idempotency — keyed writes: lease / replay / 409 / 422, result stored (400 / 409 / 422)
+//! 5. select   — the group's balancer picks a replica (503 when none may take traffic)
+//! 6. forward  — hop-by-hop stripped, X-Forwarded-* set, bodies streamed both ways
+//! 7. complete — request id on the response, access log line
 
 mod auth;
 mod body;
 mod context;
 mod forward;
+mod idempotency;
 mod limits;
 mod route;
 
@@ -25,7 +25,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
-pub use body::{BodyError, LimitedBody};
+pub use body::{BodyError, LimitedBody, RelayBody};
 pub use context::{AwaitingUpstream, ConnInfo, Phase, RequestCtx, reached};
 pub use forward::{HOP_BY_HOP, strip_hop_by_hop};
 pub use limits::{is_sane_request_id, new_request_id};
@@ -36,13 +36,13 @@ use crate::snapshot::Snapshot;
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What doorman sends downstream: the replica's streamed body, or a small body of its own.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<RelayBody, Full<Bytes>>;
 
 /// Run one request through every stage and always produce a response.
 pub async fn handle(
     req: Request<Incoming>,
     conn: &Arc<ConnInfo>,
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
 ) -> Response<ResponseBody> {
     let mut ctx = RequestCtx::new(&req);
     let mut resp = match stages(req, &mut ctx, conn, snap).await {
@@ -67,7 +67,7 @@ async fn stages(
     mut req: Request<Incoming>,
     ctx: &mut RequestCtx,
     conn: &Arc<ConnInfo>,
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // Limits first: an oversized or malformed request never reaches routing or a replica.
     limits::check(&req, &snap.settings)?;
@@ -79,12 +79,17 @@ async fn stages(
     ctx.route = Some(route.path_prefix.clone());
     // Auth after route (the route says whether a token is needed), before any replica is
     // chosen: an unauthenticated request never costs upstream capacity.
-    auth::check(req.headers_mut(), route.auth, snap).await?;
+    let token = auth::check(req.headers_mut(), route.auth, snap).await?;
+    // Idempotency after auth (the key is scoped to the verified subject), before select
+    // (a duplicate must never cost a replica a call).
+    if let Some(key) = idempotency::client_key(&req, route.idempotency, &snap.idempotency)? {
+        return idempotency::run(req, key, token, ctx, conn, route, snap).await;
+    }
     let upstream = route.group.select().ok_or(ProxyError::NoUpstream)?;
     ctx.upstream = Some(upstream.address);
     forward::send(
         req,
-        ctx,
+        &ctx.request_id,
         conn,
         &route.group,
         upstream,

@@ -1,7 +1,12 @@
 //! The embedded store: revocations in process memory. One instance only — with several
 //! doorman instances, use Redis.
 
+use std::time::{Duration, Instant};
+
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use super::{Begin, IdemRecord};
 
 use super::{Records, Revoke, subject_covers};
 use crate::auth::unix_now;
@@ -13,6 +18,8 @@ pub struct MemoryStore {
     /// sub → (revoked before, forget after).
     subs: DashMap<String, (u64, u64)>,
     records: Records,
+    /// Idempotency records: key → (encoded record, expiry).
+    idem: DashMap<String, (String, Instant)>,
 }
 
 impl MemoryStore {
@@ -21,6 +28,47 @@ impl MemoryStore {
             jtis: DashMap::new(),
             subs: DashMap::new(),
             records,
+            idem: DashMap::new(),
+        }
+    }
+
+    /// Same contract as the Redis BEGIN script, atomic under the map's entry lock.
+    pub fn idem_begin(&self, key: &str, lease: &str, lock_ttl: Duration) -> Begin {
+        let now = Instant::now();
+        if self.idem.len() > 1024 {
+            self.idem.retain(|_, (_, until)| *until > now);
+        }
+        match self.idem.entry(key.to_string()) {
+            Entry::Occupied(e) if e.get().1 > now => {
+                Begin::Existing(IdemRecord::decode(&e.get().0))
+            }
+            Entry::Occupied(mut e) => {
+                e.insert((lease.to_string(), now + lock_ttl));
+                Begin::Acquired
+            }
+            Entry::Vacant(e) => {
+                e.insert((lease.to_string(), now + lock_ttl));
+                Begin::Acquired
+            }
+        }
+    }
+
+    /// Same contract as the Redis FINISH script.
+    pub fn idem_finish(&self, key: &str, lease: &str, result: Option<&str>, ttl: Duration) -> bool {
+        let now = Instant::now();
+        match self.idem.entry(key.to_string()) {
+            Entry::Occupied(mut e) if e.get().0 == lease && e.get().1 > now => {
+                match result {
+                    Some(r) => {
+                        e.insert((r.to_string(), now + ttl));
+                    }
+                    None => {
+                        e.remove();
+                    }
+                }
+                true
+            }
+            _ => false,
         }
     }
 

@@ -9,12 +9,14 @@
 //! - `{prefix}sub:{sub}` = unix seconds T → every token of `sub` with `iat <= T` is revoked
 //!   (a token of that subject without `iat` is treated as revoked too).
 
+mod idempotency;
 mod memory;
 mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use idempotency::{Begin, IdemRecord, StoredResponse};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
@@ -108,6 +110,34 @@ impl Store {
                 Ok(())
             }
             Store::Redis(s) => s.revoke(r).await,
+        }
+    }
+
+    /// Take the lease on an idempotency key, or return what is recorded there.
+    pub async fn idem_begin(
+        &self,
+        key: &str,
+        lease: &str,
+        lock_ttl: Duration,
+    ) -> Result<Begin, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.idem_begin(key, lease, lock_ttl)),
+            Store::Redis(r) => r.idem_begin(key, lease, lock_ttl).await,
+        }
+    }
+
+    /// Replace our lease with `result` (None: release the key), only if it is still ours.
+    /// Returns whether it was.
+    pub async fn idem_finish(
+        &self,
+        key: &str,
+        lease: &str,
+        result: Option<&str>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.idem_finish(key, lease, result, ttl)),
+            Store::Redis(r) => r.idem_finish(key, lease, result, ttl).await,
         }
     }
 

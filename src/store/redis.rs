@@ -177,6 +177,61 @@ impl RedisStore {
         }
     }
 
+    pub async fn idem_begin(
+        &self,
+        key: &str,
+        lease: &str,
+        lock_ttl: Duration,
+    ) -> Result<super::Begin, StoreError> {
+        let run = async {
+            let mut conn = self.connection().await?;
+            let v: Option<String> = redis::cmd("EVAL")
+                .arg(super::idempotency::BEGIN)
+                .arg(1)
+                .arg(key)
+                .arg(lease)
+                .arg(lock_ttl.as_millis() as u64)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(match v {
+                None => super::Begin::Acquired,
+                Some(v) => super::Begin::Existing(super::IdemRecord::decode(&v)),
+            })
+        };
+        tokio::time::timeout(self.timeout, run)
+            .await
+            .map_err(|_| StoreError::Timeout)?
+    }
+
+    pub async fn idem_finish(
+        &self,
+        key: &str,
+        lease: &str,
+        result: Option<&str>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let run = async {
+            let mut conn = self.connection().await?;
+            let n: i64 = redis::cmd("EVAL")
+                .arg(super::idempotency::FINISH)
+                .arg(1)
+                .arg(key)
+                .arg(lease)
+                .arg(result.unwrap_or(""))
+                .arg(ttl.as_millis() as u64)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(n == 1)
+        };
+        // Storing a result is worth more than the request-path budget: the alternative is a
+        // key stuck until its lease expires.
+        tokio::time::timeout(WRITE_TIMEOUT, run)
+            .await
+            .map_err(|_| StoreError::Timeout)?
+    }
+
     /// The session's connection, or else the fallback one (opened on demand).
     async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
         if let Some(c) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone() {

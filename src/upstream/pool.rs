@@ -77,4 +77,10 @@ impl UpstreamGroup {
     pub fn select(&self) -> Option<&Upstream> {
         self.balancer.select().map(|i| &self.servers[i])
     }
+
+    /// Like `select`, as an index into `servers` (for work that outlives the borrow).
+    #[inline]
+    pub fn select_index(&self) -> Option<usize> {
+        self.balancer.select()
+    }
 }

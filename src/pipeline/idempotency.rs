@@ -1,0 +1,476 @@
+//! Stage 4: idempotency keys on write requests (draft-ietf-httpapi-idempotency-key-header,
+//! Stripe's design). A keyed request takes a lease in the store, is forwarded once, and its
+//! response is stored for `ttl`; a retry gets the stored response, a concurrent duplicate
+//! 409, and the same key on a different request 422.
+//!
+//! The guarantee is at-least-once across a proxy crash: a lease left by a dead instance
+//! expires after `lock_ttl`, then the key can be processed again.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest::{SHA256, digest};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use tracing::{info, warn};
+
+use super::context::{ConnInfo, RequestCtx};
+use super::{ResponseBody, X_REQUEST_ID, forward};
+use crate::auth::VerifiedToken;
+use crate::config::{IdempotencyMode, IdempotencySettings, OnError};
+use crate::error::ProxyError;
+use crate::snapshot::{Route, Snapshot};
+use crate::store::{Begin, IdemRecord, StoredResponse};
+
+const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+const MAX_KEY_BYTES: usize = 255;
+
+/// The client's key when this request is subject to idempotency; None when it passes
+/// through untouched (method not listed, route off, or optional and no key sent).
+pub(super) fn client_key<B>(
+    req: &Request<B>,
+    mode: IdempotencyMode,
+    s: &IdempotencySettings,
+) -> Result<Option<String>, ProxyError> {
+    if mode == IdempotencyMode::Off || !s.methods.contains(req.method()) {
+        return Ok(None);
+    }
+    let alt = HeaderName::from_bytes(format!("x-{}", s.header.as_str()).as_bytes()).ok();
+    let mut values = req
+        .headers()
+        .get_all(&s.header)
+        .iter()
+        .chain(alt.iter().flat_map(|a| req.headers().get_all(a).iter()));
+    let value = match (values.next(), values.next()) {
+        (None, _) if mode == IdempotencyMode::Required => {
+            return Err(ProxyError::IdempotencyKey(
+                "Idempotency-Key header required",
+            ));
+        }
+        (None, _) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(ProxyError::IdempotencyKey(
+                "repeated Idempotency-Key header",
+            ));
+        }
+        (Some(v), None) => v.as_bytes(),
+    };
+    // The draft sends the key as a structured-field string: "abc". Bare tokens are accepted.
+    let key = match value {
+        [b'"', inner @ .., b'"'] => inner,
+        v => v,
+    };
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.iter().all(|b| (0x21..=0x7e).contains(b))
+    {
+        return Err(ProxyError::IdempotencyKey(
+            "invalid Idempotency-Key: 1 to 255 visible ASCII characters",
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(key).into_owned()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// method + path + query + content-type + SHA-256 of the body.
+fn fingerprint(parts: &http::request::Parts, body: &[u8]) -> String {
+    let mut m = Vec::with_capacity(128);
+    m.extend_from_slice(parts.method.as_str().as_bytes());
+    m.push(0);
+    m.extend_from_slice(parts.uri.path().as_bytes());
+    m.push(0);
+    m.extend_from_slice(parts.uri.query().unwrap_or("").as_bytes());
+    m.push(0);
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        m.extend_from_slice(ct.as_bytes());
+    }
+    m.push(0);
+    m.extend_from_slice(digest(&SHA256, body).as_ref());
+    hex(digest(&SHA256, &m).as_ref())
+}
+
+/// The store key: route + subject + client key, hashed so no combination can collide.
+fn store_key(s: &IdempotencySettings, route: &str, subject: Option<&str>, key: &str) -> String {
+    let mut m = Vec::with_capacity(64 + key.len());
+    for part in [route, subject.unwrap_or(""), key] {
+        m.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        m.extend_from_slice(part.as_bytes());
+    }
+    format!("{}{}", s.key_prefix, hex(digest(&SHA256, &m).as_ref()))
+}
+
+/// Run a keyed request: begin (lease or record), then forward once and finish, or answer
+/// from the record.
+pub(super) async fn run(
+    req: Request<Incoming>,
+    key: String,
+    token: Option<Arc<VerifiedToken>>,
+    ctx: &mut RequestCtx,
+    conn: &Arc<ConnInfo>,
+    route: &Route,
+    snap: &Arc<Snapshot>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let s = &snap.idempotency;
+    let (parts, body) = req.into_parts();
+    // Bodies are buffered to fingerprint them; a declared length over the cap fails fast.
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.max_request_body_bytes) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    let read = Limited::new(body, s.max_request_body_bytes as usize).collect();
+    let body = match tokio::time::timeout(conn.idle_timeout, read).await {
+        Err(_) => return Err(ProxyError::BodyTimeout),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ProxyError::BodyTooLarge);
+        }
+        Ok(Err(e)) => return Err(ProxyError::DownstreamAborted(e.to_string())),
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+
+    let fp = fingerprint(&parts, &body);
+    let subject = token.as_ref().and_then(|t| t.sub.as_deref());
+    let store_key = store_key(s, &route.path_prefix, subject, &key);
+    let lease = IdemRecord::Lease {
+        owner: format!("{:032x}", fastrand::u128(..)),
+        fingerprint: fp.clone(),
+        expires_ms: now_ms() + s.lock_ttl.as_millis() as u64,
+    }
+    .encode();
+
+    let upstream = route.group.select_index().ok_or(ProxyError::NoUpstream)?;
+    ctx.upstream = Some(route.group.servers[upstream].address);
+
+    match snap.store.idem_begin(&store_key, &lease, s.lock_ttl).await {
+        Ok(Begin::Acquired) => {}
+        Ok(Begin::Existing(record)) => return answer_from(record, &fp, &ctx.request_id),
+        Err(e) => match snap.on_error {
+            OnError::Closed => return Err(ProxyError::StoreUnavailable(e.to_string())),
+            OnError::Open => {
+                warn!(error = %e, "idempotency skipped (store on_error = open): forwarding without a lease");
+                let group = &route.group;
+                return forward::send_buffered(
+                    parts,
+                    body,
+                    &ctx.request_id,
+                    conn,
+                    group,
+                    &group.servers[upstream],
+                )
+                .await;
+            }
+        },
+    }
+
+    // Forward and finish in a task of its own: a client that goes away mid-request must not
+    // leave the key without its result.
+    let job = Job {
+        snap: snap.clone(),
+        group: route.group.clone(),
+        upstream,
+        conn: conn.clone(),
+        request_id: ctx.request_id.clone(),
+        store_key,
+        lease,
+        fingerprint: fp,
+    };
+    tokio::spawn(job.run(parts, body))
+        .await
+        .map_err(|e| ProxyError::Internal(format!("idempotent forward task: {e}")))?
+}
+
+/// What a stored record means for a duplicate.
+fn answer_from(
+    record: Option<IdemRecord>,
+    fp: &str,
+    request_id: &HeaderValue,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let Some(record) = record else {
+        // Unreadable: treat it as someone else's work in progress.
+        return Err(ProxyError::IdempotencyInFlight(1));
+    };
+    if record.fingerprint() != fp {
+        return Err(ProxyError::IdempotencyMismatch);
+    }
+    match record {
+        IdemRecord::Lease { expires_ms, .. } => {
+            let left = expires_ms.saturating_sub(now_ms()).div_ceil(1000).max(1);
+            Err(ProxyError::IdempotencyInFlight(left))
+        }
+        IdemRecord::TooLarge { .. } => Err(ProxyError::IdempotencyNotReplayable),
+        IdemRecord::Done { response, .. } => {
+            let body = response
+                .body_bytes()
+                .ok_or_else(|| ProxyError::Internal("stored response body unreadable".into()))?;
+            let mut resp = Response::new(Either::Right(Full::new(body)));
+            *resp.status_mut() = http::StatusCode::from_u16(response.status)
+                .map_err(|_| ProxyError::Internal("stored status invalid".into()))?;
+            let headers = resp.headers_mut();
+            for (name, value) in response.header_values() {
+                headers.append(name, value);
+            }
+            headers.insert(REPLAYED, HeaderValue::from_static("true"));
+            headers.insert(X_REQUEST_ID, request_id.clone());
+            Ok(resp)
+        }
+    }
+}
+
+struct Job {
+    snap: Arc<Snapshot>,
+    group: Arc<crate::upstream::UpstreamGroup>,
+    upstream: usize,
+    conn: Arc<ConnInfo>,
+    request_id: HeaderValue,
+    store_key: String,
+    lease: String,
+    fingerprint: String,
+}
+
+impl Job {
+    async fn run(
+        self,
+        parts: http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let s = &self.snap.idempotency;
+        let upstream = &self.group.servers[self.upstream];
+        let result = forward::send_buffered(
+            parts,
+            body,
+            &self.request_id,
+            &self.conn,
+            &self.group,
+            upstream,
+        )
+        .await;
+        let resp = match result {
+            Err(e) => {
+                // A refused connection never reached the replica: the key is always released.
+                // A timeout or a broken answer may have run: stored only Stripe-style.
+                let keep = s.store_server_errors && !matches!(e, ProxyError::UpstreamConnect(_));
+                if keep {
+                    let r = e.to_response(&self.request_id);
+                    let (p, b) = r.into_parts();
+                    let body = b.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                    self.finish(Some(self.done(p.status.as_u16(), &p.headers, &body)))
+                        .await;
+                } else {
+                    self.finish(None).await;
+                }
+                return Err(e);
+            }
+            Ok(resp) => resp,
+        };
+        if resp.status().is_server_error() && !s.store_server_errors {
+            self.finish(None).await;
+            return Ok(resp);
+        }
+        let (parts, body) = resp.into_parts();
+        let mut stream = match body {
+            Either::Left(relay) => relay.into_stream(),
+            Either::Right(full) => {
+                let bytes = full
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                self.finish(Some(self.done(
+                    parts.status.as_u16(),
+                    &parts.headers,
+                    &bytes,
+                )))
+                .await;
+                return Ok(Response::from_parts(parts, Either::Right(Full::new(bytes))));
+            }
+        };
+        // Read the response up to what may be stored; past that, deliver it anyway and
+        // record the key as completed-but-not-replayable — never a partial body.
+        let mut chunks = Vec::new();
+        let mut total = 0u64;
+        let read = async {
+            while let Some(frame) = stream.frame().await {
+                let frame = frame.map_err(|e| ProxyError::UpstreamBroken(e.to_string()))?;
+                if let Ok(data) = frame.into_data() {
+                    total += data.len() as u64;
+                    chunks.push(data);
+                    if total > s.max_stored_body_bytes {
+                        return Ok(false);
+                    }
+                }
+            }
+            Ok(true)
+        };
+        let complete = match tokio::time::timeout(self.group.response_timeout, read).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.finish(None).await;
+                return Err(e);
+            }
+            Err(_) => {
+                self.finish(None).await;
+                return Err(ProxyError::UpstreamTimeout);
+            }
+        };
+        if !complete {
+            let record = IdemRecord::TooLarge {
+                fingerprint: self.fingerprint.clone(),
+            };
+            self.finish(Some(record.encode())).await;
+            let body = super::RelayBody::resume(chunks, stream);
+            return Ok(Response::from_parts(parts, Either::Left(body)));
+        }
+        let body: Bytes = if chunks.len() == 1 {
+            chunks.pop().unwrap_or_default()
+        } else {
+            chunks.concat().into()
+        };
+        self.finish(Some(self.done(
+            parts.status.as_u16(),
+            &parts.headers,
+            &body,
+        )))
+        .await;
+        Ok(Response::from_parts(parts, Either::Right(Full::new(body))))
+    }
+
+    /// The record for a completed response: the headers that matter, never per-request or
+    /// framing ones (and Set-Cookie only when configured).
+    fn done(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> String {
+        let mut kept = headers.clone();
+        for h in [
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            X_REQUEST_ID,
+            header::DATE,
+        ] {
+            kept.remove(h);
+        }
+        if !self.snap.idempotency.store_set_cookie {
+            kept.remove(header::SET_COOKIE);
+        }
+        IdemRecord::Done {
+            fingerprint: self.fingerprint.clone(),
+            response: StoredResponse::new(status, &kept, body),
+        }
+        .encode()
+    }
+
+    /// Replace our lease with the result (None: release the key so the client may retry).
+    async fn finish(&self, result: Option<String>) {
+        let ttl: Duration = self.snap.idempotency.ttl;
+        match self
+            .snap
+            .store
+            .idem_finish(&self.store_key, &self.lease, result.as_deref(), ttl)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => warn!(
+                request_id = ?self.request_id,
+                "idempotency lease expired before the request finished; its result was not stored"
+            ),
+            Err(e) => warn!(
+                request_id = ?self.request_id,
+                error = %e,
+                "idempotency result not stored; the key stays leased until lock_ttl"
+            ),
+        }
+        if result.is_none() {
+            info!(request_id = ?self.request_id, "idempotency key released for retry");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> IdempotencySettings {
+        IdempotencySettings::default()
+    }
+
+    fn req(method: &str, key: &[&str]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri("/pay");
+        for k in key {
+            b = b.header("idempotency-key", *k);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn key_rules() {
+        let s = settings();
+        let req_mode = IdempotencyMode::Required;
+        assert_eq!(
+            client_key(&req("POST", &["abc-1"]), req_mode, &s)
+                .unwrap()
+                .as_deref(),
+            Some("abc-1")
+        );
+        assert_eq!(
+            client_key(&req("POST", &["\"abc-1\""]), req_mode, &s)
+                .unwrap()
+                .as_deref(),
+            Some("abc-1")
+        );
+        assert_eq!(
+            client_key(&req("GET", &[]), req_mode, &s).unwrap(),
+            None,
+            "GET is not keyed"
+        );
+        assert_eq!(
+            client_key(&req("POST", &[]), IdempotencyMode::Optional, &s).unwrap(),
+            None
+        );
+        assert_eq!(
+            client_key(&req("POST", &["k"]), IdempotencyMode::Off, &s).unwrap(),
+            None
+        );
+        for bad in [&[][..], &["a", "b"], &["has space"], &["\"\""]] {
+            assert!(
+                matches!(
+                    client_key(&req("POST", bad), req_mode, &s),
+                    Err(ProxyError::IdempotencyKey(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let long = "k".repeat(256);
+        assert!(client_key(&req("POST", &[&long]), req_mode, &s).is_err());
+        let x = Request::post("/")
+            .header("x-idempotency-key", "alt")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            client_key(&x, req_mode, &s).unwrap().as_deref(),
+            Some("alt")
+        );
+    }
+
+    #[test]
+    fn keys_are_scoped_and_unambiguous() {
+        let s = settings();
+        let a = store_key(&s, "/pay", Some("alice"), "k1");
+        assert_ne!(a, store_key(&s, "/pay", Some("bob"), "k1"));
+        assert_ne!(a, store_key(&s, "/pay", None, "k1"));
+        assert_ne!(a, store_key(&s, "/pay/", Some("alice"), "k1"));
+        // Length-prefixed parts: moving bytes between parts changes the key.
+        assert_ne!(
+            store_key(&s, "/a", Some("bc"), "k"),
+            store_key(&s, "/ab", Some("c"), "k")
+        );
+        assert!(a.starts_with("doorman:idem:"));
+    }
+}

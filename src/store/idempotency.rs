@@ -1,0 +1,180 @@
+//! Idempotency records and how they are kept (the same in Redis and the embedded store).
+//!
+//! One key per (route, subject, client key): `{idempotency.key_prefix}{sha256 hex}`. Its value
+//! is one of three records, as plain strings so an operator can read them with `redis-cli`:
+//! - `L|{owner}|{fingerprint}|{expires unix ms}` — a lease on an in-flight request
+//! - `D|{fingerprint}|{json response}` — completed; the response to replay
+//! - `N|{fingerprint}` — completed, but the response was too large to store
+//!
+//! A first request costs two round trips: `BEGIN` (one script: return the record, or take the
+//! lease) and `FINISH` (one script: write the result only if the lease is still ours). A
+//! replay costs one: `BEGIN` returns the record.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdemRecord {
+    Lease {
+        owner: String,
+        fingerprint: String,
+        expires_ms: u64,
+    },
+    Done {
+        fingerprint: String,
+        response: StoredResponse,
+    },
+    TooLarge {
+        fingerprint: String,
+    },
+}
+
+/// A response as stored for replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub status: u16,
+    /// Header name and base64 of the raw value bytes.
+    pub headers: Vec<(String, String)>,
+    /// Base64 of the body.
+    pub body: String,
+}
+
+impl StoredResponse {
+    pub fn new(status: u16, headers: &http::HeaderMap, body: &[u8]) -> Self {
+        StoredResponse {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_string(), STANDARD.encode(v.as_bytes())))
+                .collect(),
+            body: STANDARD.encode(body),
+        }
+    }
+
+    pub fn body_bytes(&self) -> Option<Bytes> {
+        STANDARD.decode(&self.body).ok().map(Bytes::from)
+    }
+
+    pub fn header_values(
+        &self,
+    ) -> impl Iterator<Item = (http::HeaderName, http::HeaderValue)> + '_ {
+        self.headers.iter().filter_map(|(n, v)| {
+            let name = http::HeaderName::from_bytes(n.as_bytes()).ok()?;
+            let value = http::HeaderValue::from_bytes(&STANDARD.decode(v).ok()?).ok()?;
+            Some((name, value))
+        })
+    }
+}
+
+impl IdemRecord {
+    pub fn encode(&self) -> String {
+        match self {
+            IdemRecord::Lease {
+                owner,
+                fingerprint,
+                expires_ms,
+            } => format!("L|{owner}|{fingerprint}|{expires_ms}"),
+            IdemRecord::Done {
+                fingerprint,
+                response,
+            } => format!(
+                "D|{fingerprint}|{}",
+                serde_json::to_string(response).expect("a stored response serializes")
+            ),
+            IdemRecord::TooLarge { fingerprint } => format!("N|{fingerprint}"),
+        }
+    }
+
+    pub fn decode(s: &str) -> Option<IdemRecord> {
+        let (kind, rest) = s.split_once('|')?;
+        match kind {
+            "L" => {
+                let mut p = rest.splitn(3, '|');
+                Some(IdemRecord::Lease {
+                    owner: p.next()?.to_string(),
+                    fingerprint: p.next()?.to_string(),
+                    expires_ms: p.next()?.parse().ok()?,
+                })
+            }
+            "D" => {
+                let (fingerprint, json) = rest.split_once('|')?;
+                Some(IdemRecord::Done {
+                    fingerprint: fingerprint.to_string(),
+                    response: serde_json::from_str(json).ok()?,
+                })
+            }
+            "N" => Some(IdemRecord::TooLarge {
+                fingerprint: rest.to_string(),
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        match self {
+            IdemRecord::Lease { fingerprint, .. }
+            | IdemRecord::Done { fingerprint, .. }
+            | IdemRecord::TooLarge { fingerprint } => fingerprint,
+        }
+    }
+}
+
+/// What `begin` found.
+#[derive(Debug)]
+pub enum Begin {
+    /// The lease is ours: forward the request.
+    Acquired,
+    /// Someone was here first (or a record is unreadable: `None`, treated as in flight).
+    Existing(Option<IdemRecord>),
+}
+
+/// Return the record, or take the lease: `KEYS[1]`, `ARGV = lease, lock_ttl_ms`.
+pub(super) const BEGIN: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"#;
+
+/// Replace our lease with the result (or delete it when the result is empty), only if the
+/// lease is still exactly ours: `KEYS[1]`, `ARGV = lease, result, ttl_ms`.
+pub(super) const FINISH: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let mut h = http::HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        let records = [
+            IdemRecord::Lease {
+                owner: "o1".into(),
+                fingerprint: "ab".into(),
+                expires_ms: 17,
+            },
+            IdemRecord::Done {
+                fingerprint: "cd".into(),
+                response: StoredResponse::new(201, &h, b"{\"id\":1}|pipe"),
+            },
+            IdemRecord::TooLarge {
+                fingerprint: "ef".into(),
+            },
+        ];
+        for r in records {
+            assert_eq!(IdemRecord::decode(&r.encode()), Some(r));
+        }
+        assert_eq!(IdemRecord::decode("garbage"), None);
+    }
+}
