@@ -143,6 +143,9 @@ pub struct Seen {
 /// - `/hop`: answer with hop-by-hop headers that must not reach the client
 /// - `/gate`: send "first", wait for `Replica::open_gate`, then send "second"
 /// - `/drip/{pause_ms}/{n}`: send "first", pause, then n chunks "drip" 100ms apart
+/// - `/unique...`: read the body, answer 201 with a body unique to this call
+///   (`{"call":N,"len":L}`), plus content-type, set-cookie and x-custom headers
+/// - `/sleep-once/{ms}`: the first such call sleeps, later ones answer at once
 /// - `/ws`: accept an HTTP/1.1 upgrade and echo bytes on the upgraded connection
 /// - anything else: `200 ok` after reading the whole body (its length goes in `Seen`)
 #[derive(Clone)]
@@ -152,6 +155,7 @@ pub struct Replica {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub connections: Arc<AtomicUsize>,
     gate: Arc<Notify>,
+    calls: Arc<AtomicUsize>,
     /// Notified when a `/upload-gate` request has received its first body chunk.
     pub first_chunk: Arc<Notify>,
 }
@@ -165,6 +169,7 @@ impl Replica {
             seen: Arc::default(),
             connections: Arc::default(),
             gate: Arc::default(),
+            calls: Arc::default(),
             first_chunk: Arc::default(),
         };
         let r = replica.clone();
@@ -250,6 +255,28 @@ impl Replica {
             Response::new(BoxBody::new(http_body_util::StreamBody::new(
                 tokio_stream_from(rx),
             )))
+        } else if path.starts_with("/unique") {
+            let (parts, body) = req.into_parts();
+            let n = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            self.record(&Request::from_parts(parts, ()), n as u64);
+            let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut r = Response::new(full(format!("{{\"call\":{call},\"len\":{n}}}")));
+            *r.status_mut() = StatusCode::CREATED;
+            let h = r.headers_mut();
+            h.insert("content-type", "application/json".parse().unwrap());
+            h.insert("set-cookie", "session=secret".parse().unwrap());
+            h.insert("x-custom", "kept".parse().unwrap());
+            r
+        } else if let Some(ms) = path.strip_prefix("/sleep-once/") {
+            self.record(&req, 0);
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            }
+            Response::new(full("done"))
         } else if let Some(rest) = path.strip_prefix("/drip/") {
             self.record(&req, 0);
             let (pause, n) = rest.split_once('/').unwrap();
