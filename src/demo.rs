@@ -86,6 +86,13 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
             },
             RouteSpec {
                 host: None,
+                path_prefix: "/orders".into(),
+                upstream: "demo".into(),
+                auth: AuthMode::Off,
+                idempotency: IdempotencyMode::Required,
+            },
+            RouteSpec {
+                host: None,
                 path_prefix: "/".into(),
                 upstream: "demo".into(),
                 auth: AuthMode::Off,
@@ -137,6 +144,14 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
     );
     println!(
         "  curl -s --cacert {ca} -o /dev/null -w '%{{http_code}}\\n' -H \"Authorization: Bearer $TOKEN\" https://localhost:{port}/api/me"
+    );
+    println!();
+    println!(
+        "/orders needs an Idempotency-Key on POST: run this twice; the second answer is the first one replayed"
+    );
+    println!("(same body, same x-upstream-id, Idempotent-Replayed: true) and no replica sees it:");
+    println!(
+        "  curl -si --cacert {ca} -X POST -H 'Idempotency-Key: order-42' -H 'content-type: application/json' -d '{{\"item\":\"book\"}}' https://localhost:{port}/orders"
     );
     println!();
     println!("Press Ctrl-C to stop.");

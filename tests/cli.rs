@@ -241,7 +241,7 @@ fn demo_prints_curl_commands_that_work_as_printed() {
             commands.push(cmd.to_string());
         }
     }
-    assert_eq!(commands.len(), 9, "{commands:?}");
+    assert_eq!(commands.len(), 10, "{commands:?}");
     let run = |cmd: &str| {
         let out = Command::new("bash").args(["-c", cmd]).output().unwrap();
         assert!(
@@ -303,6 +303,21 @@ fn demo_prints_curl_commands_that_work_as_printed() {
     assert_eq!(parts[1], "401\n");
     assert!(parts[2].starts_with(r#"{"revoked":{"#), "{}", parts[2]);
     assert_eq!(parts[3], "401\n");
+
+    // The idempotent POST, twice: the second is the first replayed.
+    let first = run(&commands[9]);
+    let second = run(&commands[9]);
+    assert!(first.starts_with("HTTP/2 200"), "{first}");
+    assert!(!first.contains("idempotent-replayed"), "{first}");
+    assert!(second.contains("idempotent-replayed: true"), "{second}");
+    let id = |r: &str| {
+        r.lines()
+            .find(|l| l.starts_with("x-upstream-id"))
+            .map(str::to_string)
+    };
+    assert_eq!(id(&first), id(&second));
+    let body = |r: &str| r.split("\r\n\r\n").nth(1).map(str::to_string);
+    assert_eq!(body(&first), body(&second));
 
     // SIGTERM drains and exits 0.
     let status = Command::new("kill")

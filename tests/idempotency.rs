@@ -562,3 +562,44 @@ async fn a_lease_left_by_a_killed_instance_expires() {
     );
     b.stop().await;
 }
+
+/// The round-trip budget: a first keyed request costs two store operations (begin, finish),
+/// a replay one — counted by Redis itself, not timed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_request_costs_two_redis_round_trips_and_a_replay_one() {
+    let redis = RedisServer::start();
+    let store = format!(
+        "[store]\nredis_url = \"{}\"\ntimeout = \"200ms\"\n",
+        redis.url()
+    );
+    let r = Replica::start("r").await;
+    let p = proxy(&r, &store, "").await;
+    let mut c = p.h1().await;
+    let evals = || async {
+        let info = redis.cmd(&["INFO", "commandstats"]).await;
+        let text = match info {
+            redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+            redis::Value::VerbatimString { text, .. } => text,
+            other => panic!("{other:?}"),
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_eval:calls="))
+            .map_or(0, |rest| {
+                rest.split(',').next().unwrap().parse::<u64>().unwrap()
+            })
+    };
+    let before = evals().await;
+    assert_eq!(
+        post(&mut c, "/unique", Some("rt"), "x").await.0.status(),
+        201
+    );
+    let after_first = evals().await;
+    assert_eq!(
+        post(&mut c, "/unique", Some("rt"), "x").await.0.status(),
+        201
+    );
+    let after_replay = evals().await;
+    assert_eq!(after_first - before, 2, "first request: begin + finish");
+    assert_eq!(after_replay - after_first, 1, "replay: begin only");
+    p.stop().await;
+}
