@@ -17,4 +17,4 @@ fi
 # Quiet the access log: benchmarks measure the proxy, not the terminal.
 export RUST_LOG=warn
 mkdir -p target
-cargo bench --bench hot_path --bench auth -- "$@" 2>&1 | tee target/bench-all.txt
+cargo bench --bench hot_path --bench auth --bench idempotency -- "$@" 2>&1 | tee target/bench-all.txt

@@ -343,7 +343,7 @@ async fn two_instances_share_keys_through_redis() {
         statuses.iter().all(|s| *s == 200 || *s == 409),
         "{statuses:?}"
     );
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count() >= 1, true);
+    assert!(statuses.contains(&200), "the one forwarded request answers 200: {statuses:?}");
     a.stop().await;
     b.stop().await;
 }
