@@ -343,7 +343,10 @@ async fn two_instances_share_keys_through_redis() {
         statuses.iter().all(|s| *s == 200 || *s == 409),
         "{statuses:?}"
     );
-    assert!(statuses.contains(&200), "the one forwarded request answers 200: {statuses:?}");
+    assert!(
+        statuses.contains(&200),
+        "the one forwarded request answers 200: {statuses:?}"
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -602,4 +605,37 @@ async fn a_first_request_costs_two_redis_round_trips_and_a_replay_one() {
     assert_eq!(after_first - before, 2, "first request: begin + finish");
     assert_eq!(after_replay - after_first, 1, "replay: begin only");
     p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limited_answers_release_the_key_and_hosts_are_separate_scopes() {
+    for (store, _redis) in stores() {
+        let r = Replica::start("r").await;
+        let p = proxy(&r, &store, "store_server_errors = true").await;
+        let mut c = p.h1().await;
+        // 429 means "not processed": never stored, even Stripe-style.
+        for _ in 0..2 {
+            let (resp, _) = post(&mut c, "/status/429", Some("busy"), "x").await;
+            assert_eq!(resp.status(), 429);
+            assert!(!resp.headers().contains_key("idempotent-replayed"));
+        }
+        assert_eq!(r.count(), 2, "{store:?}");
+
+        // The same key, path and body on two hosts served by one route: two scopes.
+        for host in ["a.test", "b.test"] {
+            let req = http::Request::post("/unique")
+                .header("host", host)
+                .header("idempotency-key", "per-host")
+                .body(full("x"))
+                .unwrap();
+            let (resp, _) = c.send_collect(req).await;
+            assert_eq!(resp.status(), 201);
+            assert!(
+                !resp.headers().contains_key("idempotent-replayed"),
+                "{host}"
+            );
+        }
+        assert_eq!(r.count(), 4, "{store:?}");
+        p.stop().await;
+    }
 }

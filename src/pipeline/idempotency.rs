@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::digest::{SHA256, digest};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
@@ -98,20 +98,38 @@ fn fingerprint(parts: &http::request::Parts, body: &[u8]) -> String {
     hex(digest(&SHA256, &m).as_ref())
 }
 
-/// The store key: route + subject + client key, hashed so no combination can collide.
-fn store_key(s: &IdempotencySettings, route: &str, subject: Option<&str>, key: &str) -> String {
-    let mut m = Vec::with_capacity(64 + key.len());
-    for part in [route, subject.unwrap_or(""), key] {
+/// The store key: host + route + subject + client key, each length-prefixed and hashed, so
+/// no combination can collide. "No subject" is its own scope, distinct from any subject.
+fn store_key(
+    s: &IdempotencySettings,
+    host: &str,
+    route: &str,
+    subject: Option<&str>,
+    key: &str,
+) -> String {
+    let mut m = Vec::with_capacity(96 + key.len());
+    let subject = match subject {
+        Some(sub) => format!("s:{sub}"),
+        None => "-".to_string(),
+    };
+    for part in [host, route, subject.as_str(), key] {
         m.extend_from_slice(&(part.len() as u64).to_be_bytes());
         m.extend_from_slice(part.as_bytes());
     }
     format!("{}{}", s.key_prefix, hex(digest(&SHA256, &m).as_ref()))
 }
 
+/// Statuses that say "not processed, try again": never stored, the key is released.
+fn retryable(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 425 | 429)
+}
+
 /// Run a keyed request: begin (lease or record), then forward once and finish, or answer
 /// from the record.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run(
     req: Request<Incoming>,
+    host: &str,
     key: String,
     token: Option<Arc<VerifiedToken>>,
     ctx: &mut RequestCtx,
@@ -121,27 +139,21 @@ pub(super) async fn run(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let s = &snap.idempotency;
     let (parts, body) = req.into_parts();
-    // Bodies are buffered to fingerprint them; a declared length over the cap fails fast.
+    // Bodies are buffered to fingerprint them, under the tighter of both limits; a declared
+    // length over it fails fast.
+    let limit = s.max_request_body_bytes.min(snap.settings.max_body_bytes);
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > s.max_request_body_bytes) {
+    if declared.is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge);
     }
-    let read = Limited::new(body, s.max_request_body_bytes as usize).collect();
-    let body = match tokio::time::timeout(conn.idle_timeout, read).await {
-        Err(_) => return Err(ProxyError::BodyTimeout),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ProxyError::BodyTooLarge);
-        }
-        Ok(Err(e)) => return Err(ProxyError::DownstreamAborted(e.to_string())),
-        Ok(Ok(b)) => b.to_bytes(),
-    };
+    let body = read_body(body, limit, conn.idle_timeout).await?;
 
     let fp = fingerprint(&parts, &body);
     let subject = token.as_ref().and_then(|t| t.sub.as_deref());
-    let store_key = store_key(s, &route.path_prefix, subject, &key);
+    let store_key = store_key(s, host, &route.path_prefix, subject, &key);
     let lease = IdemRecord::Lease {
         owner: format!("{:032x}", fastrand::u128(..)),
         fingerprint: fp.clone(),
@@ -149,29 +161,45 @@ pub(super) async fn run(
     }
     .encode();
 
-    let upstream = route.group.select_index().ok_or(ProxyError::NoUpstream)?;
-    ctx.upstream = Some(route.group.servers[upstream].address);
-
     match snap.store.idem_begin(&store_key, &lease, s.lock_ttl).await {
         Ok(Begin::Acquired) => {}
         Ok(Begin::Existing(record)) => return answer_from(record, &fp, &ctx.request_id),
-        Err(e) => match snap.on_error {
-            OnError::Closed => return Err(ProxyError::StoreUnavailable(e.to_string())),
-            OnError::Open => {
-                warn!(error = %e, "idempotency skipped (store on_error = open): forwarding without a lease");
-                let group = &route.group;
-                return forward::send_buffered(
-                    parts,
-                    body,
-                    &ctx.request_id,
-                    conn,
-                    group,
-                    &group.servers[upstream],
-                )
-                .await;
+        Err(e) => {
+            // The script may have run before the answer was lost: drop our lease if it is
+            // there, so the key is not blocked for lock_ttl.
+            let (store, k, l) = (snap.store.clone(), store_key.clone(), lease.clone());
+            tokio::spawn(async move {
+                let _ = store.idem_finish(&k, &l, None, Duration::ZERO).await;
+            });
+            match snap.on_error {
+                OnError::Closed => return Err(ProxyError::StoreUnavailable(e.to_string())),
+                OnError::Open => {
+                    warn!(error = %e, "idempotency skipped (store on_error = open): forwarding without a lease");
+                    let group = &route.group;
+                    let upstream = group.select().ok_or(ProxyError::NoUpstream)?;
+                    ctx.upstream = Some(upstream.address);
+                    return forward::send_buffered(
+                        parts,
+                        body,
+                        &ctx.request_id,
+                        conn,
+                        group,
+                        upstream,
+                    )
+                    .await;
+                }
             }
-        },
+        }
     }
+    // A replica is chosen only once the lease is ours: replays and conflicts touch none.
+    let Some(upstream) = route.group.select_index() else {
+        let _ = snap
+            .store
+            .idem_finish(&store_key, &lease, None, Duration::ZERO)
+            .await;
+        return Err(ProxyError::NoUpstream);
+    };
+    ctx.upstream = Some(route.group.servers[upstream].address);
 
     // Forward and finish in a task of its own: a client that goes away mid-request must not
     // leave the key without its result.
@@ -188,6 +216,26 @@ pub(super) async fn run(
     tokio::spawn(job.run(parts, body))
         .await
         .map_err(|e| ProxyError::Internal(format!("idempotent forward task: {e}")))?
+}
+
+/// Read the request body: at most `limit` bytes, and each chunk within `idle` of the last
+/// (a slow upload that keeps moving is fine; a stalled one is a 408).
+async fn read_body(mut body: Incoming, limit: u64, idle: Duration) -> Result<Bytes, ProxyError> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(ProxyError::BodyTimeout),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => return Err(ProxyError::DownstreamAborted(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() as u64 + data.len() as u64 > limit {
+                return Err(ProxyError::BodyTooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
 }
 
 /// What a stored record means for a duplicate.
@@ -239,8 +287,26 @@ struct Job {
 }
 
 impl Job {
+    /// Forward and store within the lease: the whole job must end before `lock_ttl` does, or
+    /// a retry could take the key while this request still runs.
     async fn run(
         self,
+        parts: http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let budget = self.snap.idempotency.lock_ttl.mul_f64(0.9);
+        match tokio::time::timeout(budget, self.work(parts, body)).await {
+            Ok(r) => r,
+            Err(_) => {
+                warn!(request_id = ?self.request_id, "idempotent request ran past its lease budget");
+                self.finish(None).await;
+                Err(ProxyError::UpstreamTimeout)
+            }
+        }
+    }
+
+    async fn work(
+        &self,
         parts: http::request::Parts,
         body: Bytes,
     ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -273,7 +339,7 @@ impl Job {
             }
             Ok(resp) => resp,
         };
-        if resp.status().is_server_error() && !s.store_server_errors {
+        if retryable(resp.status()) || (resp.status().is_server_error() && !s.store_server_errors) {
             self.finish(None).await;
             return Ok(resp);
         }
@@ -299,6 +365,9 @@ impl Job {
         // record the key as completed-but-not-replayable — never a partial body.
         let mut chunks = Vec::new();
         let mut total = 0u64;
+        // Bytes are still coming from the replica, not the client: keep the connection's
+        // idle watchdog off this request while the response is read.
+        let _waiting = super::AwaitingUpstream::new(&self.conn.awaiting_upstream);
         let read = async {
             while let Some(frame) = stream.frame().await {
                 let frame = frame.map_err(|e| ProxyError::UpstreamBroken(e.to_string()))?;
@@ -462,14 +531,19 @@ mod tests {
     #[test]
     fn keys_are_scoped_and_unambiguous() {
         let s = settings();
-        let a = store_key(&s, "/pay", Some("alice"), "k1");
-        assert_ne!(a, store_key(&s, "/pay", Some("bob"), "k1"));
-        assert_ne!(a, store_key(&s, "/pay", None, "k1"));
-        assert_ne!(a, store_key(&s, "/pay/", Some("alice"), "k1"));
-        // Length-prefixed parts: moving bytes between parts changes the key.
+        let a = store_key(&s, "h", "/pay", Some("alice"), "k1");
+        assert_ne!(a, store_key(&s, "h", "/pay", Some("bob"), "k1"));
+        assert_ne!(a, store_key(&s, "h", "/pay", None, "k1"));
+        assert_ne!(a, store_key(&s, "other", "/pay", Some("alice"), "k1"));
         assert_ne!(
-            store_key(&s, "/a", Some("bc"), "k"),
-            store_key(&s, "/ab", Some("c"), "k")
+            store_key(&s, "h", "/pay", None, "k1"),
+            store_key(&s, "h", "/pay", Some(""), "k1"),
+            "no subject is not the empty subject"
+        );
+        assert_ne!(a, store_key(&s, "h", "/pay/", Some("alice"), "k1"));
+        assert_ne!(
+            store_key(&s, "h", "/a", Some("bc"), "k"),
+            store_key(&s, "h", "/ab", Some("c"), "k")
         );
         assert!(a.starts_with("doorman:idem:"));
     }

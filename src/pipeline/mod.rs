@@ -83,7 +83,11 @@ async fn stages(
     // Idempotency after auth (the key is scoped to the verified subject), before select
     // (a duplicate must never cost a replica a call).
     if let Some(key) = idempotency::client_key(&req, route.idempotency, &snap.idempotency)? {
-        return idempotency::run(req, key, token, ctx, conn, route, snap).await;
+        // Keys are scoped to the host too (routes may match many hosts).
+        let host = route::host_of(&req)?
+            .map(|h| h.into_owned())
+            .unwrap_or_default();
+        return idempotency::run(req, &host, key, token, ctx, conn, route, snap).await;
     }
     let upstream = route.group.select().ok_or(ProxyError::NoUpstream)?;
     ctx.upstream = Some(upstream.address);

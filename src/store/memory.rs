@@ -20,6 +20,7 @@ pub struct MemoryStore {
     records: Records,
     /// Idempotency records: key → (encoded record, expiry).
     idem: DashMap<String, (String, Instant)>,
+    idem_calls: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryStore {
@@ -29,13 +30,20 @@ impl MemoryStore {
             subs: DashMap::new(),
             records,
             idem: DashMap::new(),
+            idem_calls: Default::default(),
         }
     }
 
     /// Same contract as the Redis BEGIN script, atomic under the map's entry lock.
     pub fn idem_begin(&self, key: &str, lease: &str, lock_ttl: Duration) -> Begin {
         let now = Instant::now();
-        if self.idem.len() > 1024 {
+        // Forget expired records now and then (every 1024 begins), not on every call.
+        if self
+            .idem_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % 1024
+            == 1023
+        {
             self.idem.retain(|_, (_, until)| *until > now);
         }
         match self.idem.entry(key.to_string()) {

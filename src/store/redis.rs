@@ -184,16 +184,22 @@ impl RedisStore {
         lock_ttl: Duration,
     ) -> Result<super::Begin, StoreError> {
         let run = async {
-            let mut conn = self.connection().await?;
-            let v: Option<String> = redis::cmd("EVAL")
+            let mut conn = self.write_connection().await?;
+            let v: Result<Option<String>, _> = redis::cmd("EVAL")
                 .arg(super::idempotency::BEGIN)
                 .arg(1)
                 .arg(key)
                 .arg(lease)
                 .arg(lock_ttl.as_millis() as u64)
                 .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+                .await;
+            let v = match v {
+                Ok(v) => v,
+                Err(e) => {
+                    self.drop_fallback_if_broken(&e).await;
+                    return Err(unavailable(e));
+                }
+            };
             Ok(match v {
                 None => super::Begin::Acquired,
                 Some(v) => super::Begin::Existing(super::IdemRecord::decode(&v)),
@@ -212,8 +218,8 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let run = async {
-            let mut conn = self.connection().await?;
-            let n: i64 = redis::cmd("EVAL")
+            let mut conn = self.write_connection().await?;
+            let v: Result<i64, _> = redis::cmd("EVAL")
                 .arg(super::idempotency::FINISH)
                 .arg(1)
                 .arg(key)
@@ -221,9 +227,15 @@ impl RedisStore {
                 .arg(result.unwrap_or(""))
                 .arg(ttl.as_millis() as u64)
                 .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            Ok(n == 1)
+                .await;
+            let v = match v {
+                Ok(v) => v,
+                Err(e) => {
+                    self.drop_fallback_if_broken(&e).await;
+                    return Err(unavailable(e));
+                }
+            };
+            Ok(v == 1)
         };
         // Storing a result is worth more than the request-path budget: the alternative is a
         // key stuck until its lease expires.
@@ -237,6 +249,12 @@ impl RedisStore {
         if let Some(c) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(c);
         }
+        self.write_connection().await
+    }
+
+    /// The connection for writes (idempotency records, revocations): its own, with a
+    /// per-command timeout of WRITE_TIMEOUT rather than the tracking session's PING deadline.
+    async fn write_connection(&self) -> Result<MultiplexedConnection, StoreError> {
         let mut fallback = self.fallback.lock().await;
         if let Some(c) = fallback.as_ref() {
             return Ok(c.clone());
