@@ -82,10 +82,10 @@ async fn slow_upstream_is_504() {
     let r = Replica::start("slow").await;
     let p = TestProxy::start(
         "",
-        &(group_toml("api", &[r.addr], "response_timeout = \"200ms\"") + &route_toml("/", "api")),
+        &(group_toml("api", &[r.addr], "response_timeout = \"600ms\"") + &route_toml("/", "api")),
     )
     .await;
-    let (resp, body) = p.get("/sleep/3000").await;
+    let (resp, body) = p.get("/sleep/5000").await;
     assert_json_error(
         resp.status().as_u16(),
         &resp,
@@ -378,7 +378,7 @@ async fn response_timeout_starts_after_the_upload_ends() {
     let r = Replica::start("r").await;
     let p = TestProxy::start(
         "",
-        &(group_toml("api", &[r.addr], "response_timeout = \"300ms\"") + &route_toml("/", "api")),
+        &(group_toml("api", &[r.addr], "response_timeout = \"600ms\"") + &route_toml("/", "api")),
     )
     .await;
     // A 900ms upload (6 chunks, 150ms apart) to a replica that answers at once: not a 504.
@@ -490,15 +490,15 @@ async fn a_stalled_upload_is_408_even_while_the_connection_is_busy() {
 async fn a_download_that_pauses_past_idle_timeout_then_flows_is_not_cut() {
     let r = Replica::start("r").await;
     let p = TestProxy::start(
-        "idle_timeout = \"400ms\"",
+        "idle_timeout = \"600ms\"",
         &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
     )
     .await;
-    // A 600ms pause (one idle period: graceful close begins), then 15 chunks 100ms apart:
+    // A 900ms pause (one idle period: graceful close begins), then 15 chunks 100ms apart:
     // bytes move again, so the connection must live until the body is done.
     for h2 in [false, true] {
         let mut c = if h2 { p.h2().await } else { p.h1().await };
-        let (resp, body) = c.get("/drip/600/15").await;
+        let (resp, body) = c.get("/drip/900/15").await;
         assert_eq!(resp.status(), 200);
         assert_eq!(body.len(), 5 + 15 * 4, "h2={h2}");
     }

@@ -133,10 +133,12 @@ async fn an_in_flight_duplicate_gets_409_with_retry_after() {
         let r = Replica::start("r").await;
         let p = proxy(&r, &store, "").await;
         let mut c1 = p.h2().await;
-        let first =
-            tokio::spawn(
-                async move { post(&mut c1, "/sleep/800", Some("k"), "x").await.0.status() },
-            );
+        let first = tokio::spawn(async move {
+            post(&mut c1, "/sleep/2000", Some("k"), "x")
+                .await
+                .0
+                .status()
+        });
         within("first request reaches the replica", async {
             while r.count() == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -144,7 +146,7 @@ async fn an_in_flight_duplicate_gets_409_with_retry_after() {
         })
         .await;
         let mut c2 = p.h1().await;
-        let (dup, body) = post(&mut c2, "/sleep/800", Some("k"), "x").await;
+        let (dup, body) = post(&mut c2, "/sleep/2000", Some("k"), "x").await;
         assert_eq!(dup.status(), 409);
         let retry: u64 = dup.headers()["retry-after"]
             .to_str()
@@ -416,7 +418,7 @@ async fn an_oversized_response_is_delivered_once_and_then_refused_clearly() {
 async fn a_completed_key_expires_after_its_ttl() {
     for (store, _redis) in stores() {
         let r = Replica::start("r").await;
-        let p = proxy(&r, &store, "ttl = \"1s\"").await;
+        let p = proxy(&r, &store, "ttl = \"2s\"").await;
         let mut c = p.h1().await;
         assert_eq!(
             post(&mut c, "/unique", Some("k"), "x").await.0.status(),
@@ -424,7 +426,7 @@ async fn a_completed_key_expires_after_its_ttl() {
         );
         let (replay, _) = post(&mut c, "/unique", Some("k"), "x").await;
         assert!(replay.headers().contains_key("idempotent-replayed"));
-        tokio::time::sleep(Duration::from_millis(1300)).await;
+        tokio::time::sleep(Duration::from_millis(2300)).await;
         let (fresh, _) = post(&mut c, "/unique", Some("k"), "x").await;
         assert!(!fresh.headers().contains_key("idempotent-replayed"));
         assert_eq!(r.count(), 2);
@@ -471,8 +473,8 @@ async fn a_lease_left_by_a_killed_instance_expires() {
     );
     let r = Replica::start("r").await;
     let rest = format!(
-        "{}{store}\n[idempotency]\nlock_ttl = \"2s\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\nidempotency = \"required\"\n",
-        group_toml("api", &[r.addr], "response_timeout = \"1s\"")
+        "{}{store}\n[idempotency]\nlock_ttl = \"5s\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\nidempotency = \"required\"\n",
+        group_toml("api", &[r.addr], "response_timeout = \"4s\"")
     );
     let b = TestProxy::start("", &rest).await;
 
@@ -522,7 +524,7 @@ async fn a_lease_left_by_a_killed_instance_expires() {
     // A takes the lease and forwards to a replica that sleeps; A is killed meanwhile.
     let mut ca = Client::plain(a_addr).await;
     let req = ca
-        .request(Method::POST, "/sleep-once/5000")
+        .request(Method::POST, "/sleep-once/20000")
         .header("idempotency-key", "crash")
         .header("content-type", "application/json")
         .body(full("x"))
@@ -545,11 +547,11 @@ async fn a_lease_left_by_a_killed_instance_expires() {
 
     // B: the lease is still held (409), then expires and B processes the key itself.
     let mut cb = b.h1().await;
-    let (busy, _) = post(&mut cb, "/sleep-once/5000", Some("crash"), "x").await;
+    let (busy, _) = post(&mut cb, "/sleep-once/20000", Some("crash"), "x").await;
     assert_eq!(busy.status(), 409);
     let done = within("lease expiry", async {
         loop {
-            let (resp, _) = post(&mut cb, "/sleep-once/5000", Some("crash"), "x").await;
+            let (resp, _) = post(&mut cb, "/sleep-once/20000", Some("crash"), "x").await;
             if resp.status() != 409 {
                 return resp.status();
             }

@@ -497,7 +497,7 @@ async fn a_client_supplied_x_forwarded_host_is_never_passed_on() {
 async fn an_idle_websocket_tunnel_is_closed_and_a_busy_one_is_not() {
     let r = Replica::start("r1").await;
     let p = TestProxy::start(
-        "idle_timeout = \"400ms\"",
+        "idle_timeout = \"800ms\"",
         &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
     )
     .await;
