@@ -65,6 +65,8 @@ pub struct VerifiedToken {
     pub sub: Option<String>,
     /// Claim headers to send upstream, already validated as header values.
     pub forward: Vec<(HeaderName, HeaderValue)>,
+    /// Every claim, for sticky routing on a claim.
+    pub claims: Map<String, Value>,
 }
 
 impl VerifiedToken {
@@ -284,6 +286,7 @@ impl Verifier {
             jti,
             sub,
             forward,
+            claims: c.clone(),
         })
     }
 }

@@ -53,6 +53,10 @@ pub(crate) struct RawCertificate {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpstream {
     pub(crate) balance: Option<String>,
+    pub(crate) hash_key: Option<String>,
+    pub(crate) hash_fallback: Option<String>,
+    pub(crate) hash_balance_factor: Option<f64>,
+    pub(crate) virtual_nodes: Option<i64>,
     pub(crate) connect_timeout: Option<String>,
     pub(crate) response_timeout: Option<String>,
     pub(crate) keepalive: Option<i64>,

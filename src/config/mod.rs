@@ -243,9 +243,32 @@ impl fmt::Debug for CertificateSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Balance {
     RoundRobin,
+    /// Sticky: a key taken from each request picks its replica on a consistent-hash ring.
+    ConsistentHash(HashSpec),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashSpec {
+    pub key: HashKey,
+    /// Ring points per unit of weight.
+    pub virtual_nodes: u32,
+    /// Bounded loads: no replica above `factor ×` the mean in-flight requests.
+    pub balance_factor: Option<f64>,
+}
+
+/// Where the sticky key comes from. A request without one falls back to round robin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    Header(http::HeaderName),
+    Cookie(String),
+    /// A claim of the verified JWT.
+    Claim(String),
+    Query(String),
+    /// The client's IP address.
+    Ip,
 }
 
 #[derive(Debug, Clone)]

@@ -19,8 +19,8 @@ use super::file::{
     RawServerEntry, RawStore, RawTls, RawUpstream, SECTIONS,
 };
 use super::{
-    AuthMode, AuthSettings, Balance, CertificateSpec, Config, ConfigError, ConfigErrors,
-    IdempotencyMode, IdempotencySettings, JwtKey, OnError, RevocationSettings, RouteSpec,
+    AuthMode, AuthSettings, Balance, CertificateSpec, Config, ConfigError, ConfigErrors, HashKey,
+    HashSpec, IdempotencyMode, IdempotencySettings, JwtKey, OnError, RevocationSettings, RouteSpec,
     ServerSettings, ServerSpec, StoreSettings, UpstreamSpec, default_workers, defaults,
 };
 
@@ -394,11 +394,29 @@ impl Validator {
 
     fn upstream(&mut self, key: &str, name: String, raw: RawUpstream) -> Option<UpstreamSpec> {
         let balance = match raw.balance.as_deref() {
-            None | Some("round_robin") => Some(Balance::RoundRobin),
+            None | Some("round_robin") => {
+                for (set, k) in [
+                    (raw.hash_key.is_some(), "hash_key"),
+                    (raw.hash_balance_factor.is_some(), "hash_balance_factor"),
+                    (raw.virtual_nodes.is_some(), "virtual_nodes"),
+                    (raw.hash_fallback.is_some(), "hash_fallback"),
+                ] {
+                    if set {
+                        self.err(
+                            format!("{key}.{k}"),
+                            "only applies with balance = \"consistent_hash\"",
+                        );
+                    }
+                }
+                Some(Balance::RoundRobin)
+            }
+            Some("consistent_hash") => self.hash_spec(key, &raw).map(Balance::ConsistentHash),
             Some(other) => {
                 self.err(
                     format!("{key}.balance"),
-                    format!("unknown balance {other:?}, expected \"round_robin\""),
+                    format!(
+                        "unknown balance {other:?}, expected \"round_robin\" or \"consistent_hash\""
+                    ),
                 );
                 None
             }
@@ -440,6 +458,18 @@ impl Validator {
                 servers.push(s);
             }
         }
+        if let Some(Balance::ConsistentHash(h)) = &balance {
+            let points: u64 = servers
+                .iter()
+                .map(|s| u64::from(s.weight) * u64::from(h.virtual_nodes))
+                .sum();
+            if points > 2_000_000 {
+                self.err(
+                    format!("{key}.virtual_nodes"),
+                    format!("the ring would hold {points} points (weights × virtual_nodes); keep it under 2,000,000"),
+                );
+            }
+        }
         Some(UpstreamSpec {
             name,
             balance: balance?,
@@ -448,6 +478,74 @@ impl Validator {
             keepalive,
             keepalive_timeout,
             servers,
+        })
+    }
+
+    fn hash_spec(&mut self, key: &str, raw: &RawUpstream) -> Option<HashSpec> {
+        let hash_key = match raw.hash_key.as_deref() {
+            None => {
+                self.err(
+                    format!("{key}.hash_key"),
+                    "required with balance = \"consistent_hash\"",
+                );
+                return None;
+            }
+            Some("ip") => HashKey::Ip,
+            Some(k) => {
+                match k.split_once(':') {
+                    Some(("header", name)) => match http::HeaderName::from_bytes(name.as_bytes()) {
+                        Ok(h) => HashKey::Header(h),
+                        Err(_) => {
+                            self.err(
+                                format!("{key}.hash_key"),
+                                format!("{name:?} is not a header name"),
+                            );
+                            return None;
+                        }
+                    },
+                    Some(("cookie", name)) if !name.is_empty() => HashKey::Cookie(name.to_string()),
+                    Some(("claim", name)) if !name.is_empty() => HashKey::Claim(name.to_string()),
+                    Some(("query", name)) if !name.is_empty() => HashKey::Query(name.to_string()),
+                    _ => {
+                        self.err(
+                        format!("{key}.hash_key"),
+                        format!("{k:?}: expected header:NAME, cookie:NAME, claim:NAME, query:NAME or ip"),
+                    );
+                        return None;
+                    }
+                }
+            }
+        };
+        if let Some(f) = raw.hash_fallback.as_deref()
+            && f != "round_robin"
+        {
+            self.err(
+                format!("{key}.hash_fallback"),
+                format!("{f:?}: only \"round_robin\" is supported"),
+            );
+        }
+        let balance_factor = match raw.hash_balance_factor {
+            None => None,
+            Some(f) if f.is_finite() && f > 1.0 && f <= 100.0 => Some(f),
+            Some(f) => {
+                self.err(
+                    format!("{key}.hash_balance_factor"),
+                    format!("{f} must be above 1.0 (e.g. 1.25)"),
+                );
+                None
+            }
+        };
+        let virtual_nodes = self.count(
+            &format!("{key}.virtual_nodes"),
+            raw.virtual_nodes,
+            160,
+            1,
+            10_000,
+        ) as u32;
+        Some(HashSpec {
+            key: hash_key,
+            virtual_nodes,
+            balance_factor,
         })
     }
 

@@ -191,11 +191,14 @@ async fn relay(
 
     let progress = body.progress();
     let req = Request::from_parts(parts, body);
+    // In flight until the response head: what bounded-load hashing balances.
+    let in_flight = crate::upstream::InFlight::new(upstream);
     let mut resp = tokio::select! {
         r = group.client.request(req) => r.map_err(|e| classify(e, upstream))?,
         e = deadlines(uploaded, progress, conn, group.response_timeout) => return Err(e),
     };
 
+    drop(in_flight);
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         match downstream_upgrade {

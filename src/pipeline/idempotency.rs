@@ -132,6 +132,7 @@ pub(super) async fn run(
     host: &str,
     key: String,
     token: Option<Arc<VerifiedToken>>,
+    sticky: Option<u64>,
     ctx: &mut RequestCtx,
     conn: &Arc<ConnInfo>,
     route: &Route,
@@ -176,7 +177,8 @@ pub(super) async fn run(
                 OnError::Open => {
                     warn!(error = %e, "idempotency skipped (store on_error = open): forwarding without a lease");
                     let group = &route.group;
-                    let upstream = group.select().ok_or(ProxyError::NoUpstream)?;
+                    let upstream =
+                        &group.servers[group.select_for(sticky).ok_or(ProxyError::NoUpstream)?];
                     ctx.upstream = Some(upstream.address);
                     return forward::send_buffered(
                         parts,
@@ -192,7 +194,7 @@ pub(super) async fn run(
         }
     }
     // A replica is chosen only once the lease is ours: replays and conflicts touch none.
-    let Some(upstream) = route.group.select_index() else {
+    let Some(upstream) = route.group.select_for(sticky) else {
         let _ = snap
             .store
             .idem_finish(&store_key, &lease, None, Duration::ZERO)

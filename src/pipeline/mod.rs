@@ -15,6 +15,7 @@ mod forward;
 mod idempotency;
 mod limits;
 mod route;
+mod select;
 
 use std::sync::Arc;
 
@@ -82,14 +83,20 @@ async fn stages(
     let token = auth::check(req.headers_mut(), route.auth, snap).await?;
     // Idempotency after auth (the key is scoped to the verified subject), before select
     // (a duplicate must never cost a replica a call).
+    // The sticky key is read before the body or the request is consumed.
+    let sticky = select::sticky_hash(&req, &route.group, token.as_deref(), conn);
     if let Some(key) = idempotency::client_key(&req, route.idempotency, &snap.idempotency)? {
         // Keys are scoped to the host too (routes may match many hosts).
         let host = route::host_of(&req)?
             .map(|h| h.into_owned())
             .unwrap_or_default();
-        return idempotency::run(req, &host, key, token, ctx, conn, route, snap).await;
+        return idempotency::run(req, &host, key, token, sticky, ctx, conn, route, snap).await;
     }
-    let upstream = route.group.select().ok_or(ProxyError::NoUpstream)?;
+    let index = route
+        .group
+        .select_for(sticky)
+        .ok_or(ProxyError::NoUpstream)?;
+    let upstream = &route.group.servers[index];
     ctx.upstream = Some(upstream.address);
     forward::send(
         req,

@@ -2,4 +2,4 @@
 
 mod pool;
 
-pub use pool::{Upstream, UpstreamGroup, UpstreamRequestBody};
+pub use pool::{InFlight, Sticky, Upstream, UpstreamGroup, UpstreamRequestBody};

@@ -5,6 +5,7 @@
 //! connections rather than one per request.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -12,8 +13,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::balance::RoundRobin;
-use crate::config::UpstreamSpec;
+use crate::balance::{Ring, RoundRobin};
+use crate::config::{Balance, HashKey, UpstreamSpec};
 
 /// The body type doorman sends upstream: the downstream body under the size limit.
 pub type UpstreamRequestBody = crate::pipeline::LimitedBody;
@@ -25,13 +26,41 @@ pub struct Upstream {
     pub weight: u32,
     /// `ip:port` as a URI authority, parsed once.
     pub authority: Authority,
+    /// Requests sent and waiting for their response head (for bounded-load hashing).
+    pub in_flight: AtomicUsize,
+}
+
+/// Counts a request as in flight on a replica while it lives.
+pub struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    pub fn new(upstream: &'a Upstream) -> Self {
+        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&upstream.in_flight)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Sticky selection for a consistent-hash group.
+#[derive(Debug)]
+pub struct Sticky {
+    pub key: HashKey,
+    pub ring: Ring,
+    pub balance_factor: Option<f64>,
 }
 
 #[derive(Debug)]
 pub struct UpstreamGroup {
     pub name: String,
     pub servers: Vec<Upstream>,
+    /// Round robin, and the fallback of a sticky group for requests without a key.
     pub balancer: RoundRobin,
+    pub sticky: Option<Sticky>,
     pub response_timeout: Duration,
     pub client: Client<HttpConnector, UpstreamRequestBody>,
 }
@@ -46,6 +75,7 @@ impl UpstreamGroup {
                 weight: s.weight,
                 authority: Authority::try_from(s.address.to_string())
                     .expect("a socket address is a valid authority"),
+                in_flight: AtomicUsize::new(0),
             })
             .collect();
         let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
@@ -67,6 +97,21 @@ impl UpstreamGroup {
             name: spec.name.clone(),
             servers,
             balancer: RoundRobin::new(&weights),
+            sticky: match &spec.balance {
+                Balance::RoundRobin => None,
+                Balance::ConsistentHash(h) => Some(Sticky {
+                    key: h.key.clone(),
+                    ring: Ring::new(
+                        &spec
+                            .servers
+                            .iter()
+                            .map(|s| (s.address, s.weight))
+                            .collect::<Vec<_>>(),
+                        h.virtual_nodes,
+                    ),
+                    balance_factor: h.balance_factor,
+                }),
+            },
             response_timeout: spec.response_timeout,
             client,
         }
@@ -78,9 +123,27 @@ impl UpstreamGroup {
         self.balancer.select().map(|i| &self.servers[i])
     }
 
-    /// Like `select`, as an index into `servers` (for work that outlives the borrow).
-    #[inline]
-    pub fn select_index(&self) -> Option<usize> {
-        self.balancer.select()
+    /// The replica for a request whose sticky key hashes to `key` (None: no key, or not a
+    /// sticky group → round robin). With a balance factor, a replica at its cap of
+    /// `ceil(factor × (in-flight + 1) / replicas)` passes the key on along the ring.
+    pub fn select_for(&self, key: Option<u64>) -> Option<usize> {
+        let (Some(sticky), Some(hash)) = (&self.sticky, key) else {
+            return self.balancer.select();
+        };
+        let Some(factor) = sticky.balance_factor else {
+            return sticky.ring.pick(hash, |_| true);
+        };
+        let live: Vec<&Upstream> = self.servers.iter().filter(|s| s.weight > 0).collect();
+        let total: usize = live
+            .iter()
+            .map(|s| s.in_flight.load(Ordering::Relaxed))
+            .sum();
+        let cap = (factor * (total + 1) as f64 / live.len().max(1) as f64).ceil() as usize;
+        sticky
+            .ring
+            .pick(hash, |i| {
+                self.servers[i].in_flight.load(Ordering::Relaxed) < cap
+            })
+            .or_else(|| sticky.ring.pick(hash, |_| true))
     }
 }
