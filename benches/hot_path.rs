@@ -9,7 +9,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use doorman::balance::RoundRobin;
+use doorman::balance::{Ring, RoundRobin, key_hash};
 use doorman::pipeline::{new_request_id, strip_hop_by_hop};
 use doorman::server::{self, Listeners};
 use doorman::snapshot::Snapshot;
@@ -23,6 +23,29 @@ fn balancer(c: &mut Criterion) {
     let rr3 = RoundRobin::new(&[1, 1, 1]);
     c.bench_function("round_robin_select_3", |b| {
         b.iter(|| black_box(rr3.select()))
+    });
+    // Consistent hashing: a 100-replica ring (160 points each), lookup only, and with the
+    // key's hash.
+    let servers: Vec<(SocketAddr, u32)> = (0..100)
+        .map(|i| {
+            (
+                format!("10.0.{}.{}:8080", i / 200, i % 200 + 1)
+                    .parse()
+                    .unwrap(),
+                1,
+            )
+        })
+        .collect();
+    let ring = Ring::new(&servers, 160);
+    let mut k = 0u64;
+    c.bench_function("ring_pick_100_replicas", |b| {
+        b.iter(|| {
+            k = k.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            black_box(ring.pick(black_box(k), |_| true))
+        })
+    });
+    c.bench_function("ring_hash_and_pick_100_replicas", |b| {
+        b.iter(|| black_box(ring.pick(key_hash(black_box(b"session-7f3a9c21")), |_| true)))
     });
     let weights: Vec<u32> = (0..100).map(|i| 1 + i % 7).collect();
     let rr100 = RoundRobin::new(&weights);
