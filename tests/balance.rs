@@ -234,3 +234,27 @@ async fn sticky_settings_are_validated() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_key_is_no_key() {
+    let rs = replicas(3).await;
+    let p = TestProxy::start(
+        "",
+        &(sticky_group(&rs, "hash_key = \"header:x-session-id\"") + &route_toml("/", "api")),
+    )
+    .await;
+    let mut c = p.h1().await;
+    for _ in 0..300 {
+        let req = c
+            .request(Method::GET, "/")
+            .header("x-session-id", "")
+            .body(empty())
+            .unwrap();
+        upstream_for(&mut c, req).await;
+    }
+    assert_eq!(
+        rs.iter().map(|r| r.count()).collect::<Vec<_>>(),
+        [100, 100, 100]
+    );
+    p.stop().await;
+}

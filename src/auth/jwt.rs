@@ -225,10 +225,10 @@ impl Verifier {
             return Err(Reject::Signature);
         }
         let claims = json_object(p64)?;
-        self.claims(token, &claims)
+        self.claims(token, claims)
     }
 
-    fn claims(&self, token: &str, c: &Map<String, Value>) -> Result<VerifiedToken, Reject> {
+    fn claims(&self, token: &str, c: Map<String, Value>) -> Result<VerifiedToken, Reject> {
         let exp = numeric_date(c.get("exp"))?.ok_or(Reject::BadClaim)?;
         let nbf = numeric_date(c.get("nbf"))?;
         let iat = numeric_date(c.get("iat"))?;
@@ -286,7 +286,7 @@ impl Verifier {
             jti,
             sub,
             forward,
-            claims: c.clone(),
+            claims: c,
         })
     }
 }

@@ -61,6 +61,8 @@ pub struct UpstreamGroup {
     /// Round robin, and the fallback of a sticky group for requests without a key.
     pub balancer: RoundRobin,
     pub sticky: Option<Sticky>,
+    /// Sum of the servers' weights (bounded-load caps are weighted shares of it).
+    pub total_weight: u32,
     pub response_timeout: Duration,
     pub client: Client<HttpConnector, UpstreamRequestBody>,
 }
@@ -112,6 +114,7 @@ impl UpstreamGroup {
                     balance_factor: h.balance_factor,
                 }),
             },
+            total_weight: weights.iter().sum(),
             response_timeout: spec.response_timeout,
             client,
         }
@@ -133,16 +136,20 @@ impl UpstreamGroup {
         let Some(factor) = sticky.balance_factor else {
             return sticky.ring.pick(hash, |_| true);
         };
-        let live: Vec<&Upstream> = self.servers.iter().filter(|s| s.weight > 0).collect();
-        let total: usize = live
+        // Each replica's cap is its weighted share of the in-flight requests (plus this one),
+        // times the factor: a replica at its normal share is never passed over.
+        let total: usize = self
+            .servers
             .iter()
             .map(|s| s.in_flight.load(Ordering::Relaxed))
             .sum();
-        let cap = (factor * (total + 1) as f64 / live.len().max(1) as f64).ceil() as usize;
+        let scale = factor * (total + 1) as f64 / f64::from(self.total_weight.max(1));
         sticky
             .ring
             .pick(hash, |i| {
-                self.servers[i].in_flight.load(Ordering::Relaxed) < cap
+                let s = &self.servers[i];
+                let cap = (scale * f64::from(s.weight)).ceil() as usize;
+                s.in_flight.load(Ordering::Relaxed) < cap
             })
             .or_else(|| sticky.ring.pick(hash, |_| true))
     }
