@@ -77,7 +77,11 @@ async fn answer(
     }
     match req.uri().path() {
         "/health" => json(StatusCode::OK, r#"{"status":"ok"}"#),
-        "/ready" if state.ready.load(Ordering::Acquire) => {
+        // Ready: serving, and every upstream group has a replica that may take traffic.
+        "/ready"
+            if state.ready.load(Ordering::Acquire)
+                && snap.groups.iter().all(|g| g.has_live_replica()) =>
+        {
             json(StatusCode::OK, r#"{"ready":true}"#)
         }
         "/ready" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"ready":false}"#),

@@ -19,9 +19,9 @@ use tokio::net::TcpListener;
 use tracing::debug;
 
 use crate::config::{
-    AuthMode, AuthSettings, Balance, CertificateSpec, Config, IdempotencyMode, IdempotencySettings,
-    JwtKey, RevocationSettings, RouteSpec, ServerSettings, ServerSpec, StoreSettings, UpstreamSpec,
-    defaults,
+    AuthMode, AuthSettings, Balance, CertificateSpec, Config, HealthSpec, IdempotencyMode,
+    IdempotencySettings, JwtKey, RevocationSettings, RouteSpec, ServerSettings, ServerSpec,
+    StoreSettings, UpstreamSpec, defaults,
 };
 use crate::server::{self, Listeners};
 use crate::snapshot::Snapshot;
@@ -70,6 +70,7 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
         upstreams: vec![UpstreamSpec {
             name: "demo".into(),
             balance: Balance::RoundRobin,
+            health: HealthSpec::default(),
             connect_timeout: defaults::CONNECT_TIMEOUT,
             response_timeout: defaults::RESPONSE_TIMEOUT,
             keepalive: defaults::KEEPALIVE,

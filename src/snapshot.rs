@@ -74,6 +74,9 @@ impl Snapshot {
             .iter()
             .map(|u| Arc::new(UpstreamGroup::build(u)))
             .collect();
+        for g in &groups {
+            g.start_health_checks();
+        }
         let routes = config
             .routes
             .iter()

@@ -32,6 +32,14 @@ impl RoundRobin {
         Some(self.schedule[n % self.schedule.len()] as usize)
     }
 
+    /// The next index for which `usable` holds, trying at most one full cycle.
+    #[inline]
+    pub fn select_where(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        (0..self.schedule.len())
+            .filter_map(|_| self.select())
+            .find(|i| usable(*i))
+    }
+
     /// Length of one full cycle (sum of gcd-reduced weights).
     pub fn cycle_len(&self) -> usize {
         self.schedule.len()

@@ -57,11 +57,24 @@ pub(crate) struct RawUpstream {
     pub(crate) hash_fallback: Option<String>,
     pub(crate) hash_balance_factor: Option<f64>,
     pub(crate) virtual_nodes: Option<i64>,
+    pub(crate) health: Option<RawHealth>,
     pub(crate) connect_timeout: Option<String>,
     pub(crate) response_timeout: Option<String>,
     pub(crate) keepalive: Option<i64>,
     pub(crate) keepalive_timeout: Option<String>,
     pub(crate) servers: Vec<RawServerEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub(crate) path: Option<String>,
+    pub(crate) interval: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) healthy_threshold: Option<i64>,
+    pub(crate) unhealthy_threshold: Option<i64>,
+    pub(crate) eject_after_failures: Option<i64>,
+    pub(crate) eject_for: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

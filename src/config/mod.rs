@@ -271,10 +271,39 @@ pub enum HashKey {
     Ip,
 }
 
+/// Active health checks (when `path` is set) and passive ejection of a group's replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    /// GET this path on each replica every `interval`; None: no active checks.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Passive: consecutive connect failures or 5xx before a replica is ejected (0: never).
+    pub eject_after_failures: u32,
+    pub eject_for: Duration,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            path: None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            eject_after_failures: 5,
+            eject_for: Duration::from_secs(10),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct UpstreamSpec {
     pub name: String,
     pub balance: Balance,
+    pub health: HealthSpec,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     /// Idle keep-alive connections kept per replica.

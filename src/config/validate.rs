@@ -15,13 +15,14 @@ use pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 
 use super::file::{
-    RawAuth, RawCertificate, RawIdempotency, RawKey, RawRevocation, RawRoute, RawServer,
+    RawAuth, RawCertificate, RawHealth, RawIdempotency, RawKey, RawRevocation, RawRoute, RawServer,
     RawServerEntry, RawStore, RawTls, RawUpstream, SECTIONS,
 };
 use super::{
     AuthMode, AuthSettings, Balance, CertificateSpec, Config, ConfigError, ConfigErrors, HashKey,
-    HashSpec, IdempotencyMode, IdempotencySettings, JwtKey, OnError, RevocationSettings, RouteSpec,
-    ServerSettings, ServerSpec, StoreSettings, UpstreamSpec, default_workers, defaults,
+    HashSpec, HealthSpec, IdempotencyMode, IdempotencySettings, JwtKey, OnError,
+    RevocationSettings, RouteSpec, ServerSettings, ServerSpec, StoreSettings, UpstreamSpec,
+    default_workers, defaults,
 };
 
 const MIN_DURATION: Duration = Duration::from_millis(1);
@@ -470,15 +471,55 @@ impl Validator {
                 );
             }
         }
+        let health = self.health(key, raw.health.unwrap_or_default());
         Some(UpstreamSpec {
             name,
             balance: balance?,
+            health,
             connect_timeout,
             response_timeout,
             keepalive,
             keepalive_timeout,
             servers,
         })
+    }
+
+    fn health(&mut self, key: &str, raw: RawHealth) -> HealthSpec {
+        let d = HealthSpec::default();
+        let k = |name: &str| format!("{key}.health.{name}");
+        if let Some(p) = &raw.path
+            && !p.starts_with('/')
+        {
+            self.err(k("path"), format!("{p:?} must start with '/'"));
+        }
+        let threshold = |v: &mut Self, name: &str, raw: Option<i64>, default: u32| {
+            v.count(&k(name), raw, default as usize, 1, 100) as u32
+        };
+        HealthSpec {
+            path: raw.path,
+            interval: self.duration(&k("interval"), raw.interval, d.interval),
+            timeout: self.duration(&k("timeout"), raw.timeout, d.timeout),
+            healthy_threshold: threshold(
+                self,
+                "healthy_threshold",
+                raw.healthy_threshold,
+                d.healthy_threshold,
+            ),
+            unhealthy_threshold: threshold(
+                self,
+                "unhealthy_threshold",
+                raw.unhealthy_threshold,
+                d.unhealthy_threshold,
+            ),
+            eject_after_failures: self.count(
+                &k("eject_after_failures"),
+                raw.eject_after_failures,
+                d.eject_after_failures as usize,
+                0,
+                1000,
+            ) as u32,
+            eject_for: self.duration(&k("eject_for"), raw.eject_for, d.eject_for),
+        }
     }
 
     fn hash_spec(&mut self, key: &str, raw: &RawUpstream) -> Option<HashSpec> {

@@ -193,12 +193,23 @@ async fn relay(
     let req = Request::from_parts(parts, body);
     // In flight until the response head: what bounded-load hashing balances.
     let in_flight = crate::upstream::InFlight::new(upstream);
-    let mut resp = tokio::select! {
-        r = group.client.request(req) => r.map_err(|e| classify(e, upstream))?,
-        e = deadlines(uploaded, progress, conn, group.response_timeout) => return Err(e),
+    let result = tokio::select! {
+        r = group.client.request(req) => r.map_err(|e| classify(e, upstream)),
+        e = deadlines(uploaded, progress, conn, group.response_timeout) => Err(e),
     };
-
     drop(in_flight);
+    // Passive health: the replica's own failures count against it; the client's don't.
+    match &result {
+        Ok(r) => upstream.report(!r.status().is_server_error(), &group.health),
+        Err(
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamBroken(_)
+            | ProxyError::UpstreamTimeout,
+        ) => upstream.report(false, &group.health),
+        Err(_) => {}
+    }
+    let mut resp = result?;
+
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         match downstream_upgrade {

@@ -5,7 +5,8 @@
 //! connections rather than one per request.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -14,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::{Ring, RoundRobin};
-use crate::config::{Balance, HashKey, UpstreamSpec};
+use crate::config::{Balance, HashKey, HealthSpec, UpstreamSpec};
 
 /// The body type doorman sends upstream: the downstream body under the size limit.
 pub type UpstreamRequestBody = crate::pipeline::LimitedBody;
@@ -28,6 +29,61 @@ pub struct Upstream {
     pub authority: Authority,
     /// Requests sent and waiting for their response head (for bounded-load hashing).
     pub in_flight: AtomicUsize,
+    /// Active checks: up until `unhealthy_threshold` failures in a row.
+    pub healthy: AtomicBool,
+    checks_ok: AtomicU32,
+    checks_failed: AtomicU32,
+    /// Passive: consecutive connect failures / 5xx, and the ejection that may follow.
+    failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Upstream {
+    /// May this replica take traffic now?
+    #[inline]
+    pub fn usable(&self) -> bool {
+        self.weight > 0
+            && self.healthy.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    /// Passive health: the outcome of one proxied request (false: connect failure or 5xx).
+    pub fn report(&self, ok: bool, health: &HealthSpec) {
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if health.eject_after_failures > 0 && n >= health.eject_after_failures {
+            self.failures.store(0, Ordering::Relaxed);
+            let until = now_ms() + health.eject_for.as_millis() as u64;
+            self.ejected_until_ms.store(until, Ordering::Relaxed);
+            tracing::warn!(upstream = %self.address, failures = n, eject_for = ?health.eject_for, "replica ejected");
+        }
+    }
+
+    /// Active health: one check's outcome, flipping state after the thresholds.
+    fn record_check(&self, ok: bool, health: &HealthSpec) {
+        if ok {
+            self.checks_failed.store(0, Ordering::Relaxed);
+            let n = self.checks_ok.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= health.healthy_threshold && !self.healthy.swap(true, Ordering::Relaxed) {
+                tracing::info!(upstream = %self.address, "replica healthy again");
+            }
+        } else {
+            self.checks_ok.store(0, Ordering::Relaxed);
+            let n = self.checks_failed.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= health.unhealthy_threshold && self.healthy.swap(false, Ordering::Relaxed) {
+                tracing::warn!(upstream = %self.address, checks_failed = n, "replica unhealthy");
+            }
+        }
+    }
 }
 
 /// Counts a request as in flight on a replica while it lives.
@@ -61,6 +117,7 @@ pub struct UpstreamGroup {
     /// Round robin, and the fallback of a sticky group for requests without a key.
     pub balancer: RoundRobin,
     pub sticky: Option<Sticky>,
+    pub health: HealthSpec,
     /// Sum of the servers' weights (bounded-load caps are weighted shares of it).
     pub total_weight: u32,
     pub response_timeout: Duration,
@@ -78,6 +135,11 @@ impl UpstreamGroup {
                 authority: Authority::try_from(s.address.to_string())
                     .expect("a socket address is a valid authority"),
                 in_flight: AtomicUsize::new(0),
+                healthy: AtomicBool::new(true),
+                checks_ok: AtomicU32::new(0),
+                checks_failed: AtomicU32::new(0),
+                failures: AtomicU32::new(0),
+                ejected_until_ms: AtomicU64::new(0),
             })
             .collect();
         let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
@@ -115,26 +177,83 @@ impl UpstreamGroup {
                 }),
             },
             total_weight: weights.iter().sum(),
+            health: spec.health.clone(),
             response_timeout: spec.response_timeout,
             client,
         }
     }
 
-    /// The replica for the next request, or None when the group has no usable server.
-    #[inline]
-    pub fn select(&self) -> Option<&Upstream> {
-        self.balancer.select().map(|i| &self.servers[i])
+    /// Whether any replica may take traffic (for /ready).
+    pub fn has_live_replica(&self) -> bool {
+        self.servers.iter().any(Upstream::usable)
+    }
+
+    /// Start active health checks (when `health.path` is set). The task holds the group
+    /// weakly and ends when the group's snapshot is gone. Call within a tokio runtime.
+    pub fn start_health_checks(self: &Arc<Self>) {
+        let Some(path) = self.health.path.clone() else {
+            return;
+        };
+        let group = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(g) = group.upgrade() else { return };
+                let interval = g.health.interval;
+                for s in &g.servers {
+                    let ok = g.check(s, &path).await;
+                    s.record_check(ok, &g.health);
+                }
+                drop(g);
+                tokio::time::sleep(interval).await;
+            }
+        });
+    }
+
+    async fn check(&self, s: &Upstream, path: &str) -> bool {
+        let Ok(uri) = http::Uri::builder()
+            .scheme("http")
+            .authority(s.authority.clone())
+            .path_and_query(path)
+            .build()
+        else {
+            return false;
+        };
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let mut req = http::Request::new(crate::pipeline::LimitedBody::buffered(
+            bytes::Bytes::new(),
+            tx,
+        ));
+        *req.uri_mut() = uri;
+        req.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_str(s.authority.as_str())
+                .unwrap_or(http::HeaderValue::from_static("localhost")),
+        );
+        req.headers_mut().insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("doorman-health"),
+        );
+        match tokio::time::timeout(self.health.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => {
+                let ok = resp.status().is_success() || resp.status().is_redirection();
+                // Drain so the pooled connection can be reused.
+                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                ok
+            }
+            _ => false,
+        }
     }
 
     /// The replica for a request whose sticky key hashes to `key` (None: no key, or not a
     /// sticky group → round robin). With a balance factor, a replica at its cap of
     /// `ceil(factor × (in-flight + 1) / replicas)` passes the key on along the ring.
     pub fn select_for(&self, key: Option<u64>) -> Option<usize> {
+        let usable = |i: usize| self.servers[i].usable();
         let (Some(sticky), Some(hash)) = (&self.sticky, key) else {
-            return self.balancer.select();
+            return self.balancer.select_where(usable);
         };
         let Some(factor) = sticky.balance_factor else {
-            return sticky.ring.pick(hash, |_| true);
+            return sticky.ring.pick(hash, usable);
         };
         // Each replica's cap is its weighted share of the in-flight requests (plus this one),
         // times the factor: a replica at its normal share is never passed over.
@@ -149,8 +268,8 @@ impl UpstreamGroup {
             .pick(hash, |i| {
                 let s = &self.servers[i];
                 let cap = (scale * f64::from(s.weight)).ceil() as usize;
-                s.in_flight.load(Ordering::Relaxed) < cap
+                s.usable() && s.in_flight.load(Ordering::Relaxed) < cap
             })
-            .or_else(|| sticky.ring.pick(hash, |_| true))
+            .or_else(|| sticky.ring.pick(hash, usable))
     }
 }
