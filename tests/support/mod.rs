@@ -146,6 +146,7 @@ pub struct Seen {
 /// - `/unique...`: read the body, answer 201 with a body unique to this call
 ///   (`{"call":N,"len":L}`), plus content-type, set-cookie and x-custom headers
 /// - `/sleep-once/{ms}`: the first such call sleeps, later ones answer at once
+/// - `/health`: 200 or 503 as set by `set_healthy` (not recorded)
 /// - `/ws`: accept an HTTP/1.1 upgrade and echo bytes on the upgraded connection
 /// - anything else: `200 ok` after reading the whole body (its length goes in `Seen`)
 #[derive(Clone)]
@@ -156,6 +157,7 @@ pub struct Replica {
     pub connections: Arc<AtomicUsize>,
     gate: Arc<Notify>,
     calls: Arc<AtomicUsize>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
     /// Notified when a `/upload-gate` request has received its first body chunk.
     pub first_chunk: Arc<Notify>,
 }
@@ -170,6 +172,7 @@ impl Replica {
             connections: Arc::default(),
             gate: Arc::default(),
             calls: Arc::default(),
+            healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             first_chunk: Arc::default(),
         };
         let r = replica.clone();
@@ -200,6 +203,10 @@ impl Replica {
         self.seen.lock().unwrap().len()
     }
 
+    pub fn set_healthy(&self, up: bool) {
+        self.healthy.store(up, Ordering::SeqCst);
+    }
+
     pub fn open_gate(&self) {
         self.gate.notify_one();
     }
@@ -216,7 +223,13 @@ impl Replica {
 
     async fn answer(self, mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
         let path = req.uri().path().to_string();
-        let mut resp = if let Some(ms) = path.strip_prefix("/sleep/") {
+        let mut resp = if path == "/health" {
+            let mut r = Response::new(full("health"));
+            if !self.healthy.load(Ordering::SeqCst) {
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            r
+        } else if let Some(ms) = path.strip_prefix("/sleep/") {
             self.record(&req, 0);
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
             Response::new(full("slept"))
