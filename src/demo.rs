@@ -71,6 +71,8 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
             name: "demo".into(),
             balance: Balance::RoundRobin,
             health: HealthSpec::default(),
+            retries: 2,
+            retry_budget: 0.2,
             connect_timeout: defaults::CONNECT_TIMEOUT,
             response_timeout: defaults::RESPONSE_TIMEOUT,
             keepalive: defaults::KEEPALIVE,

@@ -91,6 +91,9 @@ pub async fn run(
     let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
     let admin_state = Arc::new(AdminState::default());
 
+    // Listeners are bound (before `run`) and the snapshot is built: ready from the first
+    // answer the admin listener gives.
+    admin_state.ready.store(true, Ordering::Release);
     let admin_task = tokio::spawn(admin::serve(
         listeners.admin,
         admin_state.clone(),
@@ -112,7 +115,6 @@ pub async fn run(
             phase_rx.clone(),
         )));
     }
-    admin_state.ready.store(true, Ordering::Release);
     info!(listen = %addrs.tls, plain_listen = ?addrs.plain, admin_listen = %addrs.admin, "doorman ready");
 
     shutdown.await;

@@ -58,6 +58,8 @@ pub(crate) struct RawUpstream {
     pub(crate) hash_balance_factor: Option<f64>,
     pub(crate) virtual_nodes: Option<i64>,
     pub(crate) health: Option<RawHealth>,
+    pub(crate) retries: Option<i64>,
+    pub(crate) retry_budget: Option<f64>,
     pub(crate) connect_timeout: Option<String>,
     pub(crate) response_timeout: Option<String>,
     pub(crate) keepalive: Option<i64>,

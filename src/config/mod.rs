@@ -304,6 +304,10 @@ pub struct UpstreamSpec {
     pub name: String,
     pub balance: Balance,
     pub health: HealthSpec,
+    /// Extra attempts on another replica, where safe.
+    pub retries: u32,
+    /// Retries may add at most this fraction to the request rate.
+    pub retry_budget: f64,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     /// Idle keep-alive connections kept per replica.

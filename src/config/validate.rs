@@ -472,10 +472,24 @@ impl Validator {
             }
         }
         let health = self.health(key, raw.health.unwrap_or_default());
+        let retries = self.count(&format!("{key}.retries"), raw.retries, 2, 0, 10) as u32;
+        let retry_budget = match raw.retry_budget {
+            None => 0.2,
+            Some(b) if b.is_finite() && (0.0..=1.0).contains(&b) => b,
+            Some(b) => {
+                self.err(
+                    format!("{key}.retry_budget"),
+                    format!("{b} must be within 0.0..=1.0"),
+                );
+                0.2
+            }
+        };
         Some(UpstreamSpec {
             name,
             balance: balance?,
             health,
+            retries,
+            retry_budget,
             connect_timeout,
             response_timeout,
             keepalive,

@@ -86,6 +86,11 @@ fn websocket_upgrade(req: &Request<Incoming>) -> Option<HeaderValue> {
     }
 }
 
+/// Whether the request asks for a (WebSocket) upgrade: such requests are never re-sent.
+pub(super) fn asks_upgrade(req: &Request<Incoming>) -> bool {
+    websocket_upgrade(req).is_some()
+}
+
 /// Forward a request whose body streams from the client.
 pub(super) async fn send(
     mut req: Request<Incoming>,

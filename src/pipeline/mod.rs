@@ -14,6 +14,7 @@ mod context;
 mod forward;
 mod idempotency;
 mod limits;
+mod retry;
 mod route;
 mod select;
 
@@ -92,21 +93,26 @@ async fn stages(
             .unwrap_or_default();
         return idempotency::run(req, &host, key, token, sticky, ctx, conn, route, snap).await;
     }
-    let index = route
-        .group
-        .select_for(sticky)
-        .ok_or(ProxyError::NoUpstream)?;
-    let upstream = &route.group.servers[index];
-    ctx.upstream = Some(upstream.address);
-    forward::send(
-        req,
-        &ctx.request_id,
-        conn,
-        &route.group,
-        upstream,
-        snap.settings.max_body_bytes,
-    )
-    .await
+    let group = &route.group;
+    group.deposit_retry_budget();
+    let index = group.select_for(sticky).ok_or(ProxyError::NoUpstream)?;
+    // A streamed body or an upgrade can be sent once only; bodiless requests can be
+    // re-sent on another replica where that is safe.
+    let once_only = !http_body::Body::is_end_stream(req.body()) || forward::asks_upgrade(&req);
+    if group.retries == 0 || once_only {
+        let upstream = &group.servers[index];
+        ctx.upstream = Some(upstream.address);
+        return forward::send(
+            req,
+            &ctx.request_id,
+            conn,
+            group,
+            upstream,
+            snap.settings.max_body_bytes,
+        )
+        .await;
+    }
+    retry::forward_with_retries(req, index, sticky, ctx, conn, group).await
 }
 
 /// Last stage: every response carries the request id, and every request gets one log line.

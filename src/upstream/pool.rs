@@ -38,6 +38,10 @@ pub struct Upstream {
     ejected_until_ms: AtomicU64,
 }
 
+/// Retries available when traffic is quiet (the budget's floor), and its cap, in milli-retries.
+const RETRY_FLOOR: i64 = 10_000;
+const RETRY_CAP: i64 = 100_000;
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -118,6 +122,11 @@ pub struct UpstreamGroup {
     pub balancer: RoundRobin,
     pub sticky: Option<Sticky>,
     pub health: HealthSpec,
+    pub retries: u32,
+    /// Retry budget in milli-retries: each request deposits `retry_budget × 1000`, each retry
+    /// withdraws 1000 (a token bucket, capped, with a small floor for quiet periods).
+    retry_tokens: std::sync::atomic::AtomicI64,
+    retry_deposit: i64,
     /// Sum of the servers' weights (bounded-load caps are weighted shares of it).
     pub total_weight: u32,
     pub response_timeout: Duration,
@@ -178,8 +187,42 @@ impl UpstreamGroup {
             },
             total_weight: weights.iter().sum(),
             health: spec.health.clone(),
+            retries: spec.retries,
+            retry_tokens: std::sync::atomic::AtomicI64::new(RETRY_FLOOR),
+            retry_deposit: (spec.retry_budget * 1000.0) as i64,
             response_timeout: spec.response_timeout,
             client,
+        }
+    }
+
+    /// Count one request toward the retry budget.
+    #[inline]
+    pub fn deposit_retry_budget(&self) {
+        if self.retries > 0 {
+            let t = self
+                .retry_tokens
+                .fetch_add(self.retry_deposit, Ordering::Relaxed);
+            if t > RETRY_CAP {
+                self.retry_tokens.store(RETRY_CAP, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Take one retry from the budget, if it has one.
+    pub fn withdraw_retry(&self) -> bool {
+        self.retry_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t >= 1000).then_some(t - 1000)
+            })
+            .is_ok()
+    }
+
+    /// Like `select_for`, skipping replicas already tried for this request.
+    pub fn select_excluding(&self, key: Option<u64>, tried: &[usize]) -> Option<usize> {
+        let ok = |i: usize| self.servers[i].usable() && !tried.contains(&i);
+        match (&self.sticky, key) {
+            (Some(sticky), Some(hash)) => sticky.ring.pick(hash, ok),
+            _ => self.balancer.select_where(ok),
         }
     }
 
