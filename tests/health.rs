@@ -12,7 +12,8 @@ async fn consecutive_failures_eject_a_replica_for_a_while() {
     let live = Replica::start("live").await;
     let dead = closed_port().await;
     let group = format!(
-        "[upstreams.api]\nservers = [{{ address = \"{dead}\" }}, {{ address = \"{}\" }}]\n[upstreams.api.health]\neject_after_failures = 2\neject_for = \"30s\"\n",
+        // No retries: the client sees each failure, which is what ejection ends.
+        "[upstreams.api]\nretries = 0\nservers = [{{ address = \"{dead}\" }}, {{ address = \"{}\" }}]\n[upstreams.api.health]\neject_after_failures = 2\neject_for = \"30s\"\n",
         live.addr
     );
     let p = TestProxy::start("", &(group + &route_toml("/", "api"))).await;
