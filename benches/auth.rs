@@ -4,11 +4,13 @@
 
 use std::hint::black_box;
 use std::pin::pin;
-use std::process::{Child, Command, Stdio};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+mod common;
+use common::redis_server;
 use doorman::auth::{Verifier, unix_now};
 use doorman::config::{AuthSettings, JwtKey, RevocationSettings, StoreSettings};
 use doorman::store::{Revoke, Store};
@@ -110,38 +112,6 @@ fn poll_once<F: Future>(f: F) -> F::Output {
     }
 }
 
-struct Redis(Child, u16);
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis_server() -> Redis {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is required for this benchmark (scripts/test.sh installs it)");
-    std::thread::sleep(Duration::from_millis(300));
-    Redis(child, port)
-}
-
 fn revocation(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (alg, enc, dec) = keys().swap_remove(0);
@@ -156,7 +126,7 @@ fn revocation(c: &mut Criterion) {
         ("embedded", None),
         (
             "redis_view",
-            Some(format!("redis://127.0.0.1:{}/0", redis.1)),
+            Some(format!("redis://127.0.0.1:{}/0", redis.port)),
         ),
     ] {
         let store = rt.block_on(async {

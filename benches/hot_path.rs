@@ -2,22 +2,21 @@
 //! the same run: a keep-alive GET straight to a replica vs the same GET through doorman's
 //! plain listener. Run with `scripts/bench.sh` (or `cargo bench --bench hot_path`).
 
-use std::convert::Infallible;
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::path::Path;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
+
+mod common;
+use common::{client, replica};
 use doorman::balance::{Ring, RoundRobin, key_hash};
 use doorman::pipeline::{new_request_id, strip_hop_by_hop};
 use doorman::server::{self, Listeners};
 use doorman::snapshot::Snapshot;
-use http::{HeaderMap, HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use http::{HeaderMap, HeaderValue, Request};
+use http_body_util::{BodyExt, Full};
 
 fn balancer(c: &mut Criterion) {
     let rr3 = RoundRobin::new(&[1, 1, 1]);
@@ -102,39 +101,10 @@ upstream = "api"
     )
 }
 
-async fn replica() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            let _ = tcp.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = service_fn(|_req| async {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-async fn client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    send
-}
-
-async fn get(send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>) {
+async fn get(send: &mut common::Sender) {
     let req = Request::get("/")
         .header("host", "bench")
-        .body(Empty::new())
+        .body(Full::new(Bytes::new()))
         .unwrap();
     send.ready().await.unwrap();
     let resp = send.send_request(req).await.unwrap();
@@ -148,10 +118,7 @@ fn end_to_end(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let certs = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(certs.path().join("b.crt"), ck.cert.pem()).unwrap();
-    std::fs::write(certs.path().join("b.key"), ck.signing_key.serialize_pem()).unwrap();
+    let certs = common::cert_dir();
 
     let (upstream, plain, snapshot) = rt.block_on(async {
         let upstream = replica().await;

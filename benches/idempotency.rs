@@ -3,88 +3,20 @@
 //! replica is not called), on the embedded store and on Redis (a private redis-server).
 //! Round trips per request are pinned by a test (tests/idempotency.rs): 2 first, 1 replay.
 
-use std::convert::Infallible;
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use doorman::server::{self, Listeners};
 use doorman::snapshot::Snapshot;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
 
-struct Redis(Child, u16);
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
 
-fn redis_server() -> Redis {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is required for this benchmark (scripts/bench.sh installs it)");
-    std::thread::sleep(Duration::from_millis(300));
-    Redis(child, port)
-}
-
-async fn replica() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            let _ = tcp.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let _ = req.into_body().collect().await;
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                        b"{\"ok\":true}",
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn client(addr: SocketAddr) -> Sender {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    send
-}
+use common::{Sender, client, redis_server, replica};
 
 async fn post(send: &mut Sender, path: &str, key: Option<&str>) {
     let mut b = Request::post(path)
@@ -137,14 +69,11 @@ fn keyed_post(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let certs = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(certs.path().join("b.crt"), ck.cert.pem()).unwrap();
-    std::fs::write(certs.path().join("b.key"), ck.signing_key.serialize_pem()).unwrap();
+    let certs = common::cert_dir();
     let redis = redis_server();
     let redis_store = format!(
         "[store]\nredis_url = \"redis://127.0.0.1:{}/0\"\ntimeout = \"200ms\"",
-        redis.1
+        redis.port
     );
 
     for (name, store) in [("embedded", String::new()), ("redis", redis_store)] {

@@ -192,12 +192,7 @@ impl Records {
 
 /// Write one revocation straight to Redis (used by `doorman revoke`).
 pub async fn write_to_redis(url: &str, records: &Records, r: &Revoke) -> Result<(), String> {
-    let client = ::redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
-    let cfg = ::redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&cfg)
+    let mut conn = redis::write_connection(url)
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     redis::write_record(&mut conn, records, r)

@@ -259,14 +259,7 @@ impl RedisStore {
         if let Some(c) = fallback.as_ref() {
             return Ok(c.clone());
         }
-        let client = redis::Client::open(self.url.as_str()).map_err(unavailable)?;
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(WRITE_TIMEOUT));
-        let c = client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(unavailable)?;
+        let c = write_connection(&self.url).await.map_err(unavailable)?;
         *fallback = Some(c.clone());
         Ok(c)
     }
@@ -318,6 +311,18 @@ fn read_value(v: Value) -> Option<u64> {
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// A plain connection for commands (no push messages), with the write timeouts.
+pub(super) async fn write_connection(
+    url: &str,
+) -> Result<MultiplexedConnection, redis::RedisError> {
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(WRITE_TIMEOUT));
+    redis::Client::open(url)?
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
 }
 
 /// Write a revocation so that it never weakens one already there: a jti keeps the later
