@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! server      accept (connection limit) → TLS 1.3 (tls: SNI, ALPN h2|http/1.1) → hyper h1/h2
-//! pipeline    handle(): limits → route → select (balance) → forward (upstream) → complete
+//! pipeline    handle(): limits → route → auth → idempotency → select (balance)
+//!             → forward (upstream, retries where safe) → complete
 //! ```
 //!
 //! Modules, one concern each:
@@ -13,11 +14,13 @@
 //! - [`server`]   listeners, accept loops, connection serving, idle watchdog, graceful drain
 //! - [`tls`]      rustls server config: TLS 1.3 only, SNI resolver, ALPN
 //! - [`pipeline`] the request stages and the per-request context
-//! - [`balance`]  load balancing as pure data (weighted round robin)
-//! - [`upstream`] replica groups and their keep-alive connection pools
+//! - [`auth`]     JWT verification (algorithms pinned by configured keys) and its token cache
+//! - [`store`]    shared state: revocation view and idempotency records (Redis or embedded)
+//! - [`balance`]  load balancing as pure data (weighted round robin, consistent-hash ring)
+//! - [`upstream`] replica groups: keep-alive pools, health, in-flight counts, retry budget
 //! - [`error`]    the one error type and its one mapping to HTTP status
 //! - [`idle`]     idle detection: IO activity counting and the quiet-period watchdog
-//! - [`admin`]    /health and /ready on the admin listener
+//! - [`admin`]    /health, /ready and POST /revocations on the admin listener
 //! - [`demo`]     `doorman demo`: three replicas, an in-memory certificate, the proxy
 
 pub mod admin;
