@@ -183,31 +183,17 @@ impl RedisStore {
         lease: &str,
         lock_ttl: Duration,
     ) -> Result<super::Begin, StoreError> {
-        let run = async {
-            let mut conn = self.write_connection().await?;
-            let v: Result<Option<String>, _> = redis::cmd("EVAL")
-                .arg(super::idempotency::BEGIN)
-                .arg(1)
-                .arg(key)
-                .arg(lease)
-                .arg(lock_ttl.as_millis() as u64)
-                .query_async(&mut conn)
-                .await;
-            let v = match v {
-                Ok(v) => v,
-                Err(e) => {
-                    self.drop_fallback_if_broken(&e).await;
-                    return Err(unavailable(e));
-                }
-            };
-            Ok(match v {
-                None => super::Begin::Acquired,
-                Some(v) => super::Begin::Existing(super::IdemRecord::decode(&v)),
-            })
-        };
-        tokio::time::timeout(self.timeout, run)
-            .await
-            .map_err(|_| StoreError::Timeout)?
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(super::idempotency::BEGIN)
+            .arg(1)
+            .arg(key)
+            .arg(lease)
+            .arg(lock_ttl.as_millis() as u64);
+        let v: Option<String> = self.eval(cmd, self.timeout).await?;
+        Ok(match v {
+            None => super::Begin::Acquired,
+            Some(v) => super::Begin::Existing(super::IdemRecord::decode(&v)),
+        })
     }
 
     pub async fn idem_finish(
@@ -217,29 +203,37 @@ impl RedisStore {
         result: Option<&str>,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let run = async {
-            let mut conn = self.write_connection().await?;
-            let v: Result<i64, _> = redis::cmd("EVAL")
-                .arg(super::idempotency::FINISH)
-                .arg(1)
-                .arg(key)
-                .arg(lease)
-                .arg(result.unwrap_or(""))
-                .arg(ttl.as_millis() as u64)
-                .query_async(&mut conn)
-                .await;
-            let v = match v {
-                Ok(v) => v,
-                Err(e) => {
-                    self.drop_fallback_if_broken(&e).await;
-                    return Err(unavailable(e));
-                }
-            };
-            Ok(v == 1)
-        };
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(super::idempotency::FINISH)
+            .arg(1)
+            .arg(key)
+            .arg(lease)
+            .arg(result.unwrap_or(""))
+            .arg(ttl.as_millis() as u64);
         // Storing a result is worth more than the request-path budget: the alternative is a
         // key stuck until its lease expires.
-        tokio::time::timeout(WRITE_TIMEOUT, run)
+        let n: i64 = self.eval(cmd, WRITE_TIMEOUT).await?;
+        Ok(n == 1)
+    }
+
+    /// Run one script on the write connection within `budget`; a broken connection is
+    /// dropped so the next call reconnects.
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        cmd: redis::Cmd,
+        budget: Duration,
+    ) -> Result<T, StoreError> {
+        let run = async {
+            let mut conn = self.write_connection().await?;
+            match cmd.query_async(&mut conn).await {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    self.drop_fallback_if_broken(&e).await;
+                    Err(unavailable(e))
+                }
+            }
+        };
+        tokio::time::timeout(budget, run)
             .await
             .map_err(|_| StoreError::Timeout)?
     }
