@@ -138,6 +138,7 @@ fn revocation(c: &mut Criterion) {
                 &settings,
                 &RevocationSettings::default(),
                 Duration::from_secs(30),
+                Default::default(),
             )
             .unwrap();
             // 10,000 revoked tokens in the list, then wait until the view holds them all.

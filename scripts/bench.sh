@@ -1,20 +1,47 @@
 #!/usr/bin/env bash
-# Criterion benchmarks: the hot path (balancer, headers, routing, an end-to-end keep-alive
-# GET direct vs through doorman, measured in the same run) and auth (JWT verification per
-# algorithm cold and cached, revocation checks against a warm view). Results land in
-# target/criterion/ and target/bench-*.txt. The NGINX/HAProxy side-by-side harness is a
-# separate issue.
+# Benchmarks. Installs what it needs when missing (as root via apt-get; otherwise says what
+# to install).
+#   scripts/bench.sh micro [criterion args]  criterion micro-benchmarks: hot path, auth,
+#                                            idempotency (target/criterion/, target/bench-all.txt)
+#   scripts/bench.sh peers [peers.py args]   doorman vs NGINX vs HAProxy, CPU per request
+#                                            (target/bench/report.md; see scripts/peers.py)
+#   scripts/bench.sh                         both
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v redis-server >/dev/null 2>&1; then
+
+need() {
+  local missing=()
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+    echo "installing: ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   else
-    echo "redis-server is required: sudo apt-get install -y redis-server" >&2
+    echo "missing: ${missing[*]}. Install them with: sudo apt-get install -y ${missing[*]}" >&2
     exit 1
   fi
-fi
-# Quiet the access log: benchmarks measure the proxy, not the terminal.
-export RUST_LOG=warn
+}
+
+micro() {
+  need redis-server:redis-server
+  # Quiet the access log: benchmarks measure the proxy, not the terminal.
+  RUST_LOG=warn cargo bench --bench hot_path --bench auth --bench idempotency -- "$@" 2>&1 |
+    tee target/bench-all.txt
+}
+
+peers() {
+  need nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client openssl:openssl \
+    taskset:util-linux python3:python3
+  cargo build --release
+  python3 scripts/peers.py "$@"
+}
+
 mkdir -p target
-cargo bench --bench hot_path --bench auth --bench idempotency -- "$@" 2>&1 | tee target/bench-all.txt
+case "${1:-all}" in
+  micro) shift; micro "$@" ;;
+  peers) shift; peers "$@" ;;
+  all) micro; peers ;;
+  *) echo "usage: scripts/bench.sh [micro|peers|all] [args]" >&2; exit 2 ;;
+esac

@@ -7,6 +7,8 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The status page's browser test (tests/status_browser.rs) drives headless Chromium.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need[*]}"
@@ -18,7 +20,7 @@ if [ ${#need[@]} -gt 0 ]; then
     exit 1
   fi
 fi
-for c in redis-server openssl curl; do
+for c in redis-server openssl curl chromium; do
   command -v "$c" >/dev/null 2>&1 || { echo "still missing after install: $c" >&2; exit 1; }
 done
 

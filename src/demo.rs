@@ -204,7 +204,7 @@ fn demo_token(secret: &[u8]) -> Result<(String, String, u64), String> {
 }
 
 /// A demo CA and a localhost certificate it signed, both generated in memory.
-fn certificate() -> Result<(String, CertificateSpec), Box<dyn std::error::Error>> {
+pub(crate) fn certificate() -> Result<(String, CertificateSpec), Box<dyn std::error::Error>> {
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

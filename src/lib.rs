@@ -11,6 +11,7 @@
 //! Modules, one concern each:
 //! - [`config`]   proxy.toml: raw serde shape, validated in one pass into typed values
 //! - [`snapshot`] one immutable, fully built configuration behind one `ArcSwap`
+//! - [`reload`]   SIGHUP / POST /reload: prepare a new snapshot beside the old, then swap
 //! - [`server`]   listeners, accept loops, connection serving, idle watchdog, graceful drain
 //! - [`tls`]      rustls server config: TLS 1.3 only, SNI resolver, ALPN
 //! - [`pipeline`] the request stages and the per-request context
@@ -20,17 +21,22 @@
 //! - [`upstream`] replica groups: keep-alive pools, health, in-flight counts, retry budget
 //! - [`error`]    the one error type and its one mapping to HTTP status
 //! - [`idle`]     idle detection: IO activity counting and the quiet-period watchdog
+//! - [`metrics`]  Prometheus metrics, one set per running proxy, carried across reloads
 //! - [`admin`]    /health, /ready and POST /revocations on the admin listener
 //! - [`demo`]     `doorman demo`: three replicas, an in-memory certificate, the proxy
+//! - [`compare`]  `doorman compare`: round robin vs consistent hash on local replicas, a report
 
 pub mod admin;
 pub mod auth;
 pub mod balance;
+pub mod compare;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod idle;
+pub mod metrics;
 pub mod pipeline;
+pub mod reload;
 pub mod server;
 pub mod snapshot;
 pub mod store;

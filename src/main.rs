@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use doorman::compare::CompareOptions;
 use doorman::config;
 use doorman::demo::{self, DemoOptions};
+use doorman::reload::Reloader;
 use doorman::server::{self, Listeners};
 use doorman::snapshot::Snapshot;
 use tracing::{error, info};
@@ -65,6 +67,15 @@ enum Command {
         #[arg(long, requires = "sub")]
         before: Option<u64>,
     },
+    /// Reload a running instance's configuration: check the file, send SIGHUP to the pid in
+    /// the pid file, and report the outcome the instance gives on its admin listener.
+    Reload {
+        #[arg(long, short, default_value = "config/proxy.toml")]
+        config: PathBuf,
+        /// The running instance's pid file (default: `[server] pid_file` of the config).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
     /// Zero-setup first run: three demo replicas, an in-memory certificate, the proxy.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8443")]
@@ -75,11 +86,45 @@ enum Command {
         #[arg(long)]
         ca_dir: Option<PathBuf>,
     },
+    /// Round robin vs consistent hash on local replicas: throughput, latency, load spread,
+    /// keys remapped on scale-out, a replica killed mid-run. Writes report.md and SVG charts.
+    Compare {
+        /// Take the first upstream group's tuning (virtual_nodes, hash_balance_factor,
+        /// retries, health, timeouts) from this file; its servers are replaced.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Requests per run.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Distinct keys (sessions) in the workload.
+        #[arg(long, default_value_t = 1_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 4)]
+        replicas: usize,
+        /// Concurrent closed-loop clients.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Requests each replica serves at once.
+        #[arg(long, default_value_t = 2)]
+        replica_workers: usize,
+        /// How long a replica takes per request (e.g. 2ms, 0s).
+        #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
+        service_time: std::time::Duration,
+        /// Seed of the key sequences.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Where report.md, load-spread.svg and failover.svg are written.
+        #[arg(long, default_value = "target/compare")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // compare starts many short-lived proxies: only their errors belong on the terminal.
+    let quiet = matches!(cli.command, Command::Compare { .. });
+    // Held to the end of main: dropping it flushes what the writer thread still holds.
+    let _log_writer = init_logging(cli.log_format, if quiet { "error" } else { "info" });
     match cli.command {
         Command::Run { config } => run(config),
         Command::Check { path, config } => check(
@@ -125,19 +170,65 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Reload { config, pid_file } => reload(config, pid_file),
+        Command::Compare {
+            config,
+            requests,
+            keys,
+            replicas,
+            concurrency,
+            replica_workers,
+            service_time,
+            seed,
+            out,
+        } => compare(CompareOptions {
+            config,
+            requests,
+            keys,
+            replicas,
+            concurrency,
+            replica_workers,
+            service_time,
+            seed,
+            out,
+        }),
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn compare(opts: CompareOptions) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let out = opts.out.clone();
+    match rt.block_on(doorman::compare::run(opts)) {
+        Ok(_) => {
+            println!("report written to {}", out.join("report.md").display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("compare failed: {e}")),
+    }
+}
+
+/// Logs go to stderr through a writer thread: a request never waits on the terminal or a
+/// slow pipe (lines beyond the writer's buffer are dropped rather than block).
+fn init_logging(
+    format: LogFormat,
+    default_filter: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let dropped = writer.error_counter();
+    doorman::metrics::set_log_dropped_source(move || dropped.dropped_lines() as u64);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 fn fail(msg: String) -> ExitCode {
@@ -209,8 +300,17 @@ fn revoke(path: PathBuf, what: doorman::store::Revoke) -> ExitCode {
 }
 
 fn run(path: PathBuf) -> ExitCode {
-    let Some(config) = load(&path) else {
-        return ExitCode::FAILURE;
+    // The text is kept for the config hash reported on the admin listener.
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("{}: cannot read file: {e}", path.display())),
+    };
+    let config = match config::parse(&text, &path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server.workers)
@@ -221,25 +321,215 @@ fn run(path: PathBuf) -> ExitCode {
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
     info!(config = %path.display(), workers = config.server.workers, "starting doorman");
+    let pid_file = PidFile::default();
     let result = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Every handler before the pid file names this process: from then on a SIGHUP must
+        // reload it (its default action would end it).
+        let (Ok(hup), Ok(term), Ok(int)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return Err("cannot install the signal handlers".to_string());
+        };
         let listeners = Listeners::bind(&config.server)
             .await
             .map_err(|e| e.to_string())?;
         let snapshot = Snapshot::build(&config)?.into_shared();
-        server::run(listeners, snapshot, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
+        pid_file.set(config.server.pid_file.as_deref())?;
+        let (reloader, requests) = Reloader::new(&path, &text);
+        tokio::spawn(reload_on_sighup(hup, reloader.clone()));
+        tokio::spawn(follow_pid_file(
+            reloader.applied(),
+            snapshot.clone(),
+            pid_file.clone(),
+        ));
+        server::run_reloadable(
+            listeners,
+            snapshot,
+            shutdown_on(term, int, Some(pid_file.clone())),
+            Some((reloader, requests)),
+        )
+        .await
+        .map_err(|e| e.to_string())
     });
+    pid_file.remove();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            info!("doorman stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(e),
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+/// The pid file currently written, if any (a reload may move it).
+#[derive(Clone, Default)]
+struct PidFile(std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>);
+
+impl PidFile {
+    /// Write our pid to `path` (whole or not at all: a temp file renamed), and remove the
+    /// previous file if it was elsewhere.
+    fn set(&self, path: Option<&std::path::Path>) -> Result<(), String> {
+        let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_deref() == path {
+            return Ok(());
+        }
+        if let Some(p) = path {
+            let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, format!("{}\n", std::process::id()))
+                .and_then(|()| std::fs::rename(&tmp, p))
+                .map_err(|e| format!("cannot write the pid file {}: {e}", p.display()))?;
+        }
+        if let Some(old) = current.take() {
+            let _ = std::fs::remove_file(old);
+        }
+        *current = path.map(PathBuf::from);
+        Ok(())
+    }
+
+    fn remove(&self) {
+        if let Some(p) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Every SIGHUP asks the server for a reload; the outcome is logged by the reloader.
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    reloader: std::sync::Arc<Reloader>,
+) {
+    while hup.recv().await.is_some() {
+        info!("SIGHUP: reloading {}", reloader.path().display());
+        if reloader.reload().await.is_none() {
+            return;
+        }
+    }
+}
+
+/// After each applied reload, move the pid file if `[server] pid_file` changed.
+async fn follow_pid_file(
+    mut applied: tokio::sync::watch::Receiver<u64>,
+    snapshot: doorman::snapshot::SharedSnapshot,
+    pid_file: PidFile,
+) {
+    while applied.changed().await.is_ok() {
+        let wanted = snapshot.load().settings.pid_file.clone();
+        if let Err(e) = pid_file.set(wanted.as_deref()) {
+            error!("{e}");
+        }
+    }
+}
+
+/// `doorman reload`: check the file first (like `nginx -t`), signal, then wait for the
+/// instance to report an attempt made after the signal on its admin listener.
+fn reload(path: PathBuf, pid_file: Option<PathBuf>) -> ExitCode {
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("{}: cannot read file: {e}", path.display())),
+    };
+    let config = match config::parse(&text, &path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{}: not reloading: the file is invalid", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(pid_file) = pid_file.or(config.server.pid_file.clone()) else {
+        return fail("no pid file: set [server] pid_file or pass --pid-file".into());
+    };
+    let pid = match std::fs::read_to_string(&pid_file)
+        .map_err(|e| e.to_string())
+        .and_then(|t| t.trim().parse::<i32>().map_err(|e| e.to_string()))
+    {
+        Ok(pid) if pid > 0 => pid,
+        Ok(pid) => return fail(format!("{}: bad pid {pid}", pid_file.display())),
+        Err(e) => return fail(format!("{}: {e}", pid_file.display())),
+    };
+    // A stale pid file may name another program now: SIGHUP would likely end it.
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(comm) if comm.trim_end().starts_with("doorman") => {}
+        Ok(comm) => {
+            return fail(format!(
+                "pid {pid} (from {}) is {:?}, not doorman: stale pid file?",
+                pid_file.display(),
+                comm.trim_end()
+            ));
+        }
+        Err(_) => {
+            return fail(format!(
+                "no process {pid} (from {}): stale pid file?",
+                pid_file.display()
+            ));
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let admin = config.server.admin_listen;
+    let expected = doorman::reload::config_hash(&text);
+    let signalled_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if let Err(e) = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    ) {
+        return fail(format!("cannot signal pid {pid}: {e}"));
+    }
+    // The admin address is the new file's: where the instance listens once the reload
+    // applies (a refused reload that moved it cannot be reported here).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let Some(v) = rt
+            .block_on(doorman::admin::request(
+                admin,
+                http::Method::GET,
+                "/reload",
+                None,
+            ))
+            .ok()
+            .and_then(|(_, text)| serde_json::from_str::<serde_json::Value>(&text).ok())
+        else {
+            continue;
+        };
+        if v["at_unix_ms"].as_u64().is_none_or(|t| t < signalled_ms) || v["generation"] == 0 {
+            continue;
+        }
+        let hash = v["config_hash"].as_str().unwrap_or("?");
+        if v["result"] != "ok" {
+            eprintln!("reload failed; the running configuration is unchanged:");
+            for e in v["errors"].as_array().into_iter().flatten() {
+                eprintln!("  {}", e.as_str().unwrap_or("?"));
+            }
+            return ExitCode::FAILURE;
+        }
+        if hash != expected {
+            return fail(format!(
+                "the instance reloaded config_hash {hash}, but this file is {expected}: it changed meanwhile, or another reload ran"
+            ));
+        }
+        println!("reloaded: config_hash {hash}");
+        return ExitCode::SUCCESS;
+    }
+    fail(format!(
+        "SIGHUP sent to {pid}, but its admin listener {admin} reported no reload within 15s; see its log"
+    ))
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once. Installs its
+/// handlers when first polled (`demo`).
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(term), Ok(int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
@@ -247,6 +537,16 @@ async fn shutdown_signal() {
         std::future::pending::<()>().await;
         return;
     };
+    shutdown_on(term, int, None).await
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one removes the pid file and exits
+/// at once.
+async fn shutdown_on(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+    pid_file: Option<PidFile>,
+) {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: shutting down gracefully"),
         _ = int.recv() => info!("SIGINT: shutting down gracefully"),
@@ -257,6 +557,9 @@ async fn shutdown_signal() {
             _ = int.recv() => {},
         }
         error!("second signal: exiting now");
+        if let Some(p) = pid_file {
+            p.remove();
+        }
         std::process::exit(1);
     });
 }

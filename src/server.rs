@@ -15,15 +15,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::ServerSettings;
 use crate::idle::{self, Tracked};
+use crate::metrics::{GaugeGuard, Metrics, ProtocolLabels};
 use crate::pipeline::{self, ConnInfo, Phase, reached};
-use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::reload::{self, ReloadRequests, Reloader};
+use crate::snapshot::SharedSnapshot;
 
 /// The sockets doorman serves, bound before `run` so callers (tests, `demo`) can bind port 0
 /// and learn the real addresses, and so a bind failure is reported before anything starts.
@@ -77,6 +80,19 @@ enum Kind {
 /// After the grace period, connections get this long to notice `Phase::Closing` and go.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+/// A running accept loop and the way to stop it (its listener closes when it returns).
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    fn stop(self) -> JoinHandle<()> {
+        let _ = self.stop.send(());
+        self.task
+    }
+}
+
 /// Serve until `shutdown` resolves, then stop accepting, drain for up to `shutdown_grace`,
 /// close whatever is left, and return.
 pub async fn run(
@@ -84,50 +100,150 @@ pub async fn run(
     snapshot: SharedSnapshot,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    run_reloadable(listeners, snapshot, shutdown, None).await
+}
+
+/// `run`, also applying the reloads asked of `reloader` (SIGHUP, `POST /reload`): each one
+/// is prepared off to the side and, when complete, swapped in while requests keep flowing.
+pub async fn run_reloadable(
+    listeners: Listeners,
+    snapshot: SharedSnapshot,
+    shutdown: impl Future<Output = ()>,
+    reload: Option<(Arc<Reloader>, ReloadRequests)>,
+) -> io::Result<()> {
     let addrs = listeners.addrs()?;
-    let settings = snapshot.load().settings.clone();
-    let max = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
+    let max = u32::try_from(snapshot.load().settings.max_connections).unwrap_or(u32::MAX);
     let limit = Arc::new(Semaphore::new(max as usize));
     let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
-    let admin_state = Arc::new(AdminState::default());
+    let (reloader, mut requests) = match reload {
+        Some((r, q)) => (Some(r), Some(q.0)),
+        None => (None, None),
+    };
+    let admin_state = Arc::new(AdminState::new(reloader.clone(), addrs));
+    // Per-replica totals every 5 s, for the status page's recent error rates.
+    let sampler = {
+        let (state, snapshot) = (admin_state.clone(), snapshot.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                state.sample(&snapshot.load());
+            }
+        })
+    };
 
-    // Listeners are bound (before `run`) and the snapshot is built: ready from the first
-    // answer the admin listener gives.
-    admin_state.ready.store(true, Ordering::Release);
-    let admin_task = tokio::spawn(admin::serve(
-        listeners.admin,
-        admin_state.clone(),
-        snapshot.clone(),
-    ));
-    let mut loops = vec![tokio::spawn(accept_loop(
-        listeners.tls,
-        Kind::Tls,
-        snapshot.clone(),
-        limit.clone(),
-        phase_rx.clone(),
-    ))];
-    if let Some(plain) = listeners.plain {
-        loops.push(tokio::spawn(accept_loop(
-            plain,
-            Kind::Plain,
+    let accepting = |listener: TcpListener, kind: Kind| {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            kind,
             snapshot.clone(),
             limit.clone(),
             phase_rx.clone(),
-        )));
+            stopped,
+        ));
+        Running { stop, task }
+    };
+    let admin = |listener: TcpListener| {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(admin::serve(
+            listener,
+            admin_state.clone(),
+            snapshot.clone(),
+            stopped,
+        ));
+        Running { stop, task }
+    };
+
+    if let Some(r) = &reloader {
+        snapshot.load().metrics.set_config(&r.status().config_hash);
     }
+    // Listeners are bound (before `run`) and the snapshot is built: ready from the first
+    // answer the admin listener gives.
+    admin_state.ready.store(true, Ordering::Release);
+    let mut admin_loop = admin(listeners.admin);
+    let mut tls_loop = accepting(listeners.tls, Kind::Tls);
+    let mut plain_loop = listeners.plain.map(|l| accepting(l, Kind::Plain));
     info!(listen = %addrs.tls, plain_listen = ?addrs.plain, admin_listen = %addrs.admin, "doorman ready");
 
-    shutdown.await;
+    tokio::pin!(shutdown);
+    loop {
+        let next_reload = async {
+            match requests.as_mut() {
+                Some(r) => r.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(reply) = next_reload => {
+                let Some(reloader) = &reloader else { continue };
+                let current = snapshot.load_full();
+                let outcome = match reload::prepare(reloader.path(), &current).await {
+                    Ok(p) => {
+                        // Nothing can fail from here: settings of a kept store apply, then
+                        // one store — requests from here on see the new snapshot, running
+                        // ones keep the one they started with.
+                        p.snapshot.commit();
+                        p.snapshot.metrics.retain(&p.snapshot.groups);
+                        snapshot.store(Arc::new(p.snapshot));
+                        // New sockets start accepting before the old ones close.
+                        let moved = |f: &dyn Fn(&mut BoundAddrs)| {
+                            if let Some(a) = admin_state.listeners.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                                f(a);
+                            }
+                        };
+                        if let Some(l) = p.tls {
+                            info!(listen = ?l.local_addr().ok(), "TLS listener moved");
+                            if let Ok(a) = l.local_addr() {
+                                moved(&|b| b.tls = a);
+                            }
+                            std::mem::replace(&mut tls_loop, accepting(l, Kind::Tls)).stop();
+                        }
+                        if let Some(l) = p.plain {
+                            let a = l.as_ref().and_then(|l| l.local_addr().ok());
+                            info!(plain_listen = ?a, "plain listener moved");
+                            moved(&|b| b.plain = a);
+                            let new = l.map(|l| accepting(l, Kind::Plain));
+                            if let Some(old) = std::mem::replace(&mut plain_loop, new) {
+                                old.stop();
+                            }
+                        }
+                        if let Some(l) = p.admin {
+                            info!(admin_listen = ?l.local_addr().ok(), "admin listener moved");
+                            if let Ok(a) = l.local_addr() {
+                                moved(&|b| b.admin = a);
+                            }
+                            std::mem::replace(&mut admin_loop, admin(l)).stop();
+                        }
+                        Ok(p.hash)
+                    }
+                    Err(errors) => Err(errors),
+                };
+                let metrics = snapshot.load().metrics.clone();
+                Metrics::count(&metrics.reloads, if outcome.is_ok() { "ok" } else { "failure" });
+                if let Ok(hash) = &outcome {
+                    metrics.set_config(hash);
+                }
+                let _ = reply.send(reloader.record(outcome));
+            }
+        }
+    }
 
+    // Reloads asked for from now on get "shutting down" instead of waiting forever.
+    drop(requests);
     admin_state.ready.store(false, Ordering::Release);
     let _ = phase_tx.send(Phase::Draining);
-    for l in loops {
-        let _ = l.await;
+    let _ = tls_loop.stop().await;
+    if let Some(l) = plain_loop {
+        let _ = l.stop().await;
     }
+    // The grace period as configured now (a reload may have changed it).
+    let grace = snapshot.load().settings.shutdown_grace;
     let open = |l: &Semaphore| max as usize - l.available_permits();
-    info!(open_connections = open(&limit), grace = ?settings.shutdown_grace, "draining");
+    info!(open_connections = open(&limit), ?grace, "draining");
     // Every connection (and upgraded tunnel) holds one permit: all permits back = all done.
-    if tokio::time::timeout(settings.shutdown_grace, limit.acquire_many(max))
+    if tokio::time::timeout(grace, limit.acquire_many(max))
         .await
         .is_ok()
     {
@@ -148,7 +264,8 @@ pub async fn run(
             );
         }
     }
-    admin_task.abort();
+    admin_loop.stop().abort();
+    sampler.abort();
     Ok(())
 }
 
@@ -158,12 +275,15 @@ async fn accept_loop(
     snapshot: SharedSnapshot,
     limit: Arc<Semaphore>,
     mut phase: watch::Receiver<Phase>,
+    mut stop: oneshot::Receiver<()>,
 ) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = reached(&mut phase, Phase::Draining) => return,
+            // A reload moved this listener elsewhere.
+            _ = &mut stop => return,
         };
         let (tcp, peer) = match accepted {
             Ok(x) => x,
@@ -209,20 +329,61 @@ async fn connection(
     permit: OwnedSemaphorePermit,
     phase: watch::Receiver<Phase>,
 ) {
-    // New connections take the current snapshot's TLS config and limits.
-    let snap = snapshot.load_full();
-    let idle = snap.settings.idle_timeout;
+    // New connections take the current snapshot's TLS config and limits — copied out, so
+    // a long-lived connection does not keep a replaced snapshot (its pools, health checks,
+    // store) alive.
+    let (tls, limits, metrics) = {
+        let snap = snapshot.load();
+        let s = &snap.settings;
+        let limits = ConnLimits {
+            header_timeout: s.header_timeout,
+            max_header_bytes: s.max_header_bytes,
+            idle_timeout: s.idle_timeout,
+        };
+        (snap.tls.clone(), limits, snap.metrics.clone())
+    };
+    let open = |protocol: &'static str| {
+        GaugeGuard::new(
+            metrics
+                .connections
+                .get_or_create(&ProtocolLabels { protocol })
+                .clone(),
+        )
+    };
     match kind {
         Kind::Plain => {
-            let conn = Arc::new(ConnInfo::new(peer, "http", Some(permit), phase, idle));
-            serve(tcp, conn, &snap, snapshot).await
+            // Plain connections are counted as HTTP/1.1 (h2c with prior knowledge is rare).
+            let conn = Arc::new(ConnInfo::new(
+                peer,
+                "http",
+                Some(permit),
+                phase,
+                limits.idle_timeout,
+                Some(open("h1")),
+            ));
+            serve(tcp, conn, limits, snapshot).await
         }
         Kind::Tls => {
-            let acceptor = TlsAcceptor::from(snap.tls.clone());
-            match tokio::time::timeout(snap.settings.header_timeout, acceptor.accept(tcp)).await {
+            let acceptor = TlsAcceptor::from(tls);
+            let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await;
+            let outcome = match &handshake {
+                Ok(Ok(_)) => "ok",
+                Ok(Err(e)) => handshake_failure(e),
+                Err(_) => "timeout",
+            };
+            Metrics::count(&metrics.tls_handshakes, outcome);
+            match handshake {
                 Ok(Ok(tls)) => {
-                    let conn = Arc::new(ConnInfo::new(peer, "https", Some(permit), phase, idle));
-                    serve(tls, conn, &snap, snapshot).await
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let conn = Arc::new(ConnInfo::new(
+                        peer,
+                        "https",
+                        Some(permit),
+                        phase,
+                        limits.idle_timeout,
+                        Some(open(if h2 { "h2" } else { "h1" })),
+                    ));
+                    serve(tls, conn, limits, snapshot).await
                 }
                 Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
                 Err(_) => debug!("TLS handshake timed out"),
@@ -231,11 +392,32 @@ async fn connection(
     }
 }
 
-async fn serve<I>(io: I, conn: Arc<ConnInfo>, snap: &Snapshot, snapshot: SharedSnapshot)
+/// A bounded name for why a TLS handshake failed (a metric label).
+fn handshake_failure(e: &io::Error) -> &'static str {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::PeerIncompatible(_)) => "peer_incompatible",
+        Some(rustls::Error::InvalidMessage(_)) => "invalid_message",
+        Some(rustls::Error::AlertReceived(_)) => "alert_received",
+        Some(rustls::Error::NoCertificatesPresented) => "no_certificate",
+        Some(rustls::Error::PeerMisbehaved(_)) => "peer_misbehaved",
+        Some(_) => "tls_error",
+        None if e.kind() == io::ErrorKind::UnexpectedEof => "eof",
+        None => "io_error",
+    }
+}
+
+/// The settings a connection keeps from the snapshot it was accepted under.
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    header_timeout: Duration,
+    max_header_bytes: usize,
+    idle_timeout: Duration,
+}
+
+async fn serve<I>(io: I, conn: Arc<ConnInfo>, settings: ConnLimits, snapshot: SharedSnapshot)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let settings = &snap.settings;
     let io = TokioIo::new(Tracked::new(io, conn.activity.clone()));
     let svc_conn = conn.clone();
     let svc = service_fn(move |req| {

@@ -8,8 +8,10 @@ use arc_swap::ArcSwap;
 
 use crate::auth::Verifier;
 use crate::config::{
-    AuthMode, Config, IdempotencyMode, IdempotencySettings, OnError, RouteSpec, ServerSettings,
+    AuthMode, Config, IdempotencyMode, IdempotencySettings, OnError, RevocationSettings, RouteSpec,
+    ServerSettings, StoreSettings, UpstreamSpec,
 };
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::upstream::UpstreamGroup;
 
@@ -24,8 +26,16 @@ pub struct Snapshot {
     pub auth: Option<Arc<Verifier>>,
     pub store: Store,
     pub revocation_enabled: bool,
+    /// Shared by every snapshot of one running proxy: counts survive reloads.
+    pub metrics: Arc<Metrics>,
     pub on_error: OnError,
     pub idempotency: IdempotencySettings,
+    /// What the store was built from: a reload with the same settings keeps the store (its
+    /// Redis connections, revocation view and embedded records).
+    store_spec: (StoreSettings, RevocationSettings, std::time::Duration),
+    /// What each group was built from (same order as `groups`): an unchanged group is kept
+    /// whole across a reload.
+    upstream_specs: Vec<UpstreamSpec>,
 }
 
 /// A route with its group resolved: no name lookups at request time.
@@ -33,6 +43,9 @@ pub struct Snapshot {
 pub struct Route {
     pub host: Option<HostMatch>,
     pub path_prefix: Arc<str>,
+    /// How the route is named in metrics and logs: host + prefix (`api.test/v1/`), or the
+    /// prefix alone for a route on any host.
+    pub label: Arc<str>,
     pub group: Arc<UpstreamGroup>,
     pub auth: AuthMode,
     pub idempotency: IdempotencyMode,
@@ -68,15 +81,40 @@ impl Snapshot {
     /// Build every runtime piece from a validated config. Call within a tokio runtime: a
     /// Redis store starts its background sync here.
     pub fn build(config: &Config) -> Result<Self, String> {
+        Self::rebuild(config, None)
+    }
+
+    /// Build a snapshot to replace `previous` (a reload), carrying over what must survive
+    /// it: an unchanged upstream group is kept whole (keep-alive pool, health and ejections,
+    /// in-flight counts, retry budget, ring); a changed one is built anew and takes over the
+    /// health state of the replicas it kept; an unchanged store (Redis connections,
+    /// revocation view, embedded records) is kept. TLS, routes and keys are always rebuilt.
+    pub fn rebuild(config: &Config, previous: Option<&Snapshot>) -> Result<Self, String> {
         let tls = crate::tls::server_config(&config.tls).map_err(|e| format!("tls: {e}"))?;
+        let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| p.metrics.clone());
         let groups: Vec<Arc<UpstreamGroup>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(UpstreamGroup::build(u)))
+            .map(|spec| {
+                let old = previous.and_then(|p| {
+                    p.groups
+                        .iter()
+                        .zip(&p.upstream_specs)
+                        .find(|(g, _)| g.name == spec.name)
+                });
+                match old {
+                    Some((g, old_spec)) if old_spec == spec => g.clone(),
+                    _ => {
+                        let g = Arc::new(UpstreamGroup::build(spec, &metrics));
+                        if let Some((old, _)) = old {
+                            g.inherit_health(old);
+                        }
+                        g.start_health_checks();
+                        g
+                    }
+                }
+            })
             .collect();
-        for g in &groups {
-            g.start_health_checks();
-        }
         let routes = config
             .routes
             .iter()
@@ -86,12 +124,23 @@ impl Snapshot {
             .auth
             .as_ref()
             .map_or(crate::config::defaults::LEEWAY, |a| a.leeway);
-        let store = Store::new(&config.store, &config.revocation, leeway)?;
-        if store.is_embedded() {
-            tracing::warn!(
-                "no [store] redis_url: using the embedded in-process store (one doorman instance only)"
-            );
-        }
+        let store_spec = (config.store.clone(), config.revocation.clone(), leeway);
+        let store = match previous {
+            // The same store (the embedded one, or the same Redis and key prefix): kept, so
+            // its connections, revocation view and records live on. Its tunable settings
+            // are applied by `commit` once the reload is certain.
+            Some(p) if same_store(&p.store_spec, &store_spec) => p.store.clone(),
+            _ => {
+                let resyncs = metrics.revocation_resyncs.clone();
+                let store = Store::new(&config.store, &config.revocation, leeway, resyncs)?;
+                if store.is_embedded() {
+                    tracing::warn!(
+                        "no [store] redis_url: using the embedded in-process store (one doorman instance only)"
+                    );
+                }
+                store
+            }
+        };
         Ok(Snapshot {
             settings: config.server.clone(),
             routes,
@@ -100,9 +149,22 @@ impl Snapshot {
             auth: config.auth.as_ref().map(|a| Arc::new(Verifier::new(a))),
             store,
             revocation_enabled: config.revocation.enabled,
+            metrics,
             on_error: config.store.on_error,
             idempotency: config.idempotency.clone(),
+            store_spec,
+            upstream_specs: config.upstreams.clone(),
         })
+    }
+
+    /// The last step of a reload, when nothing can fail any more: settings of a kept store
+    /// (timeout, TTLs, leeway) take effect.
+    pub fn commit(&self) {
+        let (store, revocation, leeway) = &self.store_spec;
+        self.store.retune(
+            store.timeout,
+            crate::store::Records::new(revocation, *leeway),
+        );
     }
 
     pub fn into_shared(self) -> SharedSnapshot {
@@ -122,6 +184,20 @@ impl Snapshot {
     }
 }
 
+/// Whether a reload may keep the running store: the embedded store always (its records are
+/// the only copy), a Redis store while the URL and the key prefix its view tracks are the
+/// same.
+fn same_store(
+    old: &(StoreSettings, RevocationSettings, std::time::Duration),
+    new: &(StoreSettings, RevocationSettings, std::time::Duration),
+) -> bool {
+    match (&old.0.redis_url, &new.0.redis_url) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a == b && old.1.key_prefix == new.1.key_prefix,
+        _ => false,
+    }
+}
+
 fn route(spec: &RouteSpec, groups: &[Arc<UpstreamGroup>]) -> Result<Route, String> {
     let group = groups
         .iter()
@@ -135,6 +211,10 @@ fn route(spec: &RouteSpec, groups: &[Arc<UpstreamGroup>]) -> Result<Route, Strin
     Ok(Route {
         host: spec.host.as_deref().map(HostMatch::new),
         path_prefix: spec.path_prefix.as_str().into(),
+        label: match &spec.host {
+            Some(h) => format!("{h}{}", spec.path_prefix).into(),
+            None => spec.path_prefix.as_str().into(),
+        },
         group: group.clone(),
         auth: spec.auth,
         idempotency: spec.idempotency,

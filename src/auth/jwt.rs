@@ -35,6 +35,25 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// A bounded name for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reject::Malformed => "malformed",
+            Reject::Algorithm => "bad_algorithm",
+            Reject::UnknownKid => "unknown_kid",
+            Reject::Critical => "critical_header",
+            Reject::Signature => "bad_signature",
+            Reject::Expired => "expired",
+            Reject::NotYetValid => "not_yet_valid",
+            Reject::IssuedInFuture => "issued_in_future",
+            Reject::Issuer => "bad_issuer",
+            Reject::Audience => "bad_audience",
+            Reject::MissingJti => "missing_jti",
+            Reject::BadClaim => "bad_claim",
+            Reject::Revoked => "revoked",
+        }
+    }
+
     pub fn description(&self) -> &'static str {
         match self {
             Reject::Malformed => "malformed token",
@@ -151,15 +170,25 @@ impl Verifier {
     /// Verify a token at time `now`. A token verified before skips the signature check;
     /// its times are still checked.
     pub fn verify(&self, token: &str, now: u64) -> Result<Arc<VerifiedToken>, Reject> {
+        self.verify_traced(token, now).0
+    }
+
+    /// `verify`, also telling whether the verified-token cache answered (for metrics).
+    pub fn verify_traced(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> (Result<Arc<VerifiedToken>, Reject>, bool) {
         if let Some(hit) = self.cache.get(token) {
-            hit.check_time(now, self.leeway)?;
-            return Ok(hit);
+            return (hit.check_time(now, self.leeway).map(|()| hit), true);
         }
-        let v = self.verify_uncached(token)?;
-        v.check_time(now, self.leeway)?;
-        let v = Arc::new(v);
-        self.cache.insert(v.clone());
-        Ok(v)
+        let verified = self.verify_uncached(token).and_then(|v| {
+            v.check_time(now, self.leeway)?;
+            let v = Arc::new(v);
+            self.cache.insert(v.clone());
+            Ok(v)
+        });
+        (verified, false)
     }
 
     /// Signature and every time-independent rule.

@@ -31,6 +31,7 @@ pub(crate) struct RawServer {
     pub(crate) header_timeout: Option<String>,
     pub(crate) idle_timeout: Option<String>,
     pub(crate) shutdown_grace: Option<String>,
+    pub(crate) pid_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

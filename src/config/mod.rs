@@ -199,6 +199,8 @@ pub struct ServerSettings {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Where `run` writes its process id (for `doorman reload`); None: no pid file.
+    pub pid_file: Option<PathBuf>,
 }
 
 impl ServerSettings {
@@ -215,6 +217,7 @@ impl ServerSettings {
             header_timeout: defaults::HEADER_TIMEOUT,
             idle_timeout: defaults::IDLE_TIMEOUT,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
+            pid_file: None,
         }
     }
 }
@@ -299,7 +302,7 @@ impl Default for HealthSpec {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamSpec {
     pub name: String,
     pub balance: Balance,

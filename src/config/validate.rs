@@ -231,6 +231,13 @@ impl Validator {
             raw.shutdown_grace,
             defaults::SHUTDOWN_GRACE,
         );
+        let pid_file = match raw.pid_file {
+            Some(p) if p.trim().is_empty() => {
+                self.err("server.pid_file", "must be a path (or left out)");
+                None
+            }
+            p => p.map(std::path::PathBuf::from),
+        };
         let listen = listen?;
         let admin_listen = admin_listen?;
         // Port 0 asks the kernel for a free port, so only fixed ports can collide.
@@ -256,6 +263,7 @@ impl Validator {
             header_timeout,
             idle_timeout,
             shutdown_grace,
+            pid_file,
         })
     }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::auth::{Reject, VerifiedToken, unix_now};
 use crate::config::{AuthMode, OnError};
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
 /// Returns the verified token, when one was required or offered.
@@ -28,35 +29,57 @@ pub(super) async fn check(
     if mode == AuthMode::Off {
         return Ok(None);
     }
+    let m = &snap.metrics;
     let token = match bearer(headers) {
         Bearer::Token(t) => t,
         Bearer::Missing if mode == AuthMode::Optional => return Ok(None),
-        Bearer::Missing => return Err(ProxyError::Unauthorized(None)),
+        Bearer::Missing => {
+            Metrics::count(&m.auth, "missing");
+            return Err(ProxyError::Unauthorized(None));
+        }
         Bearer::Malformed => {
+            Metrics::count(&m.auth, Reject::Malformed.label());
             return Err(ProxyError::Unauthorized(Some(
                 Reject::Malformed.description(),
             )));
         }
     };
-    let verified = verifier
-        .verify(token, unix_now())
-        .map_err(|r| ProxyError::Unauthorized(Some(r.description())))?;
+    let (verified, cached) = verifier.verify_traced(token, unix_now());
+    Metrics::count(&m.token_cache, if cached { "hit" } else { "miss" });
+    let verified = verified.map_err(|r| {
+        Metrics::count(&m.auth, r.label());
+        ProxyError::Unauthorized(Some(r.description()))
+    })?;
     if snap.revocation_enabled {
-        match snap.store.is_revoked(&verified).await {
+        let asked = std::time::Instant::now();
+        let (revoked, local) = snap.store.check_revoked(&verified).await;
+        if local {
+            Metrics::count(&m.revocation_view, "hit");
+        } else {
+            Metrics::count(&m.revocation_view, "miss");
+            m.store_observe("revocation_check", asked.elapsed(), revoked.is_err());
+        }
+        match revoked {
             Ok(false) => {}
             Ok(true) => {
+                Metrics::count(&m.auth, Reject::Revoked.label());
                 return Err(ProxyError::Unauthorized(Some(
                     Reject::Revoked.description(),
                 )));
             }
             Err(e) => match snap.on_error {
-                OnError::Closed => return Err(ProxyError::StoreUnavailable(e.to_string())),
+                OnError::Closed => {
+                    Metrics::count(&m.auth, "store_unavailable");
+                    return Err(ProxyError::StoreUnavailable(e.to_string()));
+                }
                 OnError::Open => {
+                    Metrics::count_op(&m.store_open_passes, "revocation");
                     warn!(error = %e, "revocation check skipped (store on_error = open)")
                 }
             },
         }
     }
+    Metrics::count(&m.auth, "ok");
     for (name, value) in &verified.forward {
         headers.insert(name.clone(), value.clone());
     }

@@ -5,11 +5,39 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
+
+use crate::error::ProxyError;
+
+/// Read the request body: at most `limit` bytes, and each chunk within `idle` of the last
+/// (a slow upload that keeps moving is fine; a stalled one is a 408).
+pub(super) async fn read_all(
+    mut body: Incoming,
+    limit: u64,
+    idle: Duration,
+) -> Result<Bytes, ProxyError> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(ProxyError::BodyTimeout),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => return Err(ProxyError::DownstreamAborted(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() as u64 + data.len() as u64 > limit {
+                return Err(ProxyError::BodyTooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {

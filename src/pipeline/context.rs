@@ -50,6 +50,8 @@ pub struct ConnInfo {
     pub awaiting_upstream: AtomicUsize,
     pub phase: watch::Receiver<Phase>,
     pub idle_timeout: Duration,
+    /// Counts the connection as open for as long as it (or a tunnel it became) lives.
+    _open: Option<crate::metrics::GaugeGuard>,
 }
 
 impl ConnInfo {
@@ -59,6 +61,7 @@ impl ConnInfo {
         permit: Option<OwnedSemaphorePermit>,
         phase: watch::Receiver<Phase>,
         idle_timeout: Duration,
+        open: Option<crate::metrics::GaugeGuard>,
     ) -> Self {
         // An IPv4 client on a dual-stack listener is logged and forwarded as a.b.c.d.
         let peer_ip = HeaderValue::try_from(peer.ip().to_canonical().to_string())
@@ -73,6 +76,7 @@ impl ConnInfo {
             awaiting_upstream: AtomicUsize::new(0),
             phase,
             idle_timeout,
+            _open: open,
         }
     }
 }
@@ -102,6 +106,25 @@ pub struct RequestCtx {
     pub uri: Uri,
     pub route: Option<Arc<str>>,
     pub upstream: Option<SocketAddr>,
+    /// Attempts made on replicas (retries included).
+    pub attempts: u32,
+    /// The verified token, for the access log's subject.
+    pub token: Option<Arc<crate::auth::VerifiedToken>>,
+    /// The request carried an idempotency key the route enforces.
+    pub keyed: bool,
+    /// The declared request body length.
+    pub bytes_in: Option<u64>,
+    /// Set while the request is being handled: if the handler is dropped before it has a
+    /// response (the client went away), `Drop` counts and logs the request as 499.
+    pub(super) on_abandon: Option<(Arc<crate::metrics::Metrics>, SocketAddr)>,
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        if let Some((metrics, peer)) = self.on_abandon.take() {
+            super::abandoned(self, &metrics, peer);
+        }
+    }
 }
 
 impl RequestCtx {
@@ -118,6 +141,14 @@ impl RequestCtx {
             uri: req.uri().clone(),
             route: None,
             upstream: None,
+            attempts: 0,
+            token: None,
+            keyed: false,
+            on_abandon: None,
+            bytes_in: req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
         }
     }
 }

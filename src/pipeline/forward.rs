@@ -86,6 +86,11 @@ fn websocket_upgrade(req: &Request<Incoming>) -> Option<HeaderValue> {
     }
 }
 
+/// How long the replica took from the request sent to its response head (a response
+/// extension, read by the access log).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct UpstreamTime(pub(super) std::time::Duration);
+
 /// Whether the request asks for a (WebSocket) upgrade: such requests are never re-sent.
 pub(super) fn asks_upgrade(req: &Request<Incoming>) -> bool {
     websocket_upgrade(req).is_some()
@@ -198,22 +203,45 @@ async fn relay(
     let req = Request::from_parts(parts, body);
     // In flight until the response head: what bounded-load hashing balances.
     let in_flight = crate::upstream::InFlight::new(upstream);
+    let m = &upstream.metrics;
+    m.selections.inc();
+    let sent = std::time::Instant::now();
     let result = tokio::select! {
         r = group.client.request(req) => r.map_err(|e| classify(e, upstream)),
         e = deadlines(uploaded, progress, conn, group.response_timeout) => Err(e),
     };
+    let upstream_time = sent.elapsed();
     drop(in_flight);
     // Passive health: the replica's own failures count against it; the client's don't.
     match &result {
-        Ok(r) => upstream.report(!r.status().is_server_error(), &group.health),
+        Ok(r) => {
+            let ok = !r.status().is_server_error();
+            m.upstream_duration.observe(upstream_time.as_secs_f64());
+            m.answered.inc();
+            if !ok {
+                m.failed.inc();
+            }
+            upstream.report(ok, &group.health)
+        }
         Err(
-            ProxyError::UpstreamConnect(_)
+            e @ (ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamBroken(_)
-            | ProxyError::UpstreamTimeout,
-        ) => upstream.report(false, &group.health),
+            | ProxyError::UpstreamTimeout),
+        ) => {
+            match e {
+                ProxyError::UpstreamConnect(_) => m.connect_errors.inc(),
+                ProxyError::UpstreamTimeout => m.timeouts.inc(),
+                _ => 0,
+            };
+            m.answered.inc();
+            m.failed.inc();
+            upstream.report(false, &group.health)
+        }
         Err(_) => {}
     }
     let mut resp = result?;
+    // For the access log: how long the replica took to its response head.
+    resp.extensions_mut().insert(UpstreamTime(upstream_time));
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {

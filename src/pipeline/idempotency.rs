@@ -21,6 +21,7 @@ use super::{ResponseBody, X_REQUEST_ID, forward};
 use crate::auth::VerifiedToken;
 use crate::config::{IdempotencyMode, IdempotencySettings, OnError};
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::snapshot::{Route, Snapshot};
 use crate::store::{Begin, IdemRecord, StoredResponse};
 
@@ -150,7 +151,7 @@ pub(super) async fn run(
     if declared.is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge);
     }
-    let body = read_body(body, limit, conn.idle_timeout).await?;
+    let body = super::body::read_all(body, limit, conn.idle_timeout).await?;
 
     let fp = fingerprint(&parts, &body);
     let subject = token.as_ref().and_then(|t| t.sub.as_deref());
@@ -162,7 +163,8 @@ pub(super) async fn run(
     }
     .encode();
 
-    match snap.store.idem_begin(&store_key, &lease, s.lock_ttl).await {
+    let begin = snap.store.idem_begin(&store_key, &lease, s.lock_ttl);
+    match snap.metrics.store_op("idem_begin", begin).await {
         Ok(Begin::Acquired) => {}
         Ok(Begin::Existing(record)) => return answer_from(record, &fp, &ctx.request_id),
         Err(e) => {
@@ -175,6 +177,7 @@ pub(super) async fn run(
             match snap.on_error {
                 OnError::Closed => return Err(ProxyError::StoreUnavailable(e.to_string())),
                 OnError::Open => {
+                    Metrics::count_op(&snap.metrics.store_open_passes, "idempotency");
                     warn!(error = %e, "idempotency skipped (store on_error = open): forwarding without a lease");
                     let group = &route.group;
                     let upstream =
@@ -220,25 +223,10 @@ pub(super) async fn run(
         .map_err(|e| ProxyError::Internal(format!("idempotent forward task: {e}")))?
 }
 
-/// Read the request body: at most `limit` bytes, and each chunk within `idle` of the last
-/// (a slow upload that keeps moving is fine; a stalled one is a 408).
-async fn read_body(mut body: Incoming, limit: u64, idle: Duration) -> Result<Bytes, ProxyError> {
-    let mut buf = bytes::BytesMut::new();
-    loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(ProxyError::BodyTimeout),
-            Ok(None) => return Ok(buf.freeze()),
-            Ok(Some(Err(e))) => return Err(ProxyError::DownstreamAborted(e.to_string())),
-            Ok(Some(Ok(f))) => f,
-        };
-        if let Ok(data) = frame.into_data() {
-            if buf.len() as u64 + data.len() as u64 > limit {
-                return Err(ProxyError::BodyTooLarge);
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-}
+/// Marks a response answered from a stored record (for metrics and the access log: a
+/// replica's own `Idempotent-Replayed` header proves nothing).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Replayed;
 
 /// What a stored record means for a duplicate.
 fn answer_from(
@@ -272,6 +260,7 @@ fn answer_from(
             }
             headers.insert(REPLAYED, HeaderValue::from_static("true"));
             headers.insert(X_REQUEST_ID, request_id.clone());
+            resp.extensions_mut().insert(Replayed);
             Ok(resp)
         }
     }
@@ -441,17 +430,19 @@ impl Job {
     /// Replace our lease with the result (None: release the key so the client may retry).
     async fn finish(&self, result: Option<String>) {
         let ttl: Duration = self.snap.idempotency.ttl;
-        match self
-            .snap
-            .store
-            .idem_finish(&self.store_key, &self.lease, result.as_deref(), ttl)
-            .await
-        {
+        let finish =
+            self.snap
+                .store
+                .idem_finish(&self.store_key, &self.lease, result.as_deref(), ttl);
+        match self.snap.metrics.store_op("idem_finish", finish).await {
             Ok(true) => {}
-            Ok(false) => warn!(
+            Ok(false) => {
+                Metrics::count(&self.snap.metrics.idempotency, "lease_expired");
+                warn!(
                 request_id = ?self.request_id,
                 "idempotency lease expired before the request finished; its result was not stored"
-            ),
+                )
+            }
             Err(e) => warn!(
                 request_id = ?self.request_id,
                 error = %e,

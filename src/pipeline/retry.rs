@@ -1,8 +1,9 @@
-//! Stage 6 for requests that can be re-sent: bodiless and not upgrades. RFC 9110 §9.2.2: a
-//! proxy must not blindly retry non-idempotent requests, so
+//! Stage 6 for requests that can be re-sent: not upgrades, and bodiless or with a small
+//! declared body held in memory. RFC 9110 §9.2.2: a proxy must not blindly retry
+//! non-idempotent requests, so
 //! - a connection that could not be made (nothing was sent) is retried for any method;
 //! - a reset or a timeout before the response head is retried only for GET, HEAD, OPTIONS,
-//!   PUT, DELETE and TRACE.
+//!   PUT, DELETE and TRACE: a POST or PATCH may already have been acted on.
 //!
 //! Each retry goes to a replica not tried yet, within the group's `retries` and its retry
 //! budget (retries add at most `retry_budget` to the request rate).
@@ -11,7 +12,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 use tracing::warn;
 
 use super::context::{ConnInfo, RequestCtx};
@@ -22,15 +22,27 @@ use crate::upstream::UpstreamGroup;
 /// At most 1 + 10 attempts (`retries` is capped at 10 when the config is loaded).
 const MAX_ATTEMPTS: usize = 11;
 
+/// Bodies up to this size (declared by Content-Length) are read whole so that they can be
+/// sent again; larger or chunked ones stream once.
+pub(super) const REPLAY_BODY_BYTES: u64 = 64 * 1024;
+
+/// Whether the request declares a body small enough to hold for a possible retry.
+pub(super) fn replayable_length<B>(req: &Request<B>, max_body_bytes: u64) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= REPLAY_BODY_BYTES.min(max_body_bytes))
+}
+
 pub(super) async fn forward_with_retries(
-    req: Request<Incoming>,
+    parts: http::request::Parts,
+    body: Bytes,
     first: usize,
     sticky: Option<u64>,
     ctx: &mut RequestCtx,
     conn: &Arc<ConnInfo>,
     group: &UpstreamGroup,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (parts, _empty_body) = req.into_parts();
     let idempotent = matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -41,6 +53,7 @@ pub(super) async fn forward_with_retries(
     loop {
         tried[attempts] = current;
         attempts += 1;
+        ctx.attempts = attempts as u32;
         let upstream = &group.servers[current];
         ctx.upstream = Some(upstream.address);
         let mut attempt = Request::new(());
@@ -51,7 +64,7 @@ pub(super) async fn forward_with_retries(
         let (attempt, ()) = attempt.into_parts();
         let err = match forward::send_buffered(
             attempt,
-            Bytes::new(),
+            body.clone(),
             &ctx.request_id,
             conn,
             group,
@@ -74,6 +87,7 @@ pub(super) async fn forward_with_retries(
             return Err(err);
         };
         if !group.withdraw_retry() {
+            group.metrics.retry_budget_exhausted.inc();
             warn!(request_id = ?ctx.request_id, "retry budget exhausted; not retrying");
             return Err(err);
         }
@@ -84,6 +98,34 @@ pub(super) async fn forward_with_retries(
             error = %err,
             "retrying on another replica"
         );
+        group.metrics.retries.inc();
         current = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_length(v: &str) -> Request<()> {
+        Request::post("/")
+            .header("content-length", v)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn only_small_declared_bodies_are_held_for_a_retry() {
+        assert!(replayable_length(&with_length("8"), 1 << 20));
+        assert!(replayable_length(&with_length("65536"), 1 << 20));
+        assert!(!replayable_length(&with_length("65537"), 1 << 20));
+        // The tighter of the replay limit and max_body_bytes.
+        assert!(!replayable_length(&with_length("100"), 99));
+        assert!(!replayable_length(&with_length("x"), 1 << 20));
+        // Chunked: no declared length, streamed once.
+        assert!(!replayable_length(
+            &Request::post("/").body(()).unwrap(),
+            1 << 20
+        ));
     }
 }

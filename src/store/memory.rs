@@ -17,7 +17,8 @@ pub struct MemoryStore {
     jtis: DashMap<String, u64>,
     /// sub → (revoked before, forget after).
     subs: DashMap<String, (u64, u64)>,
-    records: Records,
+    /// Retuned in place on reload (TTLs, leeway): the records themselves stay.
+    records: std::sync::RwLock<Records>,
     /// Idempotency records: key → (encoded record, expiry).
     idem: DashMap<String, (String, Instant)>,
     idem_calls: std::sync::atomic::AtomicU64,
@@ -28,10 +29,19 @@ impl MemoryStore {
         MemoryStore {
             jtis: DashMap::new(),
             subs: DashMap::new(),
-            records,
+            records: std::sync::RwLock::new(records),
             idem: DashMap::new(),
             idem_calls: Default::default(),
         }
+    }
+
+    /// Revocations held (jtis, subjects) and idempotency records.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.jtis.len(), self.subs.len(), self.idem.len())
+    }
+
+    pub fn retune(&self, records: Records) {
+        *self.records.write().unwrap_or_else(|e| e.into_inner()) = records;
     }
 
     /// Same contract as the Redis BEGIN script, atomic under the map's entry lock.
@@ -103,7 +113,11 @@ impl MemoryStore {
         self.subs.retain(|_, (_, until)| *until >= now);
         // The same TTLs as the Redis records.
         // Never weaken an existing revocation: the later expiry and cut-off win, as in Redis.
-        let (_, _, ttl) = self.records.record(r, now);
+        let (_, _, ttl) = self
+            .records
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(r, now);
         let until = now.saturating_add(ttl.as_secs());
         match r {
             Revoke::Jti { jti, .. } => {

@@ -79,23 +79,62 @@ impl Store {
     /// (call from within a tokio runtime).
     /// `leeway` is the JWT clock-skew allowance: a revoked jti is kept that much past the
     /// token's expiry, as long as a verifier could still accept the token.
+    /// `resyncs` counts each time a Redis view becomes coherent (a metric).
     pub fn new(
         store: &StoreSettings,
         revocation: &RevocationSettings,
         leeway: Duration,
+        resyncs: prometheus_client::metrics::counter::Counter,
     ) -> Result<Self, String> {
         let records = Records::new(revocation, leeway);
         match &store.redis_url {
             None => Ok(Store::Memory(Arc::new(MemoryStore::new(records)))),
-            Some(url) => Ok(Store::Redis(RedisStore::start(url, store, records)?)),
+            Some(url) => Ok(Store::Redis(RedisStore::start(
+                url, store, records, resyncs,
+            )?)),
+        }
+    }
+
+    /// What the status page shows of the store: its kind, whether it answers, the round
+    /// trip of one PING, the revocation view.
+    pub async fn status(&self) -> serde_json::Value {
+        match self {
+            Store::Memory(m) => {
+                let (jtis, subs, idem) = m.sizes();
+                serde_json::json!({
+                    "kind": "embedded", "connected": true, "latency_ms": 0.0,
+                    "revocation_view": "local",
+                    "revoked_tokens": jtis, "revoked_subjects": subs, "idempotency_records": idem,
+                })
+            }
+            Store::Redis(r) => {
+                let ping = r.ping().await;
+                let (jtis, subs) = r.view_size();
+                serde_json::json!({
+                    "kind": "redis",
+                    "connected": ping.is_ok(),
+                    "latency_ms": ping.as_ref().ok().map(|d| d.as_secs_f64() * 1000.0),
+                    "error": ping.err().map(|e| e.to_string()),
+                    "revocation_view": if r.view_trusted() { "synced" } else { "resyncing" },
+                    "revoked_tokens": jtis, "revoked_subjects": subs,
+                })
+            }
         }
     }
 
     /// Is this verified token revoked? Answered from local state when it can be; otherwise
     /// one Redis round trip under the store timeout.
     pub async fn is_revoked(&self, t: &VerifiedToken) -> Result<bool, StoreError> {
+        self.check_revoked(t).await.0
+    }
+
+    /// `is_revoked`, also telling whether local state answered (true) or Redis (false).
+    pub async fn check_revoked(&self, t: &VerifiedToken) -> (Result<bool, StoreError>, bool) {
         match self {
-            Store::Memory(m) => Ok(m.is_revoked(t.jti.as_deref(), t.sub.as_deref(), t.iat)),
+            Store::Memory(m) => (
+                Ok(m.is_revoked(t.jti.as_deref(), t.sub.as_deref(), t.iat)),
+                true,
+            ),
             Store::Redis(r) => {
                 r.is_revoked(t.jti.as_deref(), t.sub.as_deref(), t.iat)
                     .await
@@ -152,6 +191,15 @@ impl Store {
 
     pub fn is_embedded(&self) -> bool {
         matches!(self, Store::Memory(_))
+    }
+
+    /// Apply reloaded settings that do not change what the store is: the budget of remote
+    /// calls and the TTLs/leeway of written revocations.
+    pub fn retune(&self, timeout: Duration, records: Records) {
+        match self {
+            Store::Memory(m) => m.retune(records),
+            Store::Redis(r) => r.retune(timeout, records),
+        }
     }
 }
 

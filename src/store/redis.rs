@@ -61,8 +61,10 @@ struct View {
 #[derive(Debug)]
 pub struct RedisStore {
     prefix: String,
-    records: Records,
-    timeout: Duration,
+    /// TTLs and leeway of written records, and the budget of remote checks: retuned in place
+    /// on reload (the prefix is what the view tracks, so it never changes here).
+    records: std::sync::RwLock<Records>,
+    timeout_ms: std::sync::atomic::AtomicU64,
     view: View,
     /// The current session's connection, for fallback reads and writes. None between sessions.
     conn: Mutex<Option<MultiplexedConnection>>,
@@ -70,24 +72,63 @@ pub struct RedisStore {
     /// permitted, scan failing, reconnecting), so a healthy Redis is still asked.
     fallback: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     url: String,
+    /// Counts each time the view becomes coherent again (a metric).
+    resyncs: prometheus_client::metrics::counter::Counter,
 }
 
 impl RedisStore {
+    fn records(&self) -> Records {
+        self.records
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    pub fn retune(&self, timeout: Duration, records: Records) {
+        *self.records.write().unwrap_or_else(|e| e.into_inner()) = records;
+        self.timeout_ms.store(
+            timeout.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// Validate the URL and start the background session that keeps the view coherent.
-    pub fn start(url: &str, store: &StoreSettings, records: Records) -> Result<Arc<Self>, String> {
+    pub fn start(
+        url: &str,
+        store: &StoreSettings,
+        records: Records,
+        resyncs: prometheus_client::metrics::counter::Counter,
+    ) -> Result<Arc<Self>, String> {
         let url = resp3_url(url);
         redis::Client::open(url.as_str()).map_err(|e| format!("store.redis_url: {e}"))?;
         let s = Arc::new(RedisStore {
             prefix: records.prefix.clone(),
-            records,
-            timeout: store.timeout,
+            records: std::sync::RwLock::new(records),
+            timeout_ms: std::sync::atomic::AtomicU64::new(store.timeout.as_millis() as u64),
             view: View::default(),
             conn: Mutex::new(None),
             fallback: tokio::sync::Mutex::new(None),
             url,
+            resyncs,
         });
         tokio::spawn(sync_forever(Arc::downgrade(&s)));
         Ok(s)
+    }
+
+    /// One PING on the write connection, under the store timeout: the round trip.
+    pub async fn ping(&self) -> Result<Duration, StoreError> {
+        let start = Instant::now();
+        let _: String = self.eval(redis::cmd("PING"), self.timeout()).await?;
+        Ok(start.elapsed())
+    }
+
+    /// Revocations held in the local view (jtis, subjects).
+    pub fn view_size(&self) -> (usize, usize) {
+        (self.view.jtis.len(), self.view.subs.len())
     }
 
     /// Whether the local view is currently coherent with Redis.
@@ -95,18 +136,21 @@ impl RedisStore {
         self.view.trusted.load(Ordering::Acquire)
     }
 
+    /// The answer, and whether the local view gave it (false: Redis was asked).
     pub async fn is_revoked(
         &self,
         jti: Option<&str>,
         sub: Option<&str>,
         iat: Option<u64>,
-    ) -> Result<bool, StoreError> {
+    ) -> (Result<bool, StoreError>, bool) {
         if self.view_trusted() {
-            return Ok(self.is_revoked_locally(jti, sub, iat));
+            return (Ok(self.is_revoked_locally(jti, sub, iat)), true);
         }
-        tokio::time::timeout(self.timeout, self.is_revoked_remotely(jti, sub, iat))
+        let remote = tokio::time::timeout(self.timeout(), self.is_revoked_remotely(jti, sub, iat))
             .await
-            .map_err(|_| StoreError::Timeout)?
+            .map_err(|_| StoreError::Timeout)
+            .and_then(|r| r);
+        (remote, false)
     }
 
     fn is_revoked_locally(&self, jti: Option<&str>, sub: Option<&str>, iat: Option<u64>) -> bool {
@@ -165,9 +209,9 @@ impl RedisStore {
     pub async fn revoke(&self, r: &Revoke) -> Result<(), StoreError> {
         let mut conn = self.connection().await?;
         let write = async {
-            write_record(&mut conn, &self.records, r).await?;
+            write_record(&mut conn, &self.records(), r).await?;
             // Read-your-writes on this instance without waiting for the invalidation echo.
-            let (key, _, _) = self.records.record(r, unix_now());
+            let (key, _, _) = self.records().record(r, unix_now());
             refresh(self, &mut conn, std::slice::from_ref(&key)).await
         };
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {
@@ -189,7 +233,7 @@ impl RedisStore {
             .arg(key)
             .arg(lease)
             .arg(lock_ttl.as_millis() as u64);
-        let v: Option<String> = self.eval(cmd, self.timeout).await?;
+        let v: Option<String> = self.eval(cmd, self.timeout()).await?;
         Ok(match v {
             None => super::Begin::Acquired,
             Some(v) => super::Begin::Existing(super::IdemRecord::decode(&v)),
@@ -473,6 +517,7 @@ async fn session(store: &Weak<RedisStore>) -> Result<Synced, SessionError> {
             Pending::Keys(keys) => refresh(&s, &mut conn, &keys).await?,
         }
         s.view.trusted.store(true, Ordering::Release);
+        s.resyncs.inc();
         info!(keys = loaded, "revocation view in sync with Redis");
     }
 

@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::{Ring, RoundRobin};
 use crate::config::{Balance, HashKey, HealthSpec, UpstreamSpec};
+use crate::metrics::{GroupMetrics, Metrics, Name, ReplicaMetrics};
 
 /// The body type doorman sends upstream: the downstream body under the size limit.
 pub type UpstreamRequestBody = crate::pipeline::LimitedBody;
@@ -36,6 +37,7 @@ pub struct Upstream {
     /// Passive: consecutive connect failures / 5xx, and the ejection that may follow.
     failures: AtomicU32,
     ejected_until_ms: AtomicU64,
+    pub metrics: ReplicaMetrics,
 }
 
 /// Retries available when traffic is quiet (the budget's floor), and its cap, in milli-retries.
@@ -57,6 +59,39 @@ impl Upstream {
             && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
     }
 
+    /// The replica's state in words (status page): why it takes no traffic, or "up".
+    pub fn state(&self) -> &'static str {
+        if self.weight == 0 {
+            "drained"
+        } else if !self.healthy.load(Ordering::Relaxed) {
+            "unhealthy"
+        } else if self.ejected_until_ms.load(Ordering::Relaxed) > now_ms() {
+            "ejected"
+        } else {
+            "up"
+        }
+    }
+
+    /// Take over another replica's health state (the same address in the group a reload
+    /// replaced): passive failures and ejection always; the active-check verdict only when
+    /// checks still run (`active`) — otherwise nothing would ever bring it back.
+    fn inherit(&self, old: &Upstream, active: bool) {
+        let copy = |to: &AtomicU32, from: &AtomicU32| {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed)
+        };
+        if active {
+            self.healthy
+                .store(old.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
+            copy(&self.checks_ok, &old.checks_ok);
+            copy(&self.checks_failed, &old.checks_failed);
+        }
+        copy(&self.failures, &old.failures);
+        self.ejected_until_ms.store(
+            old.ejected_until_ms.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
+
     /// Passive health: the outcome of one proxied request (false: connect failure or 5xx).
     pub fn report(&self, ok: bool, health: &HealthSpec) {
         if ok {
@@ -68,6 +103,7 @@ impl Upstream {
             self.failures.store(0, Ordering::Relaxed);
             let until = now_ms() + health.eject_for.as_millis() as u64;
             self.ejected_until_ms.store(until, Ordering::Relaxed);
+            self.metrics.ejections.inc();
             tracing::warn!(upstream = %self.address, failures = n, eject_for = ?health.eject_for, "replica ejected");
         }
     }
@@ -117,6 +153,9 @@ pub struct Sticky {
 #[derive(Debug)]
 pub struct UpstreamGroup {
     pub name: String,
+    /// The name as a metric label.
+    pub label: Name,
+    pub metrics: GroupMetrics,
     pub servers: Vec<Upstream>,
     /// Round robin, and the fallback of a sticky group for requests without a key.
     pub balancer: RoundRobin,
@@ -134,7 +173,8 @@ pub struct UpstreamGroup {
 }
 
 impl UpstreamGroup {
-    pub fn build(spec: &UpstreamSpec) -> Self {
+    pub fn build(spec: &UpstreamSpec, metrics: &Metrics) -> Self {
+        let name = Name(spec.name.as_str().into());
         let servers: Vec<Upstream> = spec
             .servers
             .iter()
@@ -149,6 +189,7 @@ impl UpstreamGroup {
                 checks_failed: AtomicU32::new(0),
                 failures: AtomicU32::new(0),
                 ejected_until_ms: AtomicU64::new(0),
+                metrics: metrics.replica(&name, s.address),
             })
             .collect();
         let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
@@ -168,6 +209,8 @@ impl UpstreamGroup {
 
         UpstreamGroup {
             name: spec.name.clone(),
+            metrics: metrics.group(&name),
+            label: name,
             servers,
             balancer: RoundRobin::new(&weights),
             sticky: match &spec.balance {
@@ -223,6 +266,15 @@ impl UpstreamGroup {
         match (&self.sticky, key) {
             (Some(sticky), Some(hash)) => sticky.ring.pick(hash, ok),
             _ => self.balancer.select_where(ok),
+        }
+    }
+
+    /// After a reload changed this group: replicas that stayed keep their health state.
+    pub fn inherit_health(&self, old: &UpstreamGroup) {
+        for s in &self.servers {
+            if let Some(o) = old.servers.iter().find(|o| o.address == s.address) {
+                s.inherit(o, self.health.path.is_some());
+            }
         }
     }
 
@@ -292,7 +344,11 @@ impl UpstreamGroup {
     /// `ceil(factor × (in-flight + 1) / replicas)` passes the key on along the ring.
     pub fn select_for(&self, key: Option<u64>) -> Option<usize> {
         let usable = |i: usize| self.servers[i].usable();
-        let (Some(sticky), Some(hash)) = (&self.sticky, key) else {
+        let Some(sticky) = &self.sticky else {
+            return self.balancer.select_where(usable);
+        };
+        let Some(hash) = key else {
+            self.metrics.hash_fallbacks.inc();
             return self.balancer.select_where(usable);
         };
         let Some(factor) = sticky.balance_factor else {
@@ -306,13 +362,18 @@ impl UpstreamGroup {
             .map(|s| s.in_flight.load(Ordering::Relaxed))
             .sum();
         let scale = factor * (total + 1) as f64 / f64::from(self.total_weight.max(1));
-        sticky
+        let home = sticky.ring.pick(hash, usable);
+        let picked = sticky
             .ring
             .pick(hash, |i| {
                 let s = &self.servers[i];
                 let cap = (scale * f64::from(s.weight)).ceil() as usize;
                 s.usable() && s.in_flight.load(Ordering::Relaxed) < cap
             })
-            .or_else(|| sticky.ring.pick(hash, usable))
+            .or(home);
+        if picked != home {
+            self.metrics.bounded_load_spills.inc();
+        }
+        picked
     }
 }

@@ -92,11 +92,17 @@ impl JwtKit {
     /// `[auth]` with every key (files written now), issuer/audience set, sub and scope
     /// forwarded; `extra` lines go inside `[auth]`.
     pub fn auth_toml(&self, extra: &str) -> String {
+        let all: Vec<&str> = self.keys.iter().map(|k| k.kid.as_str()).collect();
+        self.auth_toml_for(&all, extra)
+    }
+
+    /// `auth_toml` trusting only the keys named in `kids`.
+    pub fn auth_toml_for(&self, kids: &[&str], extra: &str) -> String {
         let mut out = format!(
             "[auth]\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\nleeway = \"30s\"\n\
              forward_claims = {{ sub = \"x-user-id\", scope = \"x-user-scope\" }}\n{extra}\n"
         );
-        for k in &self.keys {
+        for k in self.keys.iter().filter(|k| kids.contains(&k.kid.as_str())) {
             let path = self.dir.path().join(&k.kid);
             std::fs::write(&path, &k.public).unwrap();
             let source = match k.alg {

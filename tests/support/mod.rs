@@ -5,7 +5,6 @@
 
 pub mod jwt;
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -147,6 +146,7 @@ pub struct Seen {
 ///   (`{"call":N,"len":L}`), plus content-type, set-cookie and x-custom headers
 /// - `/sleep-once/{ms}`: the first such call sleeps, later ones answer at once
 /// - `/health`: 200 or 503 as set by `set_healthy` (not recorded)
+/// - `/abort...`: read the body, record the request, then drop the connection unanswered
 /// - `/ws`: accept an HTTP/1.1 upgrade and echo bytes on the upgraded connection
 /// - anything else: `200 ok` after reading the whole body (its length goes in `Seen`)
 #[derive(Clone)]
@@ -160,6 +160,7 @@ pub struct Replica {
     healthy: Arc<std::sync::atomic::AtomicBool>,
     /// Notified when a `/upload-gate` request has received its first body chunk.
     pub first_chunk: Arc<Notify>,
+    killed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Replica {
@@ -174,25 +175,42 @@ impl Replica {
             calls: Arc::default(),
             healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             first_chunk: Arc::default(),
+            killed: Arc::new(tokio::sync::watch::channel(false).0),
         };
         let r = replica.clone();
         tokio::spawn(async move {
+            let mut killed = r.killed.subscribe();
             loop {
-                let Ok((tcp, _)) = listener.accept().await else {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = killed.wait_for(|k| *k) => return,
+                };
+                let Ok((tcp, _)) = accepted else {
                     continue;
                 };
                 r.connections.fetch_add(1, Ordering::SeqCst);
+                let _ = tcp.set_nodelay(true);
                 let r = r.clone();
+                let mut killed = r.killed.subscribe();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| r.clone().answer(req));
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc)
-                        .with_upgrades()
-                        .await;
+                        .with_upgrades();
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = killed.wait_for(|k| *k) => {}
+                    }
                 });
             }
         });
         replica
+    }
+
+    /// Die as a crashed process would: the listener closes (connects are refused) and every
+    /// open connection drops, mid-request or not. Not undone.
+    pub fn kill(&self) {
+        self.killed.send_replace(true);
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -221,9 +239,19 @@ impl Replica {
         });
     }
 
-    async fn answer(self, mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+    async fn answer(self, mut req: Request<Incoming>) -> Result<Response<TestBody>, BoxError> {
         let path = req.uri().path().to_string();
-        let mut resp = if path == "/health" {
+        let mut resp = if path.starts_with("/abort") {
+            let (parts, body) = req.into_parts();
+            let n = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            self.record(&Request::from_parts(parts, ()), n as u64);
+            // An error from the service makes hyper drop the connection without a response.
+            return Err("reset on purpose".into());
+        } else if path == "/health" {
             let mut r = Response::new(full("health"));
             if !self.healthy.load(Ordering::SeqCst) {
                 *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -464,6 +492,11 @@ pub struct TestProxy {
     /// The config the proxy runs, with its listeners at port 0.
     pub text: String,
     pub pki: Arc<TestPki>,
+    /// `[server]` and `[[tls.certificates]]`: what `reload_rest` keeps.
+    head: String,
+    /// Set for proxies started with `start_reloadable`: the config file and its reloader.
+    pub config_path: Option<PathBuf>,
+    pub reloader: Option<Arc<doorman::reload::Reloader>>,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<io::Result<()>>,
 }
@@ -501,25 +534,95 @@ impl TestProxy {
         tls: &str,
         rest: &str,
     ) -> TestProxy {
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nplain_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server_extra}\n{tls}\n{rest}"
+        Self::launch(pki, server_extra, tls, rest, false).await
+    }
+
+    /// Like `start`, from a config file that `reload_rest` / `reload_text` rewrite and
+    /// reload through the same path as SIGHUP and `POST /reload`.
+    pub async fn start_reloadable(server_extra: &str, rest: &str) -> TestProxy {
+        let pki = Arc::new(TestPki::new());
+        let leaf = pki.leaf("localhost", &["localhost", "127.0.0.1"]);
+        let tls = cert_toml(&leaf, &["localhost"]);
+        Self::launch(pki, server_extra, &tls, rest, true).await
+    }
+
+    pub async fn start_reloadable_with(
+        pki: Arc<TestPki>,
+        server_extra: &str,
+        tls: &str,
+        rest: &str,
+    ) -> TestProxy {
+        Self::launch(pki, server_extra, tls, rest, true).await
+    }
+
+    async fn launch(
+        pki: Arc<TestPki>,
+        server_extra: &str,
+        tls: &str,
+        rest: &str,
+        reloadable: bool,
+    ) -> TestProxy {
+        let head = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nplain_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server_extra}\n{tls}\n"
         );
+        let text = format!("{head}{rest}");
         let config = doorman::config::parse(&text, std::path::Path::new("test.toml"))
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
         let listeners = Listeners::bind(&config.server).await.unwrap();
         let addrs = listeners.addrs().unwrap();
         let snapshot = Snapshot::build(&config).unwrap().into_shared();
         let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(server::run(listeners, snapshot, async move {
+        let stopped = async move {
             let _ = stopped.await;
-        }));
+        };
+        let (config_path, reloader, done) = if reloadable {
+            let path = pki
+                .dir
+                .path()
+                .join(format!("proxy-{:x}.toml", fastrand::u64(..)));
+            std::fs::write(&path, &text).unwrap();
+            let (reloader, requests) = doorman::reload::Reloader::new(&path, &text);
+            let done = tokio::spawn(server::run_reloadable(
+                listeners,
+                snapshot,
+                stopped,
+                Some((reloader.clone(), requests)),
+            ));
+            (Some(path), Some(reloader), done)
+        } else {
+            (
+                None,
+                None,
+                tokio::spawn(server::run(listeners, snapshot, stopped)),
+            )
+        };
         TestProxy {
             addrs,
             text,
             pki,
+            head,
+            config_path,
+            reloader,
             stop: Some(stop),
             done,
         }
+    }
+
+    /// Rewrite the config file with the same `[server]` and TLS and a new `rest`, and reload.
+    pub async fn reload_rest(&self, rest: &str) -> doorman::reload::ReloadStatus {
+        self.reload_text(&format!("{}{rest}", self.head)).await
+    }
+
+    /// Rewrite the whole config file and reload.
+    pub async fn reload_text(&self, text: &str) -> doorman::reload::ReloadStatus {
+        let path = self
+            .config_path
+            .as_ref()
+            .expect("started with start_reloadable");
+        std::fs::write(path, text).unwrap();
+        within("reload", self.reloader.as_ref().unwrap().reload())
+            .await
+            .expect("the server is running")
     }
 
     /// Begin graceful shutdown (returns at once).
@@ -548,6 +651,19 @@ impl TestProxy {
         Client::connect(self.addrs.tls, &self.pki, "localhost", &[b"h2"])
             .await
             .unwrap()
+    }
+
+    /// A client without Nagle's algorithm, for tests that measure latency: a head and a
+    /// body written apart must not wait for a delayed ACK (40 ms). Not the default, so the
+    /// other tests keep the timing of an ordinary client.
+    pub async fn fast(&self, alpn: &'static [u8]) -> Client {
+        let cfg = self.pki.client_config(&[alpn], &[&rustls::version::TLS13]);
+        let tcp = TcpStream::connect(self.addrs.tls).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let name = ServerName::try_from("localhost".to_string()).unwrap();
+        let tls = TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        Client::over(TokioIo::new(tls), h2).await
     }
 
     /// One GET over a fresh HTTP/1.1 connection.

@@ -1,0 +1,587 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text on `GET /metrics`).
+//!
+//! One `Metrics` per running proxy, held by the snapshot and handed on by every reload, so
+//! counts survive reloads and two proxies in one process (tests) never mix. Label values
+//! are bounded by the configuration: route prefixes, group names, replica addresses, fixed
+//! outcome names — never request ids, keys, tokens or raw paths. Per-replica handles are
+//! resolved once when a group is built (`ReplicaMetrics`) and the in-flight gauges once per
+//! process; per request there remain the request counter (one family lookup with shared,
+//! allocation-free labels) and the route's duration histogram (a lookup and a short lock).
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A label value shared rather than copied (route prefixes, group names).
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct Name(pub Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, w: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        w.write_str(&self.0)
+    }
+}
+
+/// A replica address, or "-" when no replica was involved.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub struct Replica(pub Option<SocketAddr>);
+
+impl EncodeLabelValue for Replica {
+    fn encode(&self, w: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match self.0 {
+            Some(a) => write!(w, "{a}"),
+            None => w.write_str("-"),
+        }
+    }
+}
+
+/// The method, folded into a fixed set.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum MethodLabel {
+    GET,
+    HEAD,
+    POST,
+    PUT,
+    PATCH,
+    DELETE,
+    OPTIONS,
+    OTHER,
+}
+
+impl MethodLabel {
+    pub fn of(m: &http::Method) -> Self {
+        match *m {
+            http::Method::GET => Self::GET,
+            http::Method::HEAD => Self::HEAD,
+            http::Method::POST => Self::POST,
+            http::Method::PUT => Self::PUT,
+            http::Method::PATCH => Self::PATCH,
+            http::Method::DELETE => Self::DELETE,
+            http::Method::OPTIONS => Self::OPTIONS,
+            _ => Self::OTHER,
+        }
+    }
+}
+
+/// 1xx … 5xx: holds the class only, so 200 and 204 are one series.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub struct StatusClass(u16);
+
+impl StatusClass {
+    pub fn of(status: u16) -> Self {
+        StatusClass(status / 100)
+    }
+}
+
+impl EncodeLabelValue for StatusClass {
+    fn encode(&self, w: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        write!(w, "{}xx", self.0)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: Name,
+    pub method: MethodLabel,
+    pub status: StatusClass,
+    pub upstream: Replica,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: Name,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub group: Name,
+    pub replica: Replica,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub group: Name,
+}
+
+/// An outcome from a fixed vocabulary (ok, a failure reason, hit/miss, ...).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+/// A state-store operation, or the feature a store failure was let through for.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigLabels {
+    pub hash: String,
+}
+
+fn latency() -> Histogram {
+    // 100 µs … ~52 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn histograms<L: Clone + std::hash::Hash + Eq>() -> Histograms<L> {
+    Family::new_with_constructor(latency)
+}
+
+/// Every metric doorman exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub started: Instant,
+    /// The route label of requests that matched no route.
+    pub no_route: Name,
+    /// In-flight gauges for h1 and h2, resolved once.
+    pub in_flight_h1: Gauge,
+    pub in_flight_h2: Gauge,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Histograms<RouteLabels>,
+    pub upstream_duration: Histograms<ReplicaLabels>,
+    pub connections: Family<ProtocolLabels, Gauge>,
+    pub in_flight: Family<ProtocolLabels, Gauge>,
+    pub tls_handshakes: Family<OutcomeLabels, Counter>,
+    pub replica_up: Family<ReplicaLabels, Gauge>,
+    pub replica_in_flight: Family<ReplicaLabels, Gauge>,
+    pub ejections: Family<ReplicaLabels, Counter>,
+    pub connect_errors: Family<ReplicaLabels, Counter>,
+    pub upstream_timeouts: Family<ReplicaLabels, Counter>,
+    pub selections: Family<ReplicaLabels, Counter>,
+    pub retries: Family<GroupLabels, Counter>,
+    pub retry_budget_exhausted: Family<GroupLabels, Counter>,
+    pub hash_fallbacks: Family<GroupLabels, Counter>,
+    pub bounded_load_spills: Family<GroupLabels, Counter>,
+    pub auth: Family<OutcomeLabels, Counter>,
+    pub token_cache: Family<OutcomeLabels, Counter>,
+    pub revocation_view: Family<OutcomeLabels, Counter>,
+    pub idempotency: Family<OutcomeLabels, Counter>,
+    pub store_duration: Histograms<OpLabels>,
+    pub store_errors: Family<OpLabels, Counter>,
+    pub store_open_passes: Family<OpLabels, Counter>,
+    pub revocation_resyncs: Counter,
+    pub reloads: Family<OutcomeLabels, Counter>,
+    pub config: Family<ConfigLabels, Gauge>,
+    /// Not exported (the request counter has them by route): per-replica answers and
+    /// failures for the status page's error rates, kept across group rebuilds.
+    answered: Family<ReplicaLabels, Counter>,
+    failed: Family<ReplicaLabels, Counter>,
+    /// Replicas and groups that have series, so a reload can drop those it removed.
+    known_replicas: Mutex<HashSet<ReplicaLabels>>,
+    known_groups: Mutex<HashSet<GroupLabels>>,
+    /// The config hash exported now (its series is replaced, never cleared).
+    config_hash: Mutex<Option<String>>,
+    log_dropped: Counter,
+    log_dropped_seen: AtomicU64,
+}
+
+/// Lines the log writer thread dropped because its buffer was full (set by `main`).
+static LOG_DROPPED: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> = OnceLock::new();
+
+/// Tell the metrics where to read the log writer's dropped-line count.
+pub fn set_log_dropped_source(f: impl Fn() -> u64 + Send + Sync + 'static) {
+    let _ = LOG_DROPPED.set(Box::new(f));
+}
+
+/// A replica's metric handles, resolved once per group build.
+#[derive(Debug, Clone)]
+pub struct ReplicaMetrics {
+    pub selections: Counter,
+    pub ejections: Counter,
+    pub connect_errors: Counter,
+    pub timeouts: Counter,
+    pub upstream_duration: Histogram,
+    /// Answers from this replica (any status) and 5xx/failed ones, for the status page.
+    pub answered: Counter,
+    pub failed: Counter,
+}
+
+/// A group's metric handles.
+#[derive(Debug, Clone)]
+pub struct GroupMetrics {
+    pub retries: Counter,
+    pub retry_budget_exhausted: Counter,
+    pub hash_fallbacks: Counter,
+    pub bounded_load_spills: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let in_flight: Family<ProtocolLabels, Gauge> = Family::default();
+        let gauge = |protocol| {
+            in_flight
+                .get_or_create(&ProtocolLabels { protocol })
+                .clone()
+        };
+        let (in_flight_h1, in_flight_h2) = (gauge("h1"), gauge("h2"));
+        let m = Metrics {
+            registry: Registry::with_prefix("doorman"),
+            started: Instant::now(),
+            no_route: Name("-".into()),
+            in_flight_h1,
+            in_flight_h2,
+            requests: Family::default(),
+            request_duration: histograms(),
+            upstream_duration: histograms(),
+            connections: Family::default(),
+            in_flight,
+            tls_handshakes: Family::default(),
+            replica_up: Family::default(),
+            replica_in_flight: Family::default(),
+            ejections: Family::default(),
+            connect_errors: Family::default(),
+            upstream_timeouts: Family::default(),
+            selections: Family::default(),
+            retries: Family::default(),
+            retry_budget_exhausted: Family::default(),
+            hash_fallbacks: Family::default(),
+            bounded_load_spills: Family::default(),
+            auth: Family::default(),
+            token_cache: Family::default(),
+            revocation_view: Family::default(),
+            idempotency: Family::default(),
+            store_duration: histograms(),
+            store_errors: Family::default(),
+            store_open_passes: Family::default(),
+            revocation_resyncs: Counter::default(),
+            reloads: Family::default(),
+            config: Family::default(),
+            answered: Family::default(),
+            failed: Family::default(),
+            known_replicas: Default::default(),
+            known_groups: Default::default(),
+            config_hash: Default::default(),
+            log_dropped: Counter::default(),
+            log_dropped_seen: AtomicU64::new(0),
+        };
+        m.register()
+    }
+
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "requests",
+            "Requests answered, by route, method, status class and replica",
+            self.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time from request head to response head, downstream",
+            self.request_duration.clone(),
+        );
+        r.register(
+            "upstream_duration_seconds",
+            "Time from sending to a replica to its response head",
+            self.upstream_duration.clone(),
+        );
+        r.register(
+            "connections",
+            "Open downstream connections by protocol",
+            self.connections.clone(),
+        );
+        r.register(
+            "in_flight_requests",
+            "Requests being handled, by protocol",
+            self.in_flight.clone(),
+        );
+        r.register(
+            "tls_handshakes",
+            "TLS handshakes by result (ok, or the failure reason)",
+            self.tls_handshakes.clone(),
+        );
+        r.register(
+            "replica_up",
+            "1 while a replica may take traffic (healthy, not ejected, weight > 0)",
+            self.replica_up.clone(),
+        );
+        r.register(
+            "replica_in_flight",
+            "Requests sent to a replica and waiting for its response head",
+            self.replica_in_flight.clone(),
+        );
+        r.register(
+            "replica_ejections",
+            "Passive ejections after consecutive failures",
+            self.ejections.clone(),
+        );
+        r.register(
+            "upstream_connect_errors",
+            "Connections to a replica that failed",
+            self.connect_errors.clone(),
+        );
+        r.register(
+            "upstream_timeouts",
+            "Replica answers slower than response_timeout",
+            self.upstream_timeouts.clone(),
+        );
+        r.register(
+            "balancer_selections",
+            "Times the balancer picked a replica (first attempts and retries)",
+            self.selections.clone(),
+        );
+        r.register(
+            "retries",
+            "Requests re-sent on another replica",
+            self.retries.clone(),
+        );
+        r.register(
+            "retry_budget_exhausted",
+            "Retries refused because the group's retry budget was spent",
+            self.retry_budget_exhausted.clone(),
+        );
+        r.register(
+            "hash_fallbacks",
+            "Consistent-hash requests without a key, sent round robin",
+            self.hash_fallbacks.clone(),
+        );
+        r.register(
+            "bounded_load_spills",
+            "Consistent-hash keys passed on because their replica was at its load cap",
+            self.bounded_load_spills.clone(),
+        );
+        r.register(
+            "auth_verifications",
+            "Bearer token checks by outcome",
+            self.auth.clone(),
+        );
+        r.register(
+            "auth_token_cache",
+            "Verified-token cache lookups (hit, miss)",
+            self.token_cache.clone(),
+        );
+        r.register(
+            "revocation_checks",
+            "Revocation checks: answered by the local view (hit) or by Redis (miss)",
+            self.revocation_view.clone(),
+        );
+        r.register("idempotency", "Keyed requests by outcome (first, replay, conflict, mismatch, not_replayable, bad_key, failed) and leases that expired before their result was stored (lease_expired)", self.idempotency.clone());
+        r.register(
+            "store_duration_seconds",
+            "State store operations on the request path",
+            self.store_duration.clone(),
+        );
+        r.register(
+            "store_errors",
+            "State store operations that failed or timed out",
+            self.store_errors.clone(),
+        );
+        r.register(
+            "store_open_passes",
+            "Requests let through because the store failed and on_error = open",
+            self.store_open_passes.clone(),
+        );
+        r.register(
+            "reloads",
+            "Configuration reloads by result",
+            self.reloads.clone(),
+        );
+        r.register(
+            "config_loaded_timestamp_seconds",
+            "When the running configuration (by hash) was loaded",
+            self.config.clone(),
+        );
+        self
+    }
+
+    /// Handles for one replica of `group`.
+    pub fn replica(&self, group: &Name, addr: SocketAddr) -> ReplicaMetrics {
+        let l = ReplicaLabels {
+            group: group.clone(),
+            replica: Replica(Some(addr)),
+        };
+        lock(&self.known_replicas).insert(l.clone());
+        ReplicaMetrics {
+            selections: self.selections.get_or_create(&l).clone(),
+            ejections: self.ejections.get_or_create(&l).clone(),
+            connect_errors: self.connect_errors.get_or_create(&l).clone(),
+            timeouts: self.upstream_timeouts.get_or_create(&l).clone(),
+            upstream_duration: self.upstream_duration.get_or_create(&l).clone(),
+            answered: self.answered.get_or_create(&l).clone(),
+            failed: self.failed.get_or_create(&l).clone(),
+        }
+    }
+
+    pub fn group(&self, group: &Name) -> GroupMetrics {
+        let l = GroupLabels {
+            group: group.clone(),
+        };
+        lock(&self.known_groups).insert(l.clone());
+        GroupMetrics {
+            retries: self.retries.get_or_create(&l).clone(),
+            retry_budget_exhausted: self.retry_budget_exhausted.get_or_create(&l).clone(),
+            hash_fallbacks: self.hash_fallbacks.get_or_create(&l).clone(),
+            bounded_load_spills: self.bounded_load_spills.get_or_create(&l).clone(),
+        }
+    }
+
+    pub fn count(family: &Family<OutcomeLabels, Counter>, outcome: &'static str) {
+        family.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn count_op(family: &Family<OpLabels, Counter>, op: &'static str) {
+        family.get_or_create(&OpLabels { op }).inc();
+    }
+
+    /// Record one state-store operation that took `took`.
+    pub fn store_observe(&self, op: &'static str, took: std::time::Duration, failed: bool) {
+        let l = OpLabels { op };
+        self.store_duration
+            .get_or_create(&l)
+            .observe(took.as_secs_f64());
+        if failed {
+            self.store_errors.get_or_create(&l).inc();
+        }
+    }
+
+    /// Time a state-store operation and count its failure.
+    pub async fn store_op<T, E>(
+        &self,
+        op: &'static str,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let start = Instant::now();
+        let result = f.await;
+        self.store_observe(op, start.elapsed(), result.is_err());
+        result
+    }
+
+    /// The running configuration: one series, its hash, valued at its load time. The new
+    /// series exists before the old one goes, so a scrape never sees none.
+    pub fn set_config(&self, hash: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut current = lock(&self.config_hash);
+        self.config
+            .get_or_create(&ConfigLabels {
+                hash: hash.to_string(),
+            })
+            .set(now);
+        if let Some(old) = current.replace(hash.to_string())
+            && old != hash
+        {
+            self.config.remove(&ConfigLabels { hash: old });
+        }
+    }
+
+    /// After a reload: drop the series of replicas and groups no longer configured, so
+    /// they neither linger as flat lines nor pile up as addresses change. Series of those
+    /// that stayed keep counting.
+    pub fn retain(&self, groups: &[std::sync::Arc<crate::upstream::UpstreamGroup>]) {
+        let live: HashSet<ReplicaLabels> = groups
+            .iter()
+            .flat_map(|g| {
+                g.servers.iter().map(|s| ReplicaLabels {
+                    group: g.label.clone(),
+                    replica: Replica(Some(s.address)),
+                })
+            })
+            .collect();
+        let mut known = lock(&self.known_replicas);
+        for gone in known.difference(&live) {
+            self.selections.remove(gone);
+            self.ejections.remove(gone);
+            self.connect_errors.remove(gone);
+            self.upstream_timeouts.remove(gone);
+            self.upstream_duration.remove(gone);
+            self.replica_up.remove(gone);
+            self.replica_in_flight.remove(gone);
+            self.answered.remove(gone);
+            self.failed.remove(gone);
+        }
+        *known = live;
+        let live: HashSet<GroupLabels> = groups
+            .iter()
+            .map(|g| GroupLabels {
+                group: g.label.clone(),
+            })
+            .collect();
+        let mut known = lock(&self.known_groups);
+        for gone in known.difference(&live) {
+            self.retries.remove(gone);
+            self.retry_budget_exhausted.remove(gone);
+            self.hash_fallbacks.remove(gone);
+            self.bounded_load_spills.remove(gone);
+        }
+        *known = live;
+    }
+
+    /// Read what is only known at scrape time: replica liveness and in-flight counts from
+    /// the live groups (set in place: a concurrent scrape never sees them missing), and
+    /// the log writer's dropped lines.
+    pub fn refresh(&self, groups: &[std::sync::Arc<crate::upstream::UpstreamGroup>]) {
+        for g in groups {
+            for s in &g.servers {
+                let l = ReplicaLabels {
+                    group: g.label.clone(),
+                    replica: Replica(Some(s.address)),
+                };
+                self.replica_up.get_or_create(&l).set(i64::from(s.usable()));
+                self.replica_in_flight
+                    .get_or_create(&l)
+                    .set(s.in_flight.load(Ordering::Relaxed) as i64);
+            }
+        }
+        if let Some(dropped) = LOG_DROPPED.get().map(|f| f()) {
+            let seen = self.log_dropped_seen.swap(dropped, Ordering::Relaxed);
+            self.log_dropped.inc_by(dropped.saturating_sub(seen));
+        }
+    }
+
+    /// OpenMetrics text of everything.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// Counts a value in a gauge while alive (connections, in-flight requests).
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub fn new(g: Gauge) -> Self {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
