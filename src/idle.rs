@@ -1,10 +1,12 @@
 //! Idle detection without a clock read per poll: an IO wrapper counts reads and writes, and
-//! `quiet()` resolves once the count has not moved for a whole idle period.
+//! `quiet()` resolves once the count has not moved for a whole idle period. The same
+//! wrapper does the lingering close (see `Tracked::lingering`).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,15 +33,49 @@ pub async fn quiet(activity: &AtomicU64, idle: Duration, busy: impl Fn() -> bool
     }
 }
 
+/// A lingering close reads and discards for at most this long in all...
+const LINGER_TOTAL: Duration = Duration::from_secs(5);
+/// ...and gives up once the client has sent nothing for this long.
+const LINGER_QUIET: Duration = Duration::from_secs(1);
+
 /// Counts every completed read and write on the wrapped IO.
 pub struct Tracked<I> {
     inner: I,
     activity: Arc<AtomicU64>,
+    linger: Option<Linger>,
+}
+
+/// Closing a socket with unread bytes in its receive buffer makes the kernel send a reset,
+/// which can destroy a response the client has not read yet — typically an error answered
+/// before the client finished uploading its body (a 413, a 502). So when `wanted` is set,
+/// shutdown first ends our side (FIN, after TLS close_notify), then reads and discards what
+/// the client still sends until it closes or goes quiet, as nginx's `lingering_close`.
+struct Linger {
+    wanted: Arc<AtomicBool>,
+    /// Set once our side is shut down and draining has begun: the overall deadline and
+    /// the timer (reset by each read to the quiet deadline, capped by the overall one).
+    draining: Option<(tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl<I> Tracked<I> {
     pub fn new(inner: I, activity: Arc<AtomicU64>) -> Self {
-        Tracked { inner, activity }
+        Tracked {
+            inner,
+            activity,
+            linger: None,
+        }
+    }
+
+    /// Like `new`, with a lingering close whenever `wanted` is set at shutdown.
+    pub fn lingering(inner: I, activity: Arc<AtomicU64>, wanted: Arc<AtomicBool>) -> Self {
+        Tracked {
+            inner,
+            activity,
+            linger: Some(Linger {
+                wanted,
+                draining: None,
+            }),
+        }
     }
 
     #[inline]
@@ -62,7 +98,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -96,7 +132,40 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        let Some(linger) = this
+            .linger
+            .as_mut()
+            .filter(|l| l.draining.is_some() || l.wanted.load(Ordering::Relaxed))
+        else {
+            return Pin::new(&mut this.inner).poll_shutdown(cx);
+        };
+        if linger.draining.is_none() {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            let now = tokio::time::Instant::now();
+            let sleep = Box::pin(tokio::time::sleep_until(now + LINGER_QUIET));
+            linger.draining = Some((now + LINGER_TOTAL, sleep));
+        }
+        let (until, sleep) = linger.draining.as_mut().expect("draining was just set");
+        let mut scratch = [0u8; 8192];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                // The client closed (or broke) its side: nothing more can arrive.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    let next = (tokio::time::Instant::now() + LINGER_QUIET).min(*until);
+                    sleep.as_mut().reset(next);
+                }
+                Poll::Pending => {
+                    return match sleep.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Ok(())),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
     }
 }
 

@@ -418,7 +418,11 @@ async fn serve<I>(io: I, conn: Arc<ConnInfo>, settings: ConnLimits, snapshot: Sh
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = TokioIo::new(Tracked::new(io, conn.activity.clone()));
+    let io = TokioIo::new(Tracked::lingering(
+        io,
+        conn.activity.clone(),
+        conn.linger.clone(),
+    ));
     let svc_conn = conn.clone();
     let svc = service_fn(move |req| {
         // Each request takes the snapshot current when it starts and keeps it to the end.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::{Method, Request};
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Asserts a JSON error response and returns its request id.
 fn assert_json_error(status: u16, resp: &http::Response<()>, body: &[u8], want: (u16, &str)) {
@@ -214,6 +215,39 @@ async fn oversized_body_is_413_declared_or_streamed() {
     let resp = c.send(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(body_bytes(resp.into_body()).await, "ok 1024");
+    p.stop().await;
+}
+
+/// An error answered before the upload ends must still reach the client: closing with the
+/// rest of the body unread would make the kernel reset the connection and destroy the
+/// response (lingering close, as nginx).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_early_413_survives_the_rest_of_the_upload() {
+    let r = Replica::start("r").await;
+    let p = TestProxy::start(
+        "max_body_bytes = 1024",
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+    let addr = p.addrs.plain.unwrap();
+    for _ in 0..3 {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let len = 1024 * 1024;
+        let head = format!("POST /up HTTP/1.1\r\nhost: a\r\ncontent-length: {len}\r\n\r\n");
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        // The 413 is written and the server side closes while the body is still to come.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..len / chunk.len() {
+            within("upload", tcp.write_all(&chunk)).await.unwrap();
+        }
+        let mut out = Vec::new();
+        within("response", tcp.read_to_end(&mut out)).await.unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+        assert!(out.contains("request body too large"), "{out}");
+    }
+    assert_eq!(r.count(), 0);
     p.stop().await;
 }
 

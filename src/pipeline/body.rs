@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -57,6 +57,9 @@ pub struct LimitedBody {
     /// Bumped on every frame, so a stalled upload can be told from a moving one. None for
     /// bodies that are empty from the start (most GETs): nothing to watch.
     progress: Option<Arc<AtomicU64>>,
+    /// The connection's lingering-close flag, set if this body is dropped before its end
+    /// (the replica answered early, or the upload failed upstream).
+    linger: Option<Arc<AtomicBool>>,
 }
 
 /// Where the bytes come from: the client, or a body already buffered (idempotent requests).
@@ -75,16 +78,23 @@ impl LimitedBody {
             remaining,
             done: Some(done),
             progress: None,
+            linger: None,
         }
     }
 
-    pub fn new(inner: Incoming, limit: u64, done: oneshot::Sender<()>) -> Self {
-        let progress = (!inner.is_end_stream()).then(Arc::default);
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        done: oneshot::Sender<()>,
+        linger: Arc<AtomicBool>,
+    ) -> Self {
+        let streaming = !inner.is_end_stream();
         LimitedBody {
             inner: Source::Stream(inner),
             remaining: limit,
             done: Some(done),
-            progress,
+            progress: streaming.then(Arc::default),
+            linger: streaming.then_some(linger),
         }
     }
 
@@ -109,10 +119,12 @@ impl Body for LimitedBody {
         let frame = match polled {
             None => {
                 self.done.take();
+                self.linger = None;
                 return Poll::Ready(None);
             }
             Some(Err(e)) => {
                 self.done.take();
+                self.linger = None;
                 return Poll::Ready(Some(Err(BodyError::Downstream(e))));
             }
             Some(Ok(frame)) => frame,
@@ -131,6 +143,7 @@ impl Body for LimitedBody {
         }
         if self.is_end_stream() {
             self.done.take();
+            self.linger = None;
         }
         Poll::Ready(Some(Ok(frame)))
     }
@@ -146,6 +159,14 @@ impl Body for LimitedBody {
         match &self.inner {
             Source::Stream(inner) => inner.size_hint(),
             Source::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+impl Drop for LimitedBody {
+    fn drop(&mut self) {
+        if let Some(linger) = &self.linger {
+            linger.store(true, Ordering::Relaxed);
         }
     }
 }

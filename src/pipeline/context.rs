@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Request, Uri};
@@ -50,6 +50,9 @@ pub struct ConnInfo {
     pub awaiting_upstream: AtomicUsize,
     pub phase: watch::Receiver<Phase>,
     pub idle_timeout: Duration,
+    /// Set when the last request ended before its body was read to the end: closing the
+    /// connection then lingers (see `idle::Tracked::lingering`).
+    pub linger: Arc<AtomicBool>,
     /// Counts the connection as open for as long as it (or a tunnel it became) lives.
     _open: Option<crate::metrics::GaugeGuard>,
 }
@@ -76,6 +79,7 @@ impl ConnInfo {
             awaiting_upstream: AtomicUsize::new(0),
             phase,
             idle_timeout,
+            linger: Arc::default(),
             _open: open,
         }
     }

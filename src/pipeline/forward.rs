@@ -112,7 +112,7 @@ pub(super) async fn send(
     };
     let (parts, body) = req.into_parts();
     let (uploaded_tx, uploaded) = oneshot::channel();
-    let body = LimitedBody::new(body, max_body_bytes, uploaded_tx);
+    let body = LimitedBody::new(body, max_body_bytes, uploaded_tx, conn.linger.clone());
     let upgrade = upgrade.zip(downstream_upgrade);
     relay(
         parts, body, uploaded, upgrade, request_id, conn, group, upstream,

@@ -19,6 +19,7 @@ mod route;
 mod select;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::header::HeaderName;
@@ -51,6 +52,11 @@ pub async fn handle(
 ) -> Response<LoggedBody> {
     let mut ctx = RequestCtx::new(&req);
     let m = &snap.metrics;
+    // A body left unread by an earlier request was read or the connection would be gone.
+    if conn.linger.load(Ordering::Relaxed) {
+        conn.linger.store(false, Ordering::Relaxed);
+    }
+    let has_body = !http_body::Body::is_end_stream(req.body());
     let in_flight = GaugeGuard::new(if req.version() == http::Version::HTTP_2 {
         m.in_flight_h2.clone()
     } else {
@@ -63,6 +69,10 @@ pub async fn handle(
     let mut resp = match result {
         Ok(resp) => resp,
         Err(err) => {
+            // The error may be answered before the client has sent all of its body.
+            if has_body {
+                conn.linger.store(true, Ordering::Relaxed);
+            }
             match err.fault() {
                 Fault::Downstream => {
                     info!(request_id = ?ctx.request_id, error = %err, "request refused")
