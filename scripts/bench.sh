@@ -33,6 +33,7 @@ micro() {
 
 peers() {
   need nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client openssl:openssl \
+    redis-server:redis-server redis-cli:redis-tools \
     taskset:util-linux python3:python3
   cargo build --release
   python3 scripts/peers.py "$@"

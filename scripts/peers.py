@@ -7,10 +7,22 @@ to CPU 0; the load generator and the replicas share CPU 1. The primary figure is
 proxy's CPU time per request (utime + stime from /proc over the run / completed requests).
 Every run is bounded in time and aimed at 127.0.0.1 only. Writes target/bench/report.md.
 
+Scenarios (--only takes a comma-separated subset): plain, tls, handshake, h2, jwt_es,
+jwt_hs, idem_first, idem_replay, sticky, rate, idle. A redis-server on port 16379 (CPU 1)
+holds doorman's revocation list and idempotency records; JWT keys are generated per run.
+
 Usage: scripts/peers.py [--runs N] [--seconds S] [--connections C] [--only SCENARIO,...]
 """
 import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import os
+import resource
+import secrets
+import ssl
 import re
 import shutil
 import signal
@@ -26,6 +38,8 @@ DOORMAN = ROOT / "target" / "release" / "doorman"
 TICK = os.sysconf("SC_CLK_TCK")
 PROXY_CPU, CLIENT_CPU = "0", "1"
 REPLICA_PORTS = [19001, 19002, 19003]
+REDIS_PORT = 16379
+IDLE_CONNECTIONS = 10000
 # Below the ephemeral range (32768+), so no client socket can hold one.
 PORTS = {  # proxy -> (plain, tls)
     "doorman": (18080, 18443),
@@ -95,7 +109,7 @@ class Proc:
         self.name = name
         log = open(WORK / f"{name}.log", "w")
         self.p = subprocess.Popen(["taskset", "-c", cpu, *args], stdout=log, stderr=log,
-                                  env=env, start_new_session=True)
+                                  env=env, start_new_session=True, preexec_fn=raise_nofile)
 
     def pids(self):
         return children(self.p.pid)
@@ -106,6 +120,74 @@ class Proc:
             self.p.wait(timeout=10)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(self.p.pid, signal.SIGKILL)
+
+
+def raise_nofile():
+    """Allow the 10,000 idle connections (soft limit up to the hard one)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def der_to_raw(sig):
+    """An ECDSA signature from DER (openssl's output) to JOSE's fixed-width r || s."""
+    assert sig[0] == 0x30
+    i = 2 if sig[1] < 0x80 else 2 + (sig[1] & 0x7F)
+    out = b""
+    for _ in range(2):
+        assert sig[i] == 0x02
+        n = sig[i + 1]
+        out += sig[i + 2:i + 2 + n].lstrip(b"\0").rjust(32, b"\0")
+        i += 2 + n
+    return out
+
+
+class Jwt:
+    """An ES256 key pair and an HS256 secret made for this run, and a token for each."""
+
+    def __init__(self):
+        d = WORK / "jwt"
+        d.mkdir(parents=True, exist_ok=True)
+        self.es_key, self.es_pub = d / "es.key", d / "es.pub"
+        sh("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(self.es_key))
+        sh("openssl", "ec", "-in", str(self.es_key), "-pubout", "-out", str(self.es_pub),
+           stderr=subprocess.DEVNULL)
+        self.hs_secret = secrets.token_hex(32)
+        now = int(time.time())
+        claims = {"sub": "bench-user", "iat": now, "exp": now + 7200}
+        self.es = self.token("ES256", "es", dict(claims, jti=secrets.token_hex(8)))
+        self.hs = self.token("HS256", "hs", dict(claims, jti=secrets.token_hex(8)))
+
+    def token(self, alg, kid, claims):
+        head = b64url(json.dumps({"alg": alg, "typ": "JWT", "kid": kid}).encode())
+        body = b64url(json.dumps(claims).encode())
+        signing = f"{head}.{body}".encode()
+        if alg == "HS256":
+            sig = hmac.new(self.hs_secret.encode(), signing, hashlib.sha256).digest()
+        else:
+            sig = der_to_raw(subprocess.run(
+                ["openssl", "dgst", "-sha256", "-sign", str(self.es_key)], input=signing,
+                check=True, capture_output=True).stdout)
+        return f"{head}.{body}.{b64url(sig)}"
+
+
+def start_redis():
+    d = WORK / "redis"
+    d.mkdir(parents=True, exist_ok=True)
+    p = Proc("redis", ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
+                       "--save", "", "--appendonly", "no", "--dir", str(d)], cpu=CLIENT_CPU)
+    wait_port(REDIS_PORT)
+    return p
+
+
+def redis_calls():
+    """Commands Redis has executed (INFO commandstats), for round trips per request."""
+    out = subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "INFO", "commandstats"],
+                         check=True, capture_output=True, text=True).stdout
+    return sum(int(m) for m in re.findall(r"calls=(\d+)", out))
 
 
 def setup_certs():
@@ -157,7 +239,7 @@ def start_replicas():
     return p
 
 
-def start_doorman(key, crt):
+def start_doorman(key, crt, jwt):
     plain, tls = PORTS["doorman"]
     servers = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in REPLICA_PORTS)
     conf = WORK / "doorman" / "proxy.toml"
@@ -169,17 +251,49 @@ plain_listen = "127.0.0.1:{plain}"
 admin_listen = "127.0.0.1:18901"
 workers = 1
 max_connections = 20000
+header_timeout = "60s"
 [[tls.certificates]]
 cert = "{crt}"
 key = "{key}"
+[store]
+redis_url = "redis://127.0.0.1:{REDIS_PORT}/0"
+[auth]
+[[auth.keys]]
+kid = "es"
+algorithm = "ES256"
+public_key_file = "{jwt.es_pub}"
+[[auth.keys]]
+kid = "hs"
+algorithm = "HS256"
+secret_env = "DOORMAN_BENCH_HS"
+[idempotency]
 [upstreams.api]
 servers = [{servers}]
 keepalive = 256
+[upstreams.sticky]
+servers = [{servers}]
+keepalive = 256
+balance = "consistent_hash"
+hash_key = "header:x-session-id"
+[[routes]]
+path_prefix = "/auth/"
+upstream = "api"
+auth = "required"
+[[routes]]
+path_prefix = "/idem"
+upstream = "api"
+auth = "off"
+idempotency = "required"
+[[routes]]
+path_prefix = "/sticky"
+upstream = "sticky"
+auth = "off"
 [[routes]]
 path_prefix = "/"
 upstream = "api"
+auth = "off"
 """)
-    env = dict(os.environ, RUST_LOG="error")
+    env = dict(os.environ, RUST_LOG="error", DOORMAN_BENCH_HS=jwt.hs_secret)
     p = Proc("doorman", [str(DOORMAN), "run", "--config", str(conf)], env=env)
     wait_port(tls)
     wait_port(plain)
@@ -194,6 +308,12 @@ def start_nginx(key, crt):
 {servers}
     keepalive 256;
   }}
+  upstream sticky {{
+    hash $http_x_session_id consistent;
+{servers}
+    keepalive 256;
+  }}
+  keepalive_timeout 120s;
   server {{
     listen 127.0.0.1:{plain};
     listen 127.0.0.1:{tls} ssl http2;
@@ -209,13 +329,20 @@ def start_nginx(key, crt):
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     }}
+    location /sticky {{
+      proxy_pass http://sticky;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
   }}""")
     p = Proc("nginx", ["nginx", "-c", str(conf), "-p", str(conf.parent)])
     wait_port(tls)
     return p
 
 
-def start_haproxy(combined):
+def start_haproxy(combined, jwt):
     plain, tls = PORTS["haproxy"]
     servers = "\n".join(f"  server r{i} 127.0.0.1:{p}" for i, p in enumerate(REPLICA_PORTS))
     conf = WORK / "haproxy" / "haproxy.cfg"
@@ -223,20 +350,38 @@ def start_haproxy(combined):
     conf.write_text(f"""
 global
   nbthread 1
-  maxconn 8000
+  maxconn 12000
 defaults
   mode http
   timeout connect 2s
-  timeout client 30s
+  timeout client 120s
   timeout server 30s
+  timeout http-keep-alive 120s
   option http-keep-alive
   option forwardfor
 frontend fe
   bind 127.0.0.1:{plain}
   bind 127.0.0.1:{tls} ssl crt {combined} alpn h2,http/1.1 ssl-min-ver TLSv1.3 curves X25519
+  # JWT on /auth/: the same checks doorman makes (algorithm pinned, signature, exp).
+  acl auth path_beg /auth/
+  http-request set-var(txn.bearer) http_auth_bearer if auth
+  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg') if auth
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int') if auth
+  http-request set-var(txn.now) date if auth
+  http-request deny deny_status 401 if auth {{ path_beg /auth/es }} !{{ var(txn.alg) -m str ES256 }}
+  http-request deny deny_status 401 if auth {{ path_beg /auth/hs }} !{{ var(txn.alg) -m str HS256 }}
+  http-request deny deny_status 401 if auth {{ path_beg /auth/es }} !{{ var(txn.bearer),jwt_verify(txn.alg,"{jwt.es_pub}") -m int 1 }}
+  http-request deny deny_status 401 if auth {{ path_beg /auth/hs }} !{{ var(txn.bearer),jwt_verify(txn.alg,"{jwt.hs_secret}") -m int 1 }}
+  http-request deny deny_status 401 if auth {{ var(txn.exp),sub(txn.now) -m int lt 0 }}
+  use_backend sticky if {{ path_beg /sticky }}
   default_backend api
 backend api
   balance roundrobin
+  http-reuse always
+{servers}
+backend sticky
+  balance hdr(x-session-id)
+  hash-type consistent
   http-reuse always
 {servers}
 """)
@@ -245,12 +390,19 @@ backend api
     return p
 
 
-def wrk(url, seconds, connections, close=False):
+def wrk(url, seconds, connections, close=False, headers=(), script=None, script_args=()):
     args = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
             "--latency", "--timeout", "5s"]
     if close:
         args += ["-H", "Connection: close"]
-    out = subprocess.run([*args, url], check=True, capture_output=True, text=True,
+    for h in headers:
+        args += ["-H", h]
+    if script:
+        args += ["-s", str(script)]
+    args.append(url)
+    if script_args:
+        args += ["--", *script_args]
+    out = subprocess.run(args, check=True, capture_output=True, text=True,
                          timeout=seconds + 30).stdout
     def lat(q):
         m = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)", out, re.M)
@@ -270,33 +422,145 @@ def wrk(url, seconds, connections, close=False):
 
 
 def h2load(url, seconds, connections, rps=None):
+    """h2load over TLS (h2). With `rps`, each connection sends at that fixed rate (one
+    stream at a time); otherwise 10 concurrent streams per connection, as fast as it can.
+    Latency percentiles come from its per-request log."""
+    log = WORK / "h2load.log"
+    log.unlink(missing_ok=True)
     args = ["taskset", "-c", CLIENT_CPU, "h2load", "-D", str(seconds), "-c", str(connections),
-            "-m", "10", "-t", "1"]
-    if rps:
-        args = ["taskset", "-c", CLIENT_CPU, "h2load", "-D", str(seconds), "-c",
-                str(connections), "-t", "1", "--rps", str(rps)]
+            "-t", "1", f"--log-file={log}"]
+    args += ["--rps", str(rps), "-m", "1"] if rps else ["-m", "10"]
     out = subprocess.run([*args, url], check=True, capture_output=True, text=True,
                          timeout=seconds + 30).stdout
     m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
     done, ok = int(m.group(1)), int(m.group(2))
-    # h2load reports min/max/mean, not percentiles: latency columns stay empty here.
-    return {"requests": ok, "p50": None, "p90": None, "p99": None, "errors": done - ok}
+    lats = sorted(int(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines()
+                  if line.count("\t") >= 2)
+    def q(p):
+        return lats[min(len(lats) - 1, int(p / 100 * len(lats)))] if lats else None
+    return {"requests": ok, "p50": q(50), "p90": q(90), "p99": q(99), "errors": done - ok}
 
 
+def lua(name, text):
+    path = WORK / f"{name}.lua"
+    path.write_text(text)
+    return path
+
+
+STICKY_LUA = """-- 1,000 sessions, each request names one in turn.
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", nil, {["x-session-id"] = "session-" .. (n % 1000)})
+end
+"""
+
+IDEM_FIRST_LUA = """-- A new Idempotency-Key on every request: each one is a first request.
+local n = 0
+local prefix = "k"
+init = function(args) prefix = args[1] end
+request = function()
+  n = n + 1
+  return wrk.format("POST", nil, {["Idempotency-Key"] = prefix .. "-" .. n,
+                                  ["Content-Type"] = "text/plain"}, "amount=1")
+end
+"""
+
+
+def idempotent(proxy, s, c, replay):
+    url = f"https://127.0.0.1:{PORTS[proxy][1]}/idem"
+    key = secrets.token_hex(8)
+    if replay:
+        # One key for the whole run: the first request is forwarded, the rest replayed.
+        return wrk(url, s, c, headers=[f"Idempotency-Key: {key}", "Content-Type: text/plain"],
+                   script=lua("idem_replay", 'wrk.method = "POST"\nwrk.body = "amount=1"\n'))
+    return wrk(url, s, c, script=lua("idem_first", IDEM_FIRST_LUA), script_args=[key])
+
+
+async def hold_idle(port, count, hold_seconds, rss):
+    """Open `count` TLS connections, make one request on each, keep them all open and idle,
+    and measure the proxy's RSS (`rss()`) before and while they are held."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    before = rss()
+    sem = asyncio.Semaphore(200)
+    conns = []
+
+    async def one():
+        async with sem:
+            r, w = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port, ssl=ctx), timeout=30)
+            w.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), timeout=30)
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            await asyncio.wait_for(r.readexactly(length), timeout=30)
+            conns.append(w)
+            return head.startswith(b"HTTP/1.1 200")
+
+    results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+    await asyncio.sleep(hold_seconds)
+    during = rss()
+    errors = sum(1 for r in results if r is not True)
+    for w in conns:
+        w.close()
+    return before, during, errors
+
+
+def idle(proc, count=IDLE_CONNECTIONS):
+    raise_nofile()
+    os.sched_setaffinity(0, {int(CLIENT_CPU)})
+    try:
+        before, during, errors = asyncio.run(
+            hold_idle(PORTS[proc.name][1], count, 2, lambda: rss_kib(proc.pids())))
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count())))
+    time.sleep(2)  # let the proxy close them before the next run
+    return {"requests": count - errors, "errors": errors, "p50": None, "p90": None,
+            "p99": None, "kib_per_conn": (during - before) / max(count - errors, 1),
+            "rss_before_mib": before / 1024}
+
+
+# name -> (title, which proxies, load)
 SCENARIOS = {
-    "plain": ("plain HTTP/1.1 keep-alive GET", lambda proxy, s, c: wrk(f"http://127.0.0.1:{PORTS[proxy][0]}/", s, c)),
-    "tls": ("TLS 1.3 keep-alive GET", lambda proxy, s, c: wrk(f"https://127.0.0.1:{PORTS[proxy][1]}/", s, c)),
-    "handshake": ("TLS 1.3 new connection per request", lambda proxy, s, c: wrk(f"https://127.0.0.1:{PORTS[proxy][1]}/", s, min(c, 16), close=True)),
-    "h2": ("HTTP/2 over TLS (h2load, 10 streams per connection)", lambda proxy, s, c: h2load(f"https://127.0.0.1:{PORTS[proxy][1]}/", s, c)),
+    "plain": ("plain HTTP/1.1 keep-alive GET", None,
+              lambda proxy, s, c: wrk(f"http://127.0.0.1:{PORTS[proxy][0]}/", s, c)),
+    "tls": ("TLS 1.3 keep-alive GET", None,
+            lambda proxy, s, c: wrk(f"https://127.0.0.1:{PORTS[proxy][1]}/", s, c)),
+    "handshake": ("TLS 1.3 new connection per request", None,
+                  lambda proxy, s, c: wrk(f"https://127.0.0.1:{PORTS[proxy][1]}/", s, min(c, 16), close=True)),
+    "h2": ("HTTP/2 over TLS (h2load, 10 streams per connection)", None,
+           lambda proxy, s, c: h2load(f"https://127.0.0.1:{PORTS[proxy][1]}/", s, c)),
+    "jwt_es": ("TLS keep-alive + JWT ES256 (+ revocation: doorman; none: nginx)", None,
+               lambda proxy, s, c: wrk(f"https://127.0.0.1:{PORTS[proxy][1]}/auth/es", s, c,
+                                       headers=[f"Authorization: Bearer {JWT.es}"])),
+    "jwt_hs": ("TLS keep-alive + JWT HS256 (+ revocation: doorman; none: nginx)", None,
+               lambda proxy, s, c: wrk(f"https://127.0.0.1:{PORTS[proxy][1]}/auth/hs", s, c,
+                                       headers=[f"Authorization: Bearer {JWT.hs}"])),
+    "idem_first": ("TLS keyed POST, every key new (first requests)", ["doorman"],
+                   lambda proxy, s, c: idempotent(proxy, s, c, replay=False)),
+    "idem_replay": ("TLS keyed POST, one key (replays)", ["doorman"],
+                    lambda proxy, s, c: idempotent(proxy, s, c, replay=True)),
+    "sticky": ("plain HTTP/1.1 GET, consistent hash on a header (1,000 keys)", None,
+               lambda proxy, s, c: wrk(f"http://127.0.0.1:{PORTS[proxy][0]}/sticky", s, c,
+                                       script=lua("sticky", STICKY_LUA))),
+    "rate": ("HTTP/2 over TLS at a fixed 4,000 req/s (16 connections × 250)", None,
+             lambda proxy, s, c: h2load(f"https://127.0.0.1:{PORTS[proxy][1]}/", s, 16, rps=250)),
 }
+JWT = None
 
 
 def measure(proc, scenario, seconds, connections):
     pids = proc.pids()
     t0, i0 = core_times(CLIENT_CPU)
     c0 = cpu_ticks(pids)
-    r = SCENARIOS[scenario][1](proc.name, seconds, connections)
+    calls0 = redis_calls()
+    r = SCENARIOS[scenario][2](proc.name, seconds, connections)
+    calls1 = redis_calls()
     c1 = cpu_ticks(pids)
+    # INFO itself is one call.
+    r["redis_per_req"] = (calls1 - calls0 - 1) / max(r["requests"], 1)
     t1, i1 = core_times(CLIENT_CPU)
     r["cpu_us"] = (c1 - c0) / TICK * 1e6 / max(r["requests"], 1)
     r["rps"] = r["requests"] / seconds
@@ -306,51 +570,90 @@ def measure(proc, scenario, seconds, connections):
 
 
 def main():
+    global JWT
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--only", default=",".join(SCENARIOS))
+    ap.add_argument("--only", default=",".join([*SCENARIOS, "idle"]))
     a = ap.parse_args()
-    for tool in ["nginx", "haproxy", "wrk", "h2load", "openssl", "taskset"]:
+    wanted = a.only.split(",")
+    unknown = [w for w in wanted if w not in SCENARIOS and w != "idle"]
+    if unknown:
+        raise SystemExit(f"unknown scenarios {unknown}; known: {', '.join([*SCENARIOS, 'idle'])}")
+    for tool in ["nginx", "haproxy", "wrk", "h2load", "openssl", "taskset", "redis-server",
+                 "redis-cli"]:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing (scripts/bench.sh installs it)")
     if not DOORMAN.exists():
         raise SystemExit("build doorman first: cargo build --release")
     WORK.mkdir(parents=True, exist_ok=True)
     key, crt, combined = setup_certs()
+    JWT = Jwt()
     procs = []
     try:
         procs.append(start_replicas())
+        procs.append(start_redis())
         proxies = {}
-        for name, start in [("doorman", lambda: start_doorman(key, crt)),
+        for name, start in [("doorman", lambda: start_doorman(key, crt, JWT)),
                             ("nginx", lambda: start_nginx(key, crt)),
-                            ("haproxy", lambda: start_haproxy(combined))]:
+                            ("haproxy", lambda: start_haproxy(combined, JWT))]:
             proxies[name] = start()
             procs.append(proxies[name])
+        check_auth(proxies)
         results = {}
-        for scenario in a.only.split(","):
-            for proxy in proxies.values():  # warm-up
+        for scenario in wanted:
+            if scenario == "idle":
+                continue
+            taking = [p for p in proxies.values()
+                      if SCENARIOS[scenario][1] is None or p.name in SCENARIOS[scenario][1]]
+            for proxy in taking:  # warm-up
                 measure(proxy, scenario, 2, a.connections)
             for run in range(a.runs):
                 # Alternate the order each run, so drift hits every proxy alike.
-                order = list(proxies.values())
-                if run % 2:
-                    order.reverse()
+                order = taking if run % 2 == 0 else taking[::-1]
                 for proxy in order:
                     r = measure(proxy, scenario, a.seconds, a.connections)
                     results.setdefault((scenario, proxy.name), []).append(r)
-                    print(f"{scenario:10} {proxy.name:8} run {run + 1}: {r['rps']:9.0f} req/s "
-                          f"{r['cpu_us']:7.1f} µs/req  p99 {r['p99']} ms  errors {r['errors']}",
-                          flush=True)
-        write_report(results, a)
+                    print(f"{scenario:11} {proxy.name:8} run {run + 1}: {r['rps']:9.0f} req/s "
+                          f"{r['cpu_us']:7.1f} µs/req  p99 {fmt(r['p99'], '.2f')} ms  "
+                          f"errors {r['errors']}  redis/req {r['redis_per_req']:.2f}", flush=True)
+        idle_results = {}
+        if "idle" in wanted:
+            for run in range(min(a.runs, 3)):
+                order = list(proxies.values())[::1 if run % 2 == 0 else -1]
+                for proxy in order:
+                    r = idle(proxy)
+                    idle_results.setdefault(proxy.name, []).append(r)
+                    print(f"idle        {proxy.name:8} run {run + 1}: {r['kib_per_conn']:.1f} KiB "
+                          f"per connection, errors {r['errors']}", flush=True)
+        write_report(results, idle_results, a)
     finally:
         for p in procs:
             p.stop()
 
 
+def check_auth(proxies):
+    """Refuse to measure a JWT scenario that is not verifying: a bad token must be 401."""
+    import urllib.request
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    for name in ["doorman", "haproxy"]:
+        for path, good in [("/auth/es", JWT.es), ("/auth/hs", JWT.hs)]:
+            for token, want in [(good, 200), (good[:-4] + "AAAA", 401)]:
+                req = urllib.request.Request(f"https://127.0.0.1:{PORTS[name][1]}{path}",
+                                             headers={"Authorization": f"Bearer {token}"})
+                try:
+                    status = urllib.request.urlopen(req, context=ctx, timeout=5).status
+                except urllib.error.HTTPError as e:
+                    status = e.code
+                if status != want:
+                    raise SystemExit(f"{name} {path}: expected {want}, got {status}")
+
+
 def med(rs, key):
-    vals = [r[key] for r in rs if r[key] is not None]
+    vals = [r[key] for r in rs if r.get(key) is not None]
     return statistics.median(vals) if vals else None
 
 
@@ -358,39 +661,64 @@ def fmt(v, spec):
     return "—" if v is None else format(v, spec)
 
 
-def write_report(results, a):
+def write_report(results, idle_results, a):
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), "unknown CPU")
     lines = [
         "# doorman vs NGINX vs HAProxy",
         "",
         f"{cpu}, {os.cpu_count()} CPUs; proxies pinned to CPU {PROXY_CPU} with one worker each, "
-        f"load generator and replicas on CPU {CLIENT_CPU}. Median of {a.runs} alternating runs "
-        f"of {a.seconds} s after a warm-up, {a.connections} connections. "
+        f"load generator, replicas and Redis on CPU {CLIENT_CPU}. Median of {a.runs} alternating "
+        f"runs of {a.seconds} s after a warm-up, {a.connections} connections. "
         f"nginx {version(['nginx', '-v'])}, haproxy {version(['haproxy', '-v'])}.",
-        f"Command: `scripts/bench.sh peers --runs {a.runs} --seconds {a.seconds} --connections {a.connections}`",
+        f"Command: `scripts/bench.sh peers --runs {a.runs} --seconds {a.seconds} "
+        f"--connections {a.connections}`",
         "",
-        "| scenario | proxy | CPU µs/request | doorman ÷ this | req/s | p50 ms | p90 ms | p99 ms | errors | client core busy | RSS MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | proxy | CPU µs/request | doorman ÷ this | req/s | p50 ms | p90 ms | p99 ms "
+        "| p99 doorman ÷ this | errors | client core busy | RSS MiB | Redis calls/request |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario in dict.fromkeys(s for s, _ in results):
-        base = med(results.get((scenario, "doorman"), []), "cpu_us")
+        base = results.get((scenario, "doorman"), [])
+        base_cpu, base_p99 = med(base, "cpu_us"), med(base, "p99")
         for proxy in ["doorman", "nginx", "haproxy"]:
             rs = results.get((scenario, proxy))
             if not rs:
                 continue
-            cpu_us = med(rs, "cpu_us")
+            cpu_us, p99 = med(rs, "cpu_us"), med(rs, "p99")
             busy = med(rs, "client_busy")
-            ratio = base / cpu_us if base and cpu_us else None
+            ratio = base_cpu / cpu_us if base_cpu and cpu_us else None
+            p99_ratio = base_p99 / p99 if base_p99 and p99 else None
+            doorman = proxy == "doorman"
             lines.append(
                 f"| {SCENARIOS[scenario][0]} | {proxy} | {fmt(cpu_us, '.1f')} | "
-                f"{'—' if proxy == 'doorman' else fmt(ratio, '.2f')} | {fmt(med(rs, 'rps'), '.0f')} | "
-                f"{fmt(med(rs, 'p50'), '.2f')} | {fmt(med(rs, 'p90'), '.2f')} | {fmt(med(rs, 'p99'), '.2f')} | "
+                f"{'—' if doorman else fmt(ratio, '.2f')} | {fmt(med(rs, 'rps'), '.0f')} | "
+                f"{fmt(med(rs, 'p50'), '.2f')} | {fmt(med(rs, 'p90'), '.2f')} | {fmt(p99, '.2f')} | "
+                f"{'—' if doorman else fmt(p99_ratio, '.2f')} | "
                 f"{sum(r['errors'] for r in rs)} | {fmt(busy, '.0f')}%{' (client-bound)' if busy and busy > 95 else ''} | "
-                f"{fmt(med(rs, 'rss_mib'), '.1f')} |")
+                f"{fmt(med(rs, 'rss_mib'), '.1f')} | {fmt(med(rs, 'redis_per_req'), '.2f') if doorman else '—'} |")
     lines += ["", "CPU µs/request: the proxy's utime+stime over the run divided by completed "
               "requests (lower is better); `doorman ÷ this` below 1.00 means doorman spends less "
-              "CPU per request than that proxy."]
+              "CPU per request than that proxy. In the JWT rows nginx (open source, no JWT "
+              "support) proxies the same request without verifying anything; HAProxy verifies "
+              "with `jwt_verify` and checks exp (it has no revocation list). doorman's clients "
+              "reuse one token, so its verified-token cache answers after the first request."]
+    if idle_results:
+        base = med(idle_results.get("doorman", []), "kib_per_conn")
+        lines += ["", f"## {IDLE_CONNECTIONS:,} idle TLS keep-alive connections", "",
+                  "| proxy | RSS KiB per connection | doorman ÷ this | RSS before MiB | errors |",
+                  "|---|---:|---:|---:|---:|"]
+        for proxy in ["doorman", "nginx", "haproxy"]:
+            rs = idle_results.get(proxy)
+            if not rs:
+                continue
+            kib = med(rs, "kib_per_conn")
+            lines.append(f"| {proxy} | {fmt(kib, '.1f')} | "
+                         f"{'—' if proxy == 'doorman' else fmt(base / kib if base and kib else None, '.2f')} | "
+                         f"{fmt(med(rs, 'rss_before_mib'), '.1f')} | {sum(r['errors'] for r in rs)} |")
+        lines += ["", "Each connection made one request (so its TLS session and HTTP state "
+                  "exist) and then sat idle; the figure is (RSS while held − RSS before) ÷ "
+                  f"connections, median of {min(a.runs, 3)} runs."]
     out = WORK / "report.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"report written to {out}")
