@@ -30,6 +30,8 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,10 +41,13 @@ TICK = os.sysconf("SC_CLK_TCK")
 PROXY_CPU, CLIENT_CPU = "0", "1"
 REPLICA_PORTS = [19001, 19002, 19003]
 REDIS_PORT = 16379
-IDLE_CONNECTIONS = 10000
+# The issue asks for 10,000; HAProxy reserves two descriptors per connection and this
+# container caps descriptors at 20,000 (not raisable), so it cannot accept 10,000.
+IDLE_CONNECTIONS = int(os.environ.get("IDLE_CONNECTIONS", "9000"))
 # Below the ephemeral range (32768+), so no client socket can hold one.
 PORTS = {  # proxy -> (plain, tls)
     "doorman": (18080, 18443),
+    "doorman_b": (18081, 18444),  # --baseline: another doorman build, for before/after
     "nginx": (28080, 28443),
     "haproxy": (30080, 30443),
 }
@@ -64,12 +69,13 @@ def wait_port(port, timeout=10.0):
 
 
 def cpu_ticks(pids):
-    """utime + stime of the processes (all threads), in clock ticks."""
-    total = 0
+    """(utime, stime) of the processes (all threads), in clock ticks."""
+    user = system = 0
     for pid in pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total
+        user += int(fields[11])
+        system += int(fields[12])
+    return user, system
 
 
 def rss_kib(pids):
@@ -123,9 +129,13 @@ class Proc:
 
 
 def raise_nofile():
-    """Allow the 10,000 idle connections (soft limit up to the hard one)."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    """Allow the 10,000 idle connections: 65,536 descriptors when permitted (root), else the
+    soft limit up to the hard one."""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    except (ValueError, OSError):
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def b64url(data):
@@ -183,11 +193,22 @@ def start_redis():
     return p
 
 
+# Commands doorman's Lua scripts call inside Redis: counted by INFO commandstats but not
+# round trips (doorman sends none of them directly on the request path).
+IN_SCRIPT = {"get", "set", "del", "pexpire", "info"}
+
+
+def loopback_packets():
+    return int(Path("/sys/class/net/lo/statistics/tx_packets").read_text())
+
+
 def redis_calls():
-    """Commands Redis has executed (INFO commandstats), for round trips per request."""
+    """Commands clients sent to Redis (INFO commandstats): round trips, for the
+    per-request figure (the INFO call itself excluded)."""
     out = subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "INFO", "commandstats"],
                          check=True, capture_output=True, text=True).stdout
-    return sum(int(m) for m in re.findall(r"calls=(\d+)", out))
+    return sum(int(calls) for name, calls in re.findall(r"cmdstat_([a-z|]+):calls=(\d+)", out)
+               if name not in IN_SCRIPT)
 
 
 def setup_certs():
@@ -239,16 +260,17 @@ def start_replicas():
     return p
 
 
-def start_doorman(key, crt, jwt):
-    plain, tls = PORTS["doorman"]
+def start_doorman(key, crt, jwt, name="doorman", binary=DOORMAN):
+    plain, tls = PORTS[name]
+    admin = 18901 if name == "doorman" else 18902
     servers = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in REPLICA_PORTS)
-    conf = WORK / "doorman" / "proxy.toml"
+    conf = WORK / name / "proxy.toml"
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(f"""
 [server]
 listen = "127.0.0.1:{tls}"
 plain_listen = "127.0.0.1:{plain}"
-admin_listen = "127.0.0.1:18901"
+admin_listen = "127.0.0.1:{admin}"
 workers = 1
 max_connections = 20000
 header_timeout = "60s"
@@ -294,7 +316,7 @@ upstream = "api"
 auth = "off"
 """)
     env = dict(os.environ, RUST_LOG="error", DOORMAN_BENCH_HS=jwt.hs_secret)
-    p = Proc("doorman", [str(DOORMAN), "run", "--config", str(conf)], env=env)
+    p = Proc(name, [str(binary), "run", "--config", str(conf)], env=env)
     wait_port(tls)
     wait_port(plain)
     return p
@@ -350,7 +372,7 @@ def start_haproxy(combined, jwt):
     conf.write_text(f"""
 global
   nbthread 1
-  maxconn 12000
+  maxconn 9900
 defaults
   mode http
   timeout connect 2s
@@ -471,7 +493,11 @@ def idempotent(proxy, s, c, replay):
     url = f"https://127.0.0.1:{PORTS[proxy][1]}/idem"
     key = secrets.token_hex(8)
     if replay:
-        # One key for the whole run: the first request is forwarded, the rest replayed.
+        # One key for the whole run, its first request made before: every request measured
+        # is a replay (none a concurrent duplicate of the first, which would be a 409).
+        first = urllib.request.Request(url, data=b"amount=1", method="POST", headers={
+            "Idempotency-Key": key, "Content-Type": "text/plain"})
+        urllib.request.urlopen(first, context=insecure(), timeout=5).read()
         return wrk(url, s, c, headers=[f"Idempotency-Key: {key}", "Content-Type: text/plain"],
                    script=lua("idem_replay", 'wrk.method = "POST"\nwrk.body = "amount=1"\n'))
     return wrk(url, s, c, script=lua("idem_first", IDEM_FIRST_LUA), script_args=[key])
@@ -480,9 +506,7 @@ def idempotent(proxy, s, c, replay):
 async def hold_idle(port, count, hold_seconds, rss):
     """Open `count` TLS connections, make one request on each, keep them all open and idle,
     and measure the proxy's RSS (`rss()`) before and while they are held."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    ctx = insecure()
     ctx.set_alpn_protocols(["http/1.1"])
     before = rss()
     sem = asyncio.Semaphore(200)
@@ -556,13 +580,17 @@ def measure(proc, scenario, seconds, connections):
     t0, i0 = core_times(CLIENT_CPU)
     c0 = cpu_ticks(pids)
     calls0 = redis_calls()
+    pk0 = loopback_packets()
     r = SCENARIOS[scenario][2](proc.name, seconds, connections)
+    pk1 = loopback_packets()
     calls1 = redis_calls()
+    r["packets_per_req"] = (pk1 - pk0) / max(r["requests"], 1)
     c1 = cpu_ticks(pids)
-    # INFO itself is one call.
-    r["redis_per_req"] = (calls1 - calls0 - 1) / max(r["requests"], 1)
+    r["redis_per_req"] = (calls1 - calls0) / max(r["requests"], 1)
     t1, i1 = core_times(CLIENT_CPU)
-    r["cpu_us"] = (c1 - c0) / TICK * 1e6 / max(r["requests"], 1)
+    per_req = lambda ticks: ticks / TICK * 1e6 / max(r["requests"], 1)
+    r["cpu_us"] = per_req(sum(c1) - sum(c0))
+    r["sys_us"] = per_req(c1[1] - c0[1])
     r["rps"] = r["requests"] / seconds
     r["client_busy"] = 100.0 * (1 - (i1 - i0) / max(t1 - t0, 1))
     r["rss_mib"] = rss_kib(pids) / 1024
@@ -576,6 +604,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--only", default=",".join([*SCENARIOS, "idle"]))
+    ap.add_argument("--baseline", type=Path,
+                    help="another doorman binary, measured alongside as doorman_b (before/after)")
     a = ap.parse_args()
     wanted = a.only.split(",")
     unknown = [w for w in wanted if w not in SCENARIOS and w != "idle"]
@@ -595,9 +625,13 @@ def main():
         procs.append(start_replicas())
         procs.append(start_redis())
         proxies = {}
-        for name, start in [("doorman", lambda: start_doorman(key, crt, JWT)),
-                            ("nginx", lambda: start_nginx(key, crt)),
-                            ("haproxy", lambda: start_haproxy(combined, JWT))]:
+        starts = [("doorman", lambda: start_doorman(key, crt, JWT))]
+        if a.baseline:
+            starts.append(("doorman_b", lambda: start_doorman(key, crt, JWT, "doorman_b",
+                                                              a.baseline.resolve())))
+        starts += [("nginx", lambda: start_nginx(key, crt)),
+                   ("haproxy", lambda: start_haproxy(combined, JWT))]
+        for name, start in starts:
             proxies[name] = start()
             procs.append(proxies[name])
         check_auth(proxies)
@@ -606,7 +640,8 @@ def main():
             if scenario == "idle":
                 continue
             taking = [p for p in proxies.values()
-                      if SCENARIOS[scenario][1] is None or p.name in SCENARIOS[scenario][1]]
+                      if SCENARIOS[scenario][1] is None
+                      or p.name.removesuffix("_b") in SCENARIOS[scenario][1]]
             for proxy in taking:  # warm-up
                 measure(proxy, scenario, 2, a.connections)
             for run in range(a.runs):
@@ -616,8 +651,9 @@ def main():
                     r = measure(proxy, scenario, a.seconds, a.connections)
                     results.setdefault((scenario, proxy.name), []).append(r)
                     print(f"{scenario:11} {proxy.name:8} run {run + 1}: {r['rps']:9.0f} req/s "
-                          f"{r['cpu_us']:7.1f} µs/req  p99 {fmt(r['p99'], '.2f')} ms  "
-                          f"errors {r['errors']}  redis/req {r['redis_per_req']:.2f}", flush=True)
+                          f"{r['cpu_us']:7.1f} µs/req ({r['sys_us']:.1f} system)  p99 {fmt(r['p99'], '.2f')} ms  "
+                          f"errors {r['errors']}  redis/req {r['redis_per_req']:.2f}  "
+                          f"packets/req {r['packets_per_req']:.2f}", flush=True)
         idle_results = {}
         if "idle" in wanted:
             for run in range(min(a.runs, 3)):
@@ -633,13 +669,18 @@ def main():
             p.stop()
 
 
-def check_auth(proxies):
-    """Refuse to measure a JWT scenario that is not verifying: a bad token must be 401."""
-    import urllib.request
+def insecure():
+    """TLS to our own self-signed benchmark certificate."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    for name in ["doorman", "haproxy"]:
+    return ctx
+
+
+def check_auth(proxies):
+    """Refuse to measure a JWT scenario that is not verifying: a bad token must be 401."""
+    ctx = insecure()
+    for name in [n for n in proxies if n != "nginx"]:
         for path, good in [("/auth/es", JWT.es), ("/auth/hs", JWT.hs)]:
             for token, want in [(good, 200), (good[:-4] + "AAAA", 401)]:
                 req = urllib.request.Request(f"https://127.0.0.1:{PORTS[name][1]}{path}",
@@ -681,7 +722,7 @@ def write_report(results, idle_results, a):
     for scenario in dict.fromkeys(s for s, _ in results):
         base = results.get((scenario, "doorman"), [])
         base_cpu, base_p99 = med(base, "cpu_us"), med(base, "p99")
-        for proxy in ["doorman", "nginx", "haproxy"]:
+        for proxy in ["doorman", "doorman_b", "nginx", "haproxy"]:
             rs = results.get((scenario, proxy))
             if not rs:
                 continue
@@ -696,7 +737,7 @@ def write_report(results, idle_results, a):
                 f"{fmt(med(rs, 'p50'), '.2f')} | {fmt(med(rs, 'p90'), '.2f')} | {fmt(p99, '.2f')} | "
                 f"{'—' if doorman else fmt(p99_ratio, '.2f')} | "
                 f"{sum(r['errors'] for r in rs)} | {fmt(busy, '.0f')}%{' (client-bound)' if busy and busy > 95 else ''} | "
-                f"{fmt(med(rs, 'rss_mib'), '.1f')} | {fmt(med(rs, 'redis_per_req'), '.2f') if doorman else '—'} |")
+                f"{fmt(med(rs, 'rss_mib'), '.1f')} | {fmt(med(rs, 'redis_per_req'), '.2f') if proxy.startswith('doorman') else '—'} |")
     lines += ["", "CPU µs/request: the proxy's utime+stime over the run divided by completed "
               "requests (lower is better); `doorman ÷ this` below 1.00 means doorman spends less "
               "CPU per request than that proxy. In the JWT rows nginx (open source, no JWT "
@@ -708,7 +749,7 @@ def write_report(results, idle_results, a):
         lines += ["", f"## {IDLE_CONNECTIONS:,} idle TLS keep-alive connections", "",
                   "| proxy | RSS KiB per connection | doorman ÷ this | RSS before MiB | errors |",
                   "|---|---:|---:|---:|---:|"]
-        for proxy in ["doorman", "nginx", "haproxy"]:
+        for proxy in ["doorman", "doorman_b", "nginx", "haproxy"]:
             rs = idle_results.get(proxy)
             if not rs:
                 continue

@@ -312,11 +312,17 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.server.workers)
-        .enable_all()
-        .build()
-    {
+    // One worker: a current-thread runtime, so the accept loop, the connections and the
+    // pools share one thread with no cross-thread wakeups or work-stealing (as one nginx
+    // worker). More: a multi-threaded runtime with that many workers.
+    let mut builder = if config.server.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.server.workers);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };

@@ -35,8 +35,18 @@ impl Instance {
         Self::start_logging(rest, &["run"], "info,doorman::access=off").await
     }
 
+    /// With `workers = 1`: the single-threaded runtime.
+    async fn start_one_worker(rest: &str) -> Instance {
+        Self::start_with(rest, &["run"], "info,doorman::access=off", "workers = 1\n").await
+    }
+
     /// `args` come before `run` (e.g. `--log-format json`); `rust_log` filters the log.
     async fn start_logging(rest: &str, args: &[&str], rust_log: &str) -> Instance {
+        Self::start_with(rest, args, rust_log, "").await
+    }
+
+    /// `server` is added to the `[server]` table.
+    async fn start_with(rest: &str, args: &[&str], rust_log: &str, server: &str) -> Instance {
         let dir = tempfile::tempdir().unwrap();
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         std::fs::write(dir.path().join("c.crt"), ck.cert.pem()).unwrap();
@@ -44,7 +54,7 @@ impl Instance {
         let (tls, plain, admin) = (free_port(), free_port(), free_port());
         let head = format!(
             "[server]\nlisten = \"{tls}\"\nplain_listen = \"{plain}\"\nadmin_listen = \"{admin}\"\n\
-             shutdown_grace = \"5s\"\npid_file = \"{0}/doorman.pid\"\n\
+             shutdown_grace = \"5s\"\npid_file = \"{0}/doorman.pid\"\n{server}\
              [[tls.certificates]]\ncert = \"{0}/c.crt\"\nkey = \"{0}/c.key\"\n",
             dir.path().display()
         );
@@ -227,8 +237,10 @@ async fn doorman_reload_signals_the_instance_and_reports_its_verdict() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_a_slow_request_finish_refuses_new_ones_and_exits_zero() {
     let r = Replica::start("r").await;
+    // One worker: the current-thread runtime `workers = 1` selects shuts down cleanly too.
     let mut d =
-        Instance::start(&(group_toml("api", &[r.addr], "") + &route_toml("/", "api"))).await;
+        Instance::start_one_worker(&(group_toml("api", &[r.addr], "") + &route_toml("/", "api")))
+            .await;
     let mut slow = Client::plain(d.plain).await;
     let req = slow
         .request(http::Method::GET, "/sleep/1500")

@@ -160,7 +160,12 @@ async fn stages(
         let host = route::host_of(&req)?
             .map(|h| h.into_owned())
             .unwrap_or_default();
-        return idempotency::run(req, &host, key, token, sticky, ctx, conn, route, snap).await;
+        // Boxed: keyed writes are the minority, and their large future would otherwise be
+        // part of every request's (moved by value into hyper's dispatcher).
+        return Box::pin(idempotency::run(
+            req, &host, key, token, sticky, ctx, conn, route, snap,
+        ))
+        .await;
     }
     let group = &route.group;
     group.deposit_retry_budget();

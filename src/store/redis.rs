@@ -146,10 +146,15 @@ impl RedisStore {
         if self.view_trusted() {
             return (Ok(self.is_revoked_locally(jti, sub, iat)), true);
         }
-        let remote = tokio::time::timeout(self.timeout(), self.is_revoked_remotely(jti, sub, iat))
-            .await
-            .map_err(|_| StoreError::Timeout)
-            .and_then(|r| r);
+        // Boxed: this rare path's future is large, and it would otherwise inflate the
+        // future of every request (moved by value into hyper's dispatcher).
+        let remote = tokio::time::timeout(
+            self.timeout(),
+            Box::pin(self.is_revoked_remotely(jti, sub, iat)),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout)
+        .and_then(|r| r);
         (remote, false)
     }
 
