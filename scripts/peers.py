@@ -121,6 +121,8 @@ class Proc:
         return children(self.p.pid)
 
     def stop(self):
+        if self.p.poll() is not None:
+            return
         try:
             os.killpg(self.p.pid, signal.SIGTERM)
             self.p.wait(timeout=10)
@@ -540,7 +542,6 @@ def idle(proc, count=IDLE_CONNECTIONS):
             hold_idle(PORTS[proc.name][1], count, 2, lambda: rss_kib(proc.pids())))
     finally:
         os.sched_setaffinity(0, set(range(os.cpu_count())))
-    time.sleep(2)  # let the proxy close them before the next run
     return {"requests": count - errors, "errors": errors, "p50": None, "p90": None,
             "p99": None, "kib_per_conn": (during - before) / max(count - errors, 1),
             "rss_before_mib": before / 1024}
@@ -656,10 +657,18 @@ def main():
                           f"packets/req {r['packets_per_req']:.2f}", flush=True)
         idle_results = {}
         if "idle" in wanted:
+            # A fresh process for every idle run: memory a process has touched once is not
+            # returned to the system when the connections close, so a second run on the same
+            # process would measure nothing.
+            for p in proxies.values():
+                p.stop()
             for run in range(min(a.runs, 3)):
-                order = list(proxies.values())[::1 if run % 2 == 0 else -1]
-                for proxy in order:
+                order = starts if run % 2 == 0 else starts[::-1]
+                for name, start in order:
+                    proxy = start()
+                    procs.append(proxy)
                     r = idle(proxy)
+                    proxy.stop()
                     idle_results.setdefault(proxy.name, []).append(r)
                     print(f"idle        {proxy.name:8} run {run + 1}: {r['kib_per_conn']:.1f} KiB "
                           f"per connection, errors {r['errors']}", flush=True)
