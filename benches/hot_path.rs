@@ -12,7 +12,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 mod common;
 use common::{client, replica};
 use doorman::balance::{Ring, RoundRobin, key_hash};
-use doorman::pipeline::{new_request_id, strip_hop_by_hop};
+use doorman::pipeline::{idempotency_fingerprint, new_request_id, strip_hop_by_hop};
 use doorman::server::{self, Listeners};
 use doorman::snapshot::Snapshot;
 use http::{HeaderMap, HeaderValue, Request};
@@ -73,6 +73,16 @@ fn headers(c: &mut Criterion) {
         })
     });
     c.bench_function("new_request_id", |b| b.iter(|| black_box(new_request_id())));
+    // What a keyed POST hashes to recognise a reused key on a different request.
+    let (parts, ()) = http::Request::post("/orders?src=web")
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let body = vec![b'x'; 1024];
+    c.bench_function("idempotency_fingerprint_1kib_body", |b| {
+        b.iter(|| black_box(idempotency_fingerprint(black_box(&parts), black_box(&body))))
+    });
 }
 
 fn config_text(upstream: SocketAddr, certs: &Path) -> String {

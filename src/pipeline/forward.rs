@@ -45,6 +45,14 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// Remove hop-by-hop headers, including every header the Connection header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the few names present is cheaper than a hash
+    // lookup per hop-by-hop name.
+    if !headers
+        .keys()
+        .any(|name| *name == HTTP2_SETTINGS || HOP_BY_HOP.contains(name))
+    {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -380,6 +388,24 @@ async fn tunnel(down: OnUpgrade, up: OnUpgrade, conn: std::sync::Arc<ConnInfo>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        for name in HOP_BY_HOP.iter().chain([&HTTP2_SETTINGS]) {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key(name), "{name} kept");
+            assert_eq!(h.len(), 1, "{name}: other headers untouched");
+        }
+        // None present: nothing changes.
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+    }
 
     #[test]
     fn connection_named_headers_are_removed() {

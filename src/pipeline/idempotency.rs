@@ -83,7 +83,7 @@ fn now_ms() -> u64 {
 }
 
 /// method + path + query + content-type + SHA-256 of the body.
-fn fingerprint(parts: &http::request::Parts, body: &[u8]) -> String {
+pub fn fingerprint(parts: &http::request::Parts, body: &[u8]) -> String {
     let mut m = Vec::with_capacity(128);
     m.extend_from_slice(parts.method.as_str().as_bytes());
     m.push(0);

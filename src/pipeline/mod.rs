@@ -31,6 +31,7 @@ use tracing::{info, warn};
 pub use body::{BodyError, LimitedBody, RelayBody};
 pub use context::{AwaitingUpstream, ConnInfo, Phase, RequestCtx, reached};
 pub use forward::{HOP_BY_HOP, strip_hop_by_hop};
+pub use idempotency::fingerprint as idempotency_fingerprint;
 pub use limits::{is_sane_request_id, new_request_id};
 
 use crate::error::{Fault, ProxyError};
