@@ -8,7 +8,7 @@ proxy's CPU time per request (utime + stime from /proc over the run / completed 
 Every run is bounded in time and aimed at 127.0.0.1 only. Writes target/bench/report.md.
 
 Scenarios (--only takes a comma-separated subset): plain, tls, handshake, h2, jwt_es,
-jwt_hs, idem_first, idem_replay, sticky, rate, idle. A redis-server on port 16379 (CPU 1)
+jwt_hs, idem_first, idem_replay, sticky, rate, rate_h1, idle. A redis-server on port 16379 (CPU 1)
 holds doorman's revocation list and idempotency records; JWT keys are generated per run.
 
 Usage: scripts/peers.py [--runs N] [--seconds S] [--connections C] [--only SCENARIO,...]
@@ -445,7 +445,7 @@ def wrk(url, seconds, connections, close=False, headers=(), script=None, script_
     return {"requests": requests, "p50": lat(50), "p90": lat(90), "p99": lat(99), "errors": errors}
 
 
-def h2load(url, seconds, connections, rps=None):
+def h2load(url, seconds, connections, rps=None, h1=False):
     """h2load over TLS (h2). With `rps`, each connection sends at that fixed rate (one
     stream at a time); otherwise 10 concurrent streams per connection, as fast as it can.
     Latency percentiles come from its per-request log."""
@@ -454,6 +454,8 @@ def h2load(url, seconds, connections, rps=None):
     args = ["taskset", "-c", CLIENT_CPU, "h2load", "-D", str(seconds), "-c", str(connections),
             "-t", "1", f"--log-file={log}"]
     args += ["--rps", str(rps), "-m", "1"] if rps else ["-m", "10"]
+    if h1:
+        args.append("--h1")
     out = subprocess.run([*args, url], check=True, capture_output=True, text=True,
                          timeout=seconds + 30).stdout
     m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
@@ -572,6 +574,9 @@ SCENARIOS = {
                                        script=lua("sticky", STICKY_LUA))),
     "rate": ("HTTP/2 over TLS at a fixed 4,000 req/s (16 connections × 250)", None,
              lambda proxy, s, c: h2load(f"https://127.0.0.1:{PORTS[proxy][1]}/", s, 16, rps=250)),
+    "rate_h1": ("plain HTTP/1.1 at a fixed 4,000 req/s (16 connections × 250)", None,
+                lambda proxy, s, c: h2load(f"http://127.0.0.1:{PORTS[proxy][0]}/", s, 16, rps=250,
+                                           h1=True)),
 }
 JWT = None
 
