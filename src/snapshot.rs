@@ -110,6 +110,7 @@ impl Snapshot {
                             g.inherit_health(old);
                         }
                         g.start_health_checks();
+                        g.start_pool_reaper();
                         g
                     }
                 }

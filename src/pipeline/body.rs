@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use crate::error::ProxyError;
+use crate::upstream::UpstreamBody;
 
 /// Read the request body: at most `limit` bytes, and each chunk within `idle` of the last
 /// (a slow upload that keeps moving is fine; a stalled one is a 408).
@@ -176,18 +177,18 @@ impl Drop for LimitedBody {
 #[derive(Debug)]
 pub struct RelayBody {
     read: std::collections::VecDeque<Bytes>,
-    rest: Incoming,
+    rest: UpstreamBody,
 }
 
 impl RelayBody {
-    pub fn new(rest: Incoming) -> Self {
+    pub fn new(rest: UpstreamBody) -> Self {
         RelayBody {
             read: Default::default(),
             rest,
         }
     }
 
-    pub fn resume(read: Vec<Bytes>, rest: Incoming) -> Self {
+    pub fn resume(read: Vec<Bytes>, rest: UpstreamBody) -> Self {
         RelayBody {
             read: read.into(),
             rest,
@@ -195,11 +196,11 @@ impl RelayBody {
     }
 
     /// The replica's stream, for reading it further.
-    pub fn stream(&mut self) -> &mut Incoming {
+    pub fn stream(&mut self) -> &mut UpstreamBody {
         &mut self.rest
     }
 
-    pub fn into_stream(self) -> Incoming {
+    pub fn into_stream(self) -> UpstreamBody {
         self.rest
     }
 }

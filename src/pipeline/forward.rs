@@ -7,7 +7,7 @@
 use std::error::Error as _;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -21,7 +21,7 @@ use super::context::{AwaitingUpstream, ConnInfo, Phase, reached};
 use super::{ResponseBody, X_REQUEST_ID};
 use crate::error::ProxyError;
 use crate::idle::{self, Tracked};
-use crate::upstream::{Upstream, UpstreamGroup};
+use crate::upstream::{SendError, Upstream, UpstreamGroup};
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
 /// de-facto ones proxies also drop.
@@ -194,17 +194,13 @@ async fn relay(
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
     headers.insert(X_REQUEST_ID, request_id.clone());
 
+    // Origin-form (`/path?query`): the replica is reached directly, never through a proxy.
     let path = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(upstream.authority.clone());
-    uri.path_and_query = Some(path);
-    parts.uri =
-        Uri::from_parts(uri).map_err(|e| ProxyError::Internal(format!("upstream uri: {e}")))?;
+    parts.uri = Uri::from(path);
     parts.version = Version::HTTP_11;
 
     let progress = body.progress();
@@ -215,7 +211,7 @@ async fn relay(
     m.selections.inc();
     let sent = std::time::Instant::now();
     let result = tokio::select! {
-        r = group.client.request(req) => r.map_err(|e| classify(e, upstream)),
+        r = upstream.pool.send(req) => r.map_err(|e| classify(e, upstream)),
         e = deadlines(uploaded, progress, conn, group.response_timeout) => Err(e),
     };
     let upstream_time = sent.elapsed();
@@ -325,34 +321,24 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
 }
 
 /// Tell apart who failed: our own body limit, the client's body, or the replica.
-fn classify(e: hyper_util::client::legacy::Error, upstream: &Upstream) -> ProxyError {
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(b) = s.downcast_ref::<BodyError>() {
-            return match b {
-                BodyError::TooLarge => ProxyError::BodyTooLarge,
-                BodyError::Downstream(d) => ProxyError::DownstreamAborted(d.to_string()),
-            };
+fn classify(e: SendError, upstream: &Upstream) -> ProxyError {
+    if let SendError::Request(h) = &e {
+        let mut source = h.source();
+        while let Some(s) = source {
+            if let Some(b) = s.downcast_ref::<BodyError>() {
+                return match b {
+                    BodyError::TooLarge => ProxyError::BodyTooLarge,
+                    BodyError::Downstream(d) => ProxyError::DownstreamAborted(d.to_string()),
+                };
+            }
+            source = s.source();
         }
-        source = s.source();
     }
-    let detail = format!("{}: {}", upstream.address, error_chain(&e));
-    if e.is_connect() {
-        ProxyError::UpstreamConnect(detail)
-    } else {
-        ProxyError::UpstreamBroken(detail)
+    let detail = format!("{}: {}", upstream.address, e.detail());
+    match e {
+        SendError::Connect(_) => ProxyError::UpstreamConnect(detail),
+        SendError::Request(_) => ProxyError::UpstreamBroken(detail),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 /// Copy bytes both ways between an upgraded client and replica until either side closes,

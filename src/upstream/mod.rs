@@ -1,5 +1,8 @@
 //! Upstream replicas and the connections doorman keeps to them.
 
+mod client;
 mod pool;
+
+pub use client::{ConnPool, SendError, UpstreamBody};
 
 pub use pool::{InFlight, Sticky, Upstream, UpstreamGroup, UpstreamRequestBody};

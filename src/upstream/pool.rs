@@ -1,8 +1,5 @@
-//! An upstream group: its replicas, its balancer and its HTTP/1.1 keep-alive pool.
-//!
-//! One hyper-util client per group, so connect timeout and keep-alive limits are per group;
-//! the pool is keyed by replica address, so a replica sees a handful of long-lived
-//! connections rather than one per request.
+//! An upstream group: its replicas, its balancer, and per replica the HTTP/1.1 keep-alive
+//! pool (`client.rs`) built with the group's connect timeout and keep-alive limits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,10 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::client::ConnPool;
 use crate::balance::{Ring, RoundRobin};
 use crate::config::{Balance, HashKey, HealthSpec, UpstreamSpec};
 use crate::metrics::{GroupMetrics, Metrics, Name, ReplicaMetrics};
@@ -38,6 +33,8 @@ pub struct Upstream {
     failures: AtomicU32,
     ejected_until_ms: AtomicU64,
     pub metrics: ReplicaMetrics,
+    /// Idle keep-alive connections to this replica, and how new ones are made.
+    pub pool: Arc<ConnPool>,
 }
 
 /// Retries available when traffic is quiet (the budget's floor), and its cap, in milli-retries.
@@ -169,7 +166,8 @@ pub struct UpstreamGroup {
     /// Sum of the servers' weights (bounded-load caps are weighted shares of it).
     pub total_weight: u32,
     pub response_timeout: Duration,
-    pub client: Client<HttpConnector, UpstreamRequestBody>,
+    /// How long an idle upstream connection is kept.
+    keepalive_timeout: Duration,
 }
 
 impl UpstreamGroup {
@@ -190,22 +188,15 @@ impl UpstreamGroup {
                 failures: AtomicU32::new(0),
                 ejected_until_ms: AtomicU64::new(0),
                 metrics: metrics.replica(&name, s.address),
+                pool: Arc::new(ConnPool::new(
+                    s.address,
+                    spec.connect_timeout,
+                    spec.keepalive,
+                    spec.keepalive_timeout,
+                )),
             })
             .collect();
         let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
-
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(spec.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(spec.keepalive_timeout)
-            .pool_max_idle_per_host(spec.keepalive)
-            // We always set Host ourselves: it is the client's, not the replica's address.
-            .set_host(false)
-            .build(connector);
 
         UpstreamGroup {
             name: spec.name.clone(),
@@ -234,7 +225,7 @@ impl UpstreamGroup {
             retry_tokens: std::sync::atomic::AtomicI64::new(RETRY_FLOOR),
             retry_deposit: (spec.retry_budget * 1000.0) as i64,
             response_timeout: spec.response_timeout,
-            client,
+            keepalive_timeout: spec.keepalive_timeout,
         }
     }
 
@@ -304,13 +295,25 @@ impl UpstreamGroup {
         });
     }
 
+    /// Close idle upstream connections past the keep-alive timeout, every half of it, so
+    /// they close when traffic stops too. The task holds the group weakly and ends when the
+    /// group's snapshot is gone. Call within a tokio runtime.
+    pub fn start_pool_reaper(self: &Arc<Self>) {
+        let group = Arc::downgrade(self);
+        let every = (self.keepalive_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(g) = group.upgrade() else { return };
+                for s in &g.servers {
+                    s.pool.prune();
+                }
+            }
+        });
+    }
+
     async fn check(&self, s: &Upstream, path: &str) -> bool {
-        let Ok(uri) = http::Uri::builder()
-            .scheme("http")
-            .authority(s.authority.clone())
-            .path_and_query(path)
-            .build()
-        else {
+        let Ok(uri) = http::Uri::try_from(path) else {
             return false;
         };
         let (tx, _rx) = tokio::sync::oneshot::channel();
@@ -328,7 +331,7 @@ impl UpstreamGroup {
             http::header::USER_AGENT,
             http::HeaderValue::from_static("doorman-health"),
         );
-        match tokio::time::timeout(self.health.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.health.timeout, s.pool.send(req)).await {
             Ok(Ok(resp)) => {
                 let ok = resp.status().is_success() || resp.status().is_redirection();
                 // Drain so the pooled connection can be reused.

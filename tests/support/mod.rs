@@ -148,6 +148,7 @@ pub struct Seen {
 /// - `/health`: 200 or 503 as set by `set_healthy` (not recorded)
 /// - `/abort...`: read the body, record the request, then drop the connection unanswered
 /// - `/ws`: accept an HTTP/1.1 upgrade and echo bytes on the upgraded connection
+/// - `/close`: answer `200 closing` with `Connection: close`, then close the connection
 /// - anything else: `200 ok` after reading the whole body (its length goes in `Seen`)
 #[derive(Clone)]
 pub struct Replica {
@@ -155,6 +156,8 @@ pub struct Replica {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub connections: Arc<AtomicUsize>,
+    /// Connections that have ended (closed by either side).
+    pub closed: Arc<AtomicUsize>,
     gate: Arc<Notify>,
     calls: Arc<AtomicUsize>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
@@ -171,6 +174,7 @@ impl Replica {
             addr: listener.local_addr().unwrap(),
             seen: Arc::default(),
             connections: Arc::default(),
+            closed: Arc::default(),
             gate: Arc::default(),
             calls: Arc::default(),
             healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
@@ -193,7 +197,8 @@ impl Replica {
                 let r = r.clone();
                 let mut killed = r.killed.subscribe();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| r.clone().answer(req));
+                    let answering = r.clone();
+                    let svc = service_fn(move |req| answering.clone().answer(req));
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc)
                         .with_upgrades();
@@ -201,6 +206,7 @@ impl Replica {
                         _ = conn => {}
                         _ = killed.wait_for(|k| *k) => {}
                     }
+                    r.closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -268,6 +274,12 @@ impl Replica {
             self.record(&req, 0);
             let mut r = Response::new(full("status"));
             *r.status_mut() = StatusCode::from_u16(code.parse().unwrap()).unwrap();
+            r
+        } else if path == "/close" {
+            self.record(&req, 0);
+            let mut r = Response::new(full("closing"));
+            r.headers_mut()
+                .insert("connection", "close".parse().unwrap());
             r
         } else if path == "/hop" {
             self.record(&req, 0);
