@@ -12,6 +12,7 @@ jwt_hs, idem_first, idem_replay, sticky, rate, rate_h1, idle. A redis-server on 
 holds doorman's revocation list and idempotency records; JWT keys are generated per run.
 
 Usage: scripts/peers.py [--runs N] [--seconds S] [--connections C] [--only SCENARIO,...]
+       [--proxies doorman,doorman_b,nginx,haproxy] [--baseline OLD_DOORMAN_BINARY]
 """
 import argparse
 import asyncio
@@ -612,8 +613,11 @@ def main():
     ap.add_argument("--only", default=",".join([*SCENARIOS, "idle"]))
     ap.add_argument("--baseline", type=Path,
                     help="another doorman binary, measured alongside as doorman_b (before/after)")
+    ap.add_argument("--proxies", default="doorman,doorman_b,nginx,haproxy",
+                    help="which proxies to measure (e.g. doorman,doorman_b for a quick A/B)")
     a = ap.parse_args()
     wanted = a.only.split(",")
+    chosen = set(a.proxies.split(","))
     unknown = [w for w in wanted if w not in SCENARIOS and w != "idle"]
     if unknown:
         raise SystemExit(f"unknown scenarios {unknown}; known: {', '.join([*SCENARIOS, 'idle'])}")
@@ -637,6 +641,7 @@ def main():
                                                               a.baseline.resolve())))
         starts += [("nginx", lambda: start_nginx(key, crt)),
                    ("haproxy", lambda: start_haproxy(combined, JWT))]
+        starts = [(n, s) for n, s in starts if n in chosen]
         for name, start in starts:
             proxies[name] = start()
             procs.append(proxies[name])

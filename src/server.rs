@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use hyper::service::service_fn;
+use hyper::body::Incoming;
+use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -361,7 +362,7 @@ async fn connection(
                 limits.idle_timeout,
                 Some(open("h1")),
             ));
-            serve(tcp, conn, limits, snapshot).await
+            serve(tcp, Http::Sniff, conn, limits, snapshot).await
         }
         Kind::Tls => {
             let acceptor = TlsAcceptor::from(tls);
@@ -374,7 +375,12 @@ async fn connection(
             Metrics::count(&metrics.tls_handshakes, outcome);
             match handshake {
                 Ok(Ok(tls)) => {
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let http = match tls.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Http::H2,
+                        Some(b"http/1.1") => Http::H1,
+                        _ => Http::Sniff,
+                    };
+                    let h2 = http == Http::H2;
                     let conn = Arc::new(ConnInfo::new(
                         peer,
                         "https",
@@ -383,7 +389,7 @@ async fn connection(
                         limits.idle_timeout,
                         Some(open(if h2 { "h2" } else { "h1" })),
                     ));
-                    serve(tls, conn, limits, snapshot).await
+                    serve(tls, http, conn, limits, snapshot).await
                 }
                 Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
                 Err(_) => debug!("TLS handshake timed out"),
@@ -414,8 +420,75 @@ struct ConnLimits {
     idle_timeout: Duration,
 }
 
-async fn serve<I>(io: I, conn: Arc<ConnInfo>, settings: ConnLimits, snapshot: SharedSnapshot)
+/// Which HTTP a connection speaks: known from ALPN on TLS; sniffed from the first bytes
+/// otherwise (plain listeners, TLS clients that offered no ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Http {
+    H1,
+    H2,
+    Sniff,
+}
+
+/// A hyper connection future that can be asked to finish gracefully.
+trait Graceful: Future<Output = Result<(), Self::Error>> {
+    type Error: std::fmt::Display;
+    fn graceful(self: std::pin::Pin<&mut Self>);
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
 where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Error = hyper::Error;
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+impl<I, S, E, B> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    type Error = hyper::Error;
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+impl<I, S, E, B> Graceful for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>,
+    S::Error: Into<BoxError>,
+    S::Future: 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    type Error = BoxError;
+    fn graceful(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+async fn serve<I>(
+    io: I,
+    http: Http,
+    conn: Arc<ConnInfo>,
+    settings: ConnLimits,
+    snapshot: SharedSnapshot,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(Tracked::lingering(
@@ -432,28 +505,60 @@ where
         async move { Ok::<_, Infallible>(pipeline::handle(req, &conn, &snap).await) }
     });
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Also bounds the wait for the next request on a keep-alive connection, as HAProxy's
-        // `timeout http-keep-alive` defaults to `timeout http-request`.
-        .header_read_timeout(settings.header_timeout)
-        // A backstop above max_header_bytes: heads in between get our JSON 431, larger ones
-        // hyper's own 431.
-        .max_buf_size((settings.max_header_bytes * 2).max(16 * 1024));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_header_bytes * 2).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
-    let http = builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(http);
+    // Each protocol's builder takes the same settings, whichever way it is reached.
+    let h1 = |b: &mut hyper::server::conn::http1::Builder| {
+        b.timer(TokioTimer::new())
+            // Also bounds the wait for the next request on a keep-alive connection, as
+            // HAProxy's `timeout http-keep-alive` defaults to `timeout http-request`.
+            .header_read_timeout(settings.header_timeout)
+            // A backstop above max_header_bytes: heads in between get our JSON 431, larger
+            // ones hyper's own 431.
+            .max_buf_size((settings.max_header_bytes * 2).max(16 * 1024));
+    };
+    let h2_header_list = u32::try_from(settings.max_header_bytes * 2).unwrap_or(u32::MAX);
+    // With ALPN the protocol is known: its own connection type, without the sniffing
+    // wrapper (and without the other protocol's state in every connection's task).
+    match http {
+        Http::H1 => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            h1(&mut b);
+            let c = b.serve_connection(io, svc).with_upgrades();
+            drive(c, &conn, settings).await
+        }
+        Http::H2 => {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_header_list_size(h2_header_list)
+                .max_concurrent_streams(256);
+            drive(b.serve_connection(io, svc), &conn, settings).await
+        }
+        Http::Sniff => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            {
+                let mut b = builder.http1();
+                b.timer(TokioTimer::new())
+                    .header_read_timeout(settings.header_timeout)
+                    .max_buf_size((settings.max_header_bytes * 2).max(16 * 1024));
+            }
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(h2_header_list)
+                .max_concurrent_streams(256);
+            let c = builder.serve_connection_with_upgrades(io, svc);
+            drive(c, &conn, settings).await
+        }
+    }
+}
 
+/// Run a connection to its end, applying the drain, the shutdown deadline, the first-request
+/// deadline and the idle timeout.
+async fn drive<C: Graceful>(http: C, conn: &ConnInfo, settings: ConnLimits) {
+    tokio::pin!(http);
     let mut phase = conn.phase.clone();
     let mut closing = *phase.borrow() >= Phase::Draining;
     if closing {
-        http.as_mut().graceful_shutdown();
+        http.as_mut().graceful();
     }
     // hyper's header timer starts only once the first bytes arrive (after protocol
     // detection), and HTTP/2 has none: the first request must start within header_timeout.
@@ -474,7 +579,7 @@ where
                     debug!("shutdown grace expired: closing connection");
                     return;
                 }
-                http.as_mut().graceful_shutdown();
+                http.as_mut().graceful();
                 closing = true;
             }
             _ = tokio::time::sleep_until(first_request_by), if !first_checked => {
@@ -492,7 +597,7 @@ where
                     return;
                 }
                 debug!("idle timeout: closing connection");
-                http.as_mut().graceful_shutdown();
+                http.as_mut().graceful();
                 closing = true;
                 idle_closed = true;
             }

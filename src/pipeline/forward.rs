@@ -45,30 +45,42 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// Remove hop-by-hop headers, including every header the Connection header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the few names present is cheaper than a hash
-    // lookup per hop-by-hop name.
-    if !headers
-        .keys()
-        .any(|name| *name == HTTP2_SETTINGS || HOP_BY_HOP.contains(name))
-    {
+    // One pass over the few names present finds which hop-by-hop ones are there (bit i:
+    // HOP_BY_HOP[i], bit 8: HTTP2-Settings); only those are removed. Most requests carry
+    // none, and most responses just `Connection: keep-alive`.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if *name == HTTP2_SETTINGS {
+            present |= 1 << 8;
+        }
+    }
+    if present == 0 {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    // HOP_BY_HOP[0] is Connection: the names it lists go too (those not removed anyway).
+    if present & 1 != 0 {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !HOP_BY_HOP.contains(n))
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
-    headers.remove(HTTP2_SETTINGS);
+    if present & (1 << 8) != 0 {
+        headers.remove(HTTP2_SETTINGS);
+    }
 }
 
 /// The `Upgrade` value to forward, for a WebSocket handshake (HTTP/1.1 GET with
@@ -418,6 +430,31 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, vec!["authorization", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn a_keep_alive_response_loses_only_its_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        h.insert(header::SERVER, HeaderValue::from_static("nginx"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["content-length", "server"]);
+
+        // Every listed name goes, whatever it looks like.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Trace"),
+        );
+        h.insert("x-trace", HeaderValue::from_static("1"));
+        h.insert(header::DATE, HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["date"]);
     }
 
     #[test]
