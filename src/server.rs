@@ -6,10 +6,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -366,34 +368,42 @@ async fn connection(
         }
         Kind::Tls => {
             let acceptor = TlsAcceptor::from(tls);
-            let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await;
-            let outcome = match &handshake {
-                Ok(Ok(_)) => "ok",
-                Ok(Err(e)) => handshake_failure(e),
-                Err(_) => "timeout",
-            };
-            Metrics::count(&metrics.tls_handshakes, outcome);
-            match handshake {
-                Ok(Ok(tls)) => {
-                    let http = match tls.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Http::H2,
-                        Some(b"http/1.1") => Http::H1,
-                        _ => Http::Sniff,
+            // The stream's binding ends with this block, before the await: otherwise the
+            // task keeps room for it (1.2 KiB) beside the serving future that owns it.
+            let serving = {
+                let tls =
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            Metrics::count(&metrics.tls_handshakes, "ok");
+                            tls
+                        }
+                        Ok(Err(e)) => {
+                            Metrics::count(&metrics.tls_handshakes, handshake_failure(&e));
+                            debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            Metrics::count(&metrics.tls_handshakes, "timeout");
+                            debug!("TLS handshake timed out");
+                            return;
+                        }
                     };
-                    let h2 = http == Http::H2;
-                    let conn = Arc::new(ConnInfo::new(
-                        peer,
-                        "https",
-                        Some(permit),
-                        phase,
-                        limits.idle_timeout,
-                        Some(open(if h2 { "h2" } else { "h1" })),
-                    ));
-                    serve(tls, http, conn, limits, snapshot).await
-                }
-                Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
-                Err(_) => debug!("TLS handshake timed out"),
-            }
+                let http = match tls.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => Http::H2,
+                    Some(b"http/1.1") => Http::H1,
+                    _ => Http::Sniff,
+                };
+                let conn = Arc::new(ConnInfo::new(
+                    peer,
+                    "https",
+                    Some(permit),
+                    phase,
+                    limits.idle_timeout,
+                    Some(open(if http == Http::H2 { "h2" } else { "h1" })),
+                ));
+                serve(tls, http, conn, limits, snapshot)
+            };
+            serving.await
         }
     }
 }
@@ -482,13 +492,17 @@ where
     }
 }
 
-async fn serve<I>(
+/// The future that serves one connection. A plain function, not an `async fn`: the stream
+/// moves into hyper's connection here, so the task does not also keep the argument's room
+/// (a TLS stream is 1.2 KiB) beside the connection that now owns it.
+fn serve<I>(
     io: I,
     http: Http,
     conn: Arc<ConnInfo>,
     settings: ConnLimits,
     snapshot: SharedSnapshot,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(Tracked::lingering(
@@ -502,58 +516,59 @@ async fn serve<I>(
         let snap = snapshot.load_full();
         let conn = svc_conn.clone();
         conn.requests.fetch_add(1, Ordering::Relaxed);
-        async move { Ok::<_, Infallible>(pipeline::handle(req, &conn, &snap).await) }
+        // Boxed: hyper keeps a slot for the service's future in every connection for its
+        // whole life; boxed, an idle connection holds a pointer, not a request's state.
+        Box::pin(async move { Ok::<_, Infallible>(pipeline::handle(req, &conn, &snap).await) })
     });
 
-    // Each protocol's builder takes the same settings, whichever way it is reached.
-    let h1 = |b: &mut hyper::server::conn::http1::Builder| {
-        b.timer(TokioTimer::new())
-            // Also bounds the wait for the next request on a keep-alive connection, as
-            // HAProxy's `timeout http-keep-alive` defaults to `timeout http-request`.
-            .header_read_timeout(settings.header_timeout)
-            // A backstop above max_header_bytes: heads in between get our JSON 431, larger
-            // ones hyper's own 431.
-            .max_buf_size((settings.max_header_bytes * 2).max(16 * 1024));
-    };
+    type Boxed = Pin<Box<dyn Future<Output = ()> + Send>>;
+    let h1_buf = (settings.max_header_bytes * 2).max(16 * 1024);
     let h2_header_list = u32::try_from(settings.max_header_bytes * 2).unwrap_or(u32::MAX);
     // With ALPN the protocol is known: its own connection type, without the sniffing
-    // wrapper (and without the other protocol's state in every connection's task).
+    // wrapper. HTTP/2 and sniffed connections are boxed, so the task of every HTTP/1.1
+    // connection is sized for HTTP/1.1 alone, not for the largest of the three.
     match http {
         Http::H1 => {
             let mut b = hyper::server::conn::http1::Builder::new();
-            h1(&mut b);
+            b.timer(TokioTimer::new())
+                // Also bounds the wait for the next request on a keep-alive connection, as
+                // HAProxy's `timeout http-keep-alive` defaults to `timeout http-request`.
+                .header_read_timeout(settings.header_timeout)
+                // A backstop above max_header_bytes: heads in between get our JSON 431,
+                // larger ones hyper's own 431.
+                .max_buf_size(h1_buf);
             let c = b.serve_connection(io, svc).with_upgrades();
-            drive(c, &conn, settings).await
+            Either::Left(drive(c, conn, settings))
         }
         Http::H2 => {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
                 .max_header_list_size(h2_header_list)
                 .max_concurrent_streams(256);
-            drive(b.serve_connection(io, svc), &conn, settings).await
+            let c = b.serve_connection(io, svc);
+            Either::Right(Box::pin(drive(c, conn, settings)) as Boxed)
         }
         Http::Sniff => {
             let mut builder = auto::Builder::new(TokioExecutor::new());
-            {
-                let mut b = builder.http1();
-                b.timer(TokioTimer::new())
-                    .header_read_timeout(settings.header_timeout)
-                    .max_buf_size((settings.max_header_bytes * 2).max(16 * 1024));
-            }
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(settings.header_timeout)
+                .max_buf_size(h1_buf);
             builder
                 .http2()
                 .timer(TokioTimer::new())
                 .max_header_list_size(h2_header_list)
                 .max_concurrent_streams(256);
-            let c = builder.serve_connection_with_upgrades(io, svc);
-            drive(c, &conn, settings).await
+            let c = builder.serve_connection_with_upgrades(io, svc).into_owned();
+            Either::Right(Box::pin(drive(c, conn, settings)) as Boxed)
         }
     }
 }
 
 /// Run a connection to its end, applying the drain, the shutdown deadline, the first-request
 /// deadline and the idle timeout.
-async fn drive<C: Graceful>(http: C, conn: &ConnInfo, settings: ConnLimits) {
+async fn drive<C: Graceful>(http: C, conn: Arc<ConnInfo>, settings: ConnLimits) {
     tokio::pin!(http);
     let mut phase = conn.phase.clone();
     let mut closing = *phase.borrow() >= Phase::Draining;

@@ -472,7 +472,10 @@ async fn a_connection_that_never_sends_a_request_is_closed_after_header_timeout(
     })
     .await;
     assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
-    assert!(heard < 100, "only the server's SETTINGS preface, got {heard} bytes");
+    assert!(
+        heard < 100,
+        "only the server's SETTINGS preface, got {heard} bytes"
+    );
     p.stop().await;
 }
 

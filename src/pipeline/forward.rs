@@ -66,7 +66,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            // The usual tokens name no header to parse: `keep-alive` goes with HOP_BY_HOP,
+            // and `close` is an option, a field name RFC 9110 reserves for that reason.
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| !HOP_BY_HOP.contains(n))
             .collect();
         for name in named {
