@@ -60,7 +60,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     // HOP_BY_HOP[0] is Connection: the names it lists go too (those not removed anyway).
-    if present & 1 != 0 {
+    // Almost always a lone `keep-alive` or `close`, which name no header: nothing to scan.
+    let lone_option = |v: &HeaderValue| {
+        v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+            || v.as_bytes().eq_ignore_ascii_case(b"close")
+    };
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    let only_options = values.next().is_some_and(lone_option) && values.next().is_none();
+    if present & 1 != 0 && !only_options {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
