@@ -5,6 +5,9 @@
 #                                            idempotency (target/criterion/, target/bench-all.txt)
 #   scripts/bench.sh peers [peers.py args]   doorman vs NGINX vs HAProxy, CPU per request
 #                                            (target/bench/report.md; see scripts/peers.py)
+#   scripts/bench.sh instructions [args]     user-space instructions per request under
+#                                            callgrind, optionally vs --baseline BINARY
+#                                            (target/bench/instructions.md)
 #   scripts/bench.sh                         both
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,10 +42,18 @@ peers() {
   python3 scripts/peers.py "$@"
 }
 
+instructions() {
+  need valgrind:valgrind h2load:nghttp2-client nginx:nginx redis-server:redis-server \
+    openssl:openssl taskset:util-linux python3:python3
+  cargo build --release
+  python3 scripts/instructions.py "$@"
+}
+
 mkdir -p target
 case "${1:-all}" in
   micro) shift; micro "$@" ;;
   peers) shift; peers "$@" ;;
+  instructions) shift; instructions "$@" ;;
   all) micro; peers ;;
-  *) echo "usage: scripts/bench.sh [micro|peers|all] [args]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [micro|peers|instructions|all] [args]" >&2; exit 2 ;;
 esac

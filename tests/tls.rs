@@ -158,3 +158,29 @@ async fn sni_picks_the_certificate() {
     }
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_offering_no_alpn_is_served_either_protocol() {
+    let (p, r) = proxy().await;
+    // No ALPN: HTTP/1.1, as for any TLS client that did not ask.
+    let mut c = Client::connect(p.addrs.tls, &p.pki, "localhost", &[])
+        .await
+        .unwrap();
+    assert!(!c.is_h2());
+    let (resp, body) = c.get("/").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_11);
+    assert_eq!(&body[..], b"ok 0");
+
+    // No ALPN, but the HTTP/2 connection preface: recognised from the first bytes.
+    let cfg = p.pki.client_config(&[], &[&TLS13]);
+    let tls = tls_connect(p.addrs.tls, cfg, "localhost").await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    let mut c = Client::over(hyper_util::rt::TokioIo::new(tls), true).await;
+    let (resp, body) = c.get("/").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(&body[..], b"ok 0");
+    assert_eq!(r.count(), 2);
+    p.stop().await;
+}

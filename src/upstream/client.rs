@@ -171,7 +171,10 @@ impl ConnPool {
             // Just checked in, its connection may still be finishing the last response.
             match tokio::time::timeout(self.connect_timeout, sender.ready()).await {
                 Ok(Ok(())) => return Ok((sender, true)),
-                Ok(Err(_)) | Err(_) => continue,
+                Ok(Err(_)) => continue,
+                // Not ready in all that time: something is wrong with this replica's
+                // connections; a new one rather than another wait.
+                Err(_) => break,
             }
         }
         // Boxed: connecting is rare, and its future would otherwise grow every request's.
@@ -208,7 +211,14 @@ impl ConnPool {
                         debug!(upstream = %self.address, error = %e.error(), "pooled connection closed; sending on another");
                         req = back;
                     }
-                    _ => return Err(SendError::Request(e.into_error())),
+                    // Never written, on a new connection: nothing reached the replica.
+                    Some(_) => {
+                        return Err(SendError::Connect(format!(
+                            "connection closed before the request was written: {}",
+                            e.error()
+                        )));
+                    }
+                    None => return Err(SendError::Request(e.into_error())),
                 },
             }
         }

@@ -732,7 +732,7 @@ impl Client {
         Self::over(TokioIo::new(tcp), false).await
     }
 
-    async fn over<I>(io: I, h2: bool) -> Client
+    pub async fn over<I>(io: I, h2: bool) -> Client
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""User-space instructions per request, counted by callgrind: a figure that does not drift
+with the machine's load, for judging a change to the hot path (before/after in one run).
+
+doorman runs under `valgrind --tool=callgrind` with the same replicas, certificate and
+config as scripts/peers.py; after a warm-up the counters are zeroed, h2load sends a fixed
+number of requests, and the counters are dumped: instructions ÷ requests. Kernel time is not
+counted (callgrind sees user space only), so this measures exactly the part of the CPU cost
+that doorman's own code decides. Only 127.0.0.1 is used; every load is a fixed count.
+
+Usage: scripts/instructions.py [--binary PATH] [--baseline PATH] [--kinds plain,tls,h2]
+                               [--requests N]
+Writes target/bench/instructions.md.
+"""
+import argparse
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402
+
+URLS = {  # kind -> (url, h2load flags)
+    "plain": ("http://127.0.0.1:{plain}/", ["--h1", "-c", "32"]),
+    "tls": ("https://127.0.0.1:{tls}/", ["--h1", "-c", "32"]),
+    "h2": ("https://127.0.0.1:{tls}/", ["-c", "32", "-m", "10"]),
+}
+
+
+def load(url, flags, n):
+    out = subprocess.run(["taskset", "-c", peers.CLIENT_CPU, "h2load", *flags, "-n", str(n), url],
+                         capture_output=True, text=True, timeout=600).stdout
+    done = [line for line in out.splitlines() if line.startswith("requests:")]
+    if not done or f"{n} succeeded" not in done[0]:
+        raise SystemExit(f"h2load did not complete {n} requests against {url}:\n{out[-1500:]}")
+
+
+def count(binary, kind, n, key, crt):
+    """Instructions per request for one binary and one kind of request."""
+    out_dir = peers.WORK / "callgrind"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = out_dir / f"run-{Path(binary).name}.sh"
+    wrapper.write_text("#!/bin/sh\nexec valgrind --tool=callgrind "
+                       f"--callgrind-out-file={out_dir}/cg.%p {binary} \"$@\"\n")
+    wrapper.chmod(0o755)
+    wait = peers.wait_port
+    peers.wait_port = lambda port, timeout=10.0: wait(port, 120.0)  # valgrind starts slowly
+    try:
+        proc = peers.start_doorman(key, crt, peers.JWT, binary=wrapper)
+    finally:
+        peers.wait_port = wait
+    try:
+        plain, tls = peers.PORTS["doorman"]
+        url, flags = URLS[kind]
+        url = url.format(plain=plain, tls=tls)
+        load(url, flags, max(n // 10, 500))  # warm-up: pools, caches, session state
+        pid = str(proc.p.pid)
+        subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
+        load(url, flags, n)
+        subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+        time.sleep(1)
+        dumps = sorted(glob.glob(f"{out_dir}/cg.{pid}.*"), key=os.path.getmtime)
+        if not dumps:
+            raise SystemExit("callgrind wrote no dump")
+        text = subprocess.run(["callgrind_annotate", dumps[-1]], capture_output=True,
+                              text=True, check=True).stdout
+        total = next(line for line in text.splitlines() if "PROGRAM TOTALS" in line)
+        return int(total.split()[0].replace(",", "")) / n
+    finally:
+        proc.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", type=Path, default=peers.DOORMAN)
+    ap.add_argument("--baseline", type=Path, help="another doorman binary, counted alongside")
+    ap.add_argument("--kinds", default="plain,tls,h2")
+    ap.add_argument("--requests", type=int, default=20000)
+    a = ap.parse_args()
+    for tool in ["valgrind", "callgrind_control", "callgrind_annotate", "h2load", "nginx",
+                 "redis-server", "taskset", "openssl"]:
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing (scripts/bench.sh installs it)")
+    kinds = a.kinds.split(",")
+    unknown = [k for k in kinds if k not in URLS]
+    if unknown:
+        raise SystemExit(f"unknown kinds {unknown}; known: {', '.join(URLS)}")
+    binaries = [("doorman", a.binary.resolve())]
+    if a.baseline:
+        binaries.append(("baseline", a.baseline.resolve()))
+    peers.WORK.mkdir(parents=True, exist_ok=True)
+    key, crt, _ = peers.setup_certs()
+    peers.JWT = peers.Jwt()
+    procs = []
+    rows = []
+    try:
+        procs.append(peers.start_replicas())
+        procs.append(peers.start_redis())
+        for kind in kinds:
+            got = {}
+            for name, binary in binaries:
+                got[name] = count(binary, kind, a.requests, key, crt)
+                print(f"{kind:6} {name:9} {got[name]:9.0f} instructions/request", flush=True)
+            rows.append((kind, got))
+    finally:
+        for p in procs:
+            p.stop()
+    lines = [f"User-space instructions per request (callgrind), {a.requests} requests after a "
+             "warm-up, 32 connections.",
+             f"Command: `scripts/instructions.py --kinds {a.kinds} --requests {a.requests}"
+             + (" --baseline BINARY`" if a.baseline else "`"), "",
+             "| request | doorman | baseline | doorman ÷ baseline |", "|---|---:|---:|---:|"]
+    for kind, got in rows:
+        base = got.get("baseline")
+        lines.append(f"| {kind} | {got['doorman']:.0f} | {base:.0f} | {got['doorman'] / base:.3f} |"
+                     if base else f"| {kind} | {got['doorman']:.0f} | — | — |")
+    report = peers.WORK / "instructions.md"
+    report.write_text("\n".join(lines) + "\n")
+    print(f"wrote {report}")
+
+
+if __name__ == "__main__":
+    main()
