@@ -277,6 +277,8 @@ admin_listen = "127.0.0.1:{admin}"
 workers = 1
 max_connections = 20000
 header_timeout = "60s"
+[tls]
+{DOORMAN_SUITES if SERVER_SUITES else ""}
 [[tls.certificates]]
 cert = "{crt}"
 key = "{key}"
@@ -346,6 +348,7 @@ def start_nginx(key, crt):
     ssl_certificate_key {key};
     ssl_protocols TLSv1.3;
     ssl_ecdh_curve X25519;
+{NGINX_SUITES if SERVER_SUITES else ""}
     ssl_session_cache off;
     location / {{
       proxy_pass http://api;
@@ -376,6 +379,7 @@ def start_haproxy(combined, jwt):
 global
   nbthread 1
   maxconn 9900
+{HAPROXY_SUITES if SERVER_SUITES else ""}
 defaults
   mode http
   timeout connect 2s
@@ -550,6 +554,16 @@ def idle(proc, count=IDLE_CONNECTIONS):
             "rss_before_mib": before / 1024}
 
 
+# --server-suites: every proxy prefers the same TLS 1.3 suites in the server's order (the
+# default leaves the order to the client: wrk and h2load, built on OpenSSL, put AES-256 first).
+SERVER_SUITES = False
+SUITES = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
+DOORMAN_SUITES = "cipher_suites = [" + ", ".join(f'"{n}"' for n in SUITES) + "]"
+NGINX_SUITES = (f"    ssl_conf_command Ciphersuites {':'.join(SUITES)};\n"
+                "    ssl_prefer_server_ciphers on;")
+# HAProxy uses the server's order unless told `prefer-client-ciphers`.
+HAPROXY_SUITES = f"  ssl-default-bind-ciphersuites {':'.join(SUITES)}"
+
 # name -> (title, which proxies, load)
 SCENARIOS = {
     "plain": ("plain HTTP/1.1 keep-alive GET", None,
@@ -615,7 +629,12 @@ def main():
                     help="another doorman binary, measured alongside as doorman_b (before/after)")
     ap.add_argument("--proxies", default="doorman,doorman_b,nginx,haproxy",
                     help="which proxies to measure (e.g. doorman,doorman_b for a quick A/B)")
+    ap.add_argument("--server-suites", action="store_true",
+                    help="every proxy prefers TLS_AES_128_GCM_SHA256, then AES-256, then "
+                         "ChaCha20, in the server's order")
     a = ap.parse_args()
+    global SERVER_SUITES
+    SERVER_SUITES = a.server_suites
     wanted = a.only.split(",")
     chosen = set(a.proxies.split(","))
     unknown = [w for w in wanted if w not in SCENARIOS and w != "idle"]
@@ -732,7 +751,11 @@ def write_report(results, idle_results, a):
         f"runs of {a.seconds} s after a warm-up, {a.connections} connections. "
         f"nginx {version(['nginx', '-v'])}, haproxy {version(['haproxy', '-v'])}.",
         f"Command: `scripts/bench.sh peers --runs {a.runs} --seconds {a.seconds} "
-        f"--connections {a.connections}`",
+        f"--connections {a.connections}"
+        + (f" --only {a.only}" if a.only != ",".join([*SCENARIOS, "idle"]) else "")
+        + (" --server-suites`" if a.server_suites else "`")
+        + (". TLS 1.3 suites: every proxy prefers " + ", ".join(SUITES) + " in the server's order."
+           if a.server_suites else ". TLS 1.3 suites: the client's order (AES-256-GCM first)."),
         "",
         "| scenario | proxy | CPU µs/request | doorman ÷ this | req/s | p50 ms | p90 ms | p99 ms "
         "| p99 doorman ÷ this | errors | client core busy | RSS MiB | Redis calls/request |",

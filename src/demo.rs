@@ -67,6 +67,7 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
     let config = Config {
         server: settings,
         tls: vec![cert],
+        cipher_suites: Vec::new(),
         upstreams: vec![UpstreamSpec {
             name: "demo".into(),
             balance: Balance::RoundRobin,

@@ -90,7 +90,8 @@ impl Snapshot {
     /// health state of the replicas it kept; an unchanged store (Redis connections,
     /// revocation view, embedded records) is kept. TLS, routes and keys are always rebuilt.
     pub fn rebuild(config: &Config, previous: Option<&Snapshot>) -> Result<Self, String> {
-        let tls = crate::tls::server_config(&config.tls).map_err(|e| format!("tls: {e}"))?;
+        let tls = crate::tls::server_config(&config.tls, &config.cipher_suites)
+            .map_err(|e| format!("tls: {e}"))?;
         let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| p.metrics.clone());
         let groups: Vec<Arc<UpstreamGroup>> = config
             .upstreams

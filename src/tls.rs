@@ -12,15 +12,38 @@ use crate::config::CertificateSpec;
 /// ALPN protocols we offer, in order of preference.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// Build the listener's TLS configuration from loaded certificates (the first is the default).
-pub fn server_config(certs: &[CertificateSpec]) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+/// The TLS 1.3 suites `[tls] cipher_suites` may name, by their IANA names.
+pub fn cipher_suites() -> [(&'static str, rustls::SupportedCipherSuite); 3] {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    [
+        ("TLS_AES_128_GCM_SHA256", cs::TLS13_AES_128_GCM_SHA256),
+        ("TLS_AES_256_GCM_SHA384", cs::TLS13_AES_256_GCM_SHA384),
+        (
+            "TLS_CHACHA20_POLY1305_SHA256",
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+    ]
+}
+
+/// Build the listener's TLS configuration from loaded certificates (the first is the default)
+/// and the configured suites (empty: rustls' defaults, in the client's order of preference;
+/// otherwise exactly these, in this order, whatever the client prefers — as nginx's
+/// `ssl_prefer_server_ciphers on` or HAProxy's default).
+pub fn server_config(
+    certs: &[CertificateSpec],
+    suites: &[rustls::SupportedCipherSuite],
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !suites.is_empty() {
+        provider.cipher_suites = suites.to_vec();
+    }
     let resolver = SniResolver::new(certs)
         .ok_or_else(|| rustls::Error::General("no certificate configured".into()))?;
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
+    config.ignore_client_order = !suites.is_empty();
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     // Stateless tickets let returning clients resume without a full handshake.
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
@@ -110,10 +133,12 @@ mod tests {
     #[test]
     fn alpn_prefers_h2_then_http11() {
         // TLS 1.3-only is checked end to end in tests/tls.rs (rustls and openssl clients).
-        let cfg = server_config(&[spec(&["a.test"])]).unwrap();
+        let cfg = server_config(&[spec(&["a.test"])], &[]).unwrap();
         assert_eq!(
             cfg.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
+        // No suites configured: rustls' own, and the client's order is honoured.
+        assert!(!cfg.ignore_client_order);
     }
 }

@@ -184,3 +184,58 @@ async fn a_client_offering_no_alpn_is_served_either_protocol() {
     assert_eq!(r.count(), 2);
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cipher_suites_set_the_servers_order_and_the_default_follows_the_client() {
+    use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider};
+    // A client preferring AES-256 (as OpenSSL's clients do), also offering AES-128.
+    let client_prefers_256 = || {
+        let mut p = default_provider();
+        p.cipher_suites = vec![cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_AES_128_GCM_SHA256];
+        p
+    };
+    let negotiated = |p: &TestProxy, provider| {
+        let cfg = p
+            .pki
+            .client_config_with(&[b"http/1.1"], &[&TLS13], provider);
+        let addr = p.addrs.tls;
+        async move {
+            let tls = tls_connect(addr, cfg, "localhost").await.unwrap();
+            tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+        }
+    };
+
+    // Default: the client's order.
+    let (p, _r) = proxy().await;
+    assert_eq!(
+        negotiated(&p, client_prefers_256()).await,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    p.stop().await;
+
+    // Configured: the server's order wins, and a suite left out is never chosen.
+    let r = Replica::start("r1").await;
+    let pki = Arc::new(TestPki::new());
+    let leaf = pki.leaf("localhost", &["localhost", "127.0.0.1"]);
+    let tls = "[tls]\ncipher_suites = [\"TLS_AES_128_GCM_SHA256\", \"TLS_AES_256_GCM_SHA384\"]\n"
+        .to_string()
+        + &cert_toml(&leaf, &["localhost"]);
+    let p = TestProxy::start_with(
+        pki,
+        "",
+        &tls,
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+    assert_eq!(
+        negotiated(&p, client_prefers_256()).await,
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+    );
+    let mut chacha_only = default_provider();
+    chacha_only.cipher_suites = vec![cs::TLS13_CHACHA20_POLY1305_SHA256];
+    let cfg = p
+        .pki
+        .client_config_with(&[b"http/1.1"], &[&TLS13], chacha_only);
+    assert!(tls_connect(p.addrs.tls, cfg, "localhost").await.is_err());
+    p.stop().await;
+}

@@ -322,6 +322,7 @@ impl Proxy {
         let config = Config {
             server: settings,
             tls: vec![cert],
+            cipher_suites: Vec::new(),
             upstreams: vec![group],
             routes: vec![RouteSpec {
                 host: None,

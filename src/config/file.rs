@@ -39,6 +39,8 @@ pub(crate) struct RawServer {
 pub(crate) struct RawTls {
     #[serde(default)]
     pub(crate) certificates: Vec<RawCertificate>,
+    #[serde(default)]
+    pub(crate) cipher_suites: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

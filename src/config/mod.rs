@@ -49,6 +49,9 @@ pub mod defaults {
 pub struct Config {
     pub server: ServerSettings,
     pub tls: Vec<CertificateSpec>,
+    /// `[tls] cipher_suites`: the TLS 1.3 suites in the server's order of preference, which
+    /// then overrides the client's. Empty: rustls' suites, in the client's order.
+    pub cipher_suites: Vec<rustls::SupportedCipherSuite>,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
     pub store: StoreSettings,

@@ -113,7 +113,7 @@ impl Validator {
                 .and_then(|raw| self.server(raw)),
             None => self.server(RawServer::default()),
         };
-        let tls = self.tls(doc.remove("tls"));
+        let (tls, cipher_suites) = self.tls(doc.remove("tls"));
         let upstreams = self.upstreams(doc.remove("upstreams"));
         let store = match doc.remove("store") {
             Some(v) => self
@@ -164,6 +164,7 @@ impl Validator {
         Some(Config {
             server: server?,
             tls,
+            cipher_suites,
             upstreams,
             routes,
             store,
@@ -267,14 +268,18 @@ impl Validator {
         })
     }
 
-    fn tls(&mut self, value: Option<toml::Value>) -> Vec<CertificateSpec> {
+    fn tls(
+        &mut self,
+        value: Option<toml::Value>,
+    ) -> (Vec<CertificateSpec>, Vec<rustls::SupportedCipherSuite>) {
         let raw: RawTls = match value {
             Some(v) => match self.section("tls", v) {
                 Some(raw) => raw,
-                None => return Vec::new(),
+                None => return (Vec::new(), Vec::new()),
             },
             None => RawTls::default(),
         };
+        let suites = self.cipher_suites(raw.cipher_suites.as_deref());
         if raw.certificates.is_empty() {
             self.err(
                 "tls.certificates",
@@ -282,7 +287,8 @@ impl Validator {
             );
         }
         let mut seen = HashSet::new();
-        raw.certificates
+        let certs = raw
+            .certificates
             .into_iter()
             .enumerate()
             .filter_map(|(i, c)| {
@@ -296,7 +302,38 @@ impl Validator {
                 }
                 self.certificate(&key, c, &mut seen)
             })
-            .collect()
+            .collect();
+        (certs, suites)
+    }
+
+    /// `[tls] cipher_suites`: IANA names of TLS 1.3 suites, each once, at least one.
+    fn cipher_suites(&mut self, names: Option<&[String]>) -> Vec<rustls::SupportedCipherSuite> {
+        let Some(names) = names else {
+            return Vec::new();
+        };
+        if names.is_empty() {
+            self.err(
+                "tls.cipher_suites",
+                "empty: leave it out for the default, or name at least one suite",
+            );
+        }
+        let known = crate::tls::cipher_suites();
+        let mut out: Vec<rustls::SupportedCipherSuite> = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let key = format!("tls.cipher_suites[{i}]");
+            match known.iter().find(|(n, _)| *n == name.as_str()) {
+                None => {
+                    let all: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+                    self.err(
+                        key,
+                        format!("unknown TLS 1.3 suite {name:?}; known: {}", all.join(", ")),
+                    );
+                }
+                Some((_, s)) if out.contains(s) => self.err(key, format!("{name} is listed twice")),
+                Some((_, s)) => out.push(*s),
+            }
+        }
+        out
     }
 
     fn certificate(
@@ -1143,6 +1180,60 @@ mod tests {
         );
         assert_eq!(e[3].message, "5000 is out of range 0..=1000");
         assert_eq!(e[5].message, "no upstream group named \"missing\"");
+    }
+
+    #[test]
+    fn cipher_suites_must_be_known_tls13_suites_each_once() {
+        let with = |suites: &str| {
+            format!(
+                r#"
+                [tls]
+                certificates = [{{ cert = "/nonexistent/a.crt", key = "/nonexistent/a.key" }}]
+                cipher_suites = {suites}
+                [upstreams.api]
+                servers = [{{ address = "127.0.0.1:9001" }}]
+                [[routes]]
+                path_prefix = "/"
+                upstream = "api"
+                "#
+            )
+        };
+        let suite_errors = |suites: &str| -> Vec<(String, String)> {
+            errors(&with(suites))
+                .into_iter()
+                .filter(|e| e.key.starts_with("tls.cipher_suites"))
+                .map(|e| (e.key, e.message))
+                .collect()
+        };
+        assert_eq!(
+            suite_errors(r#"["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384"]"#),
+            vec![]
+        );
+        let e = suite_errors(
+            r#"["TLS_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256"]"#,
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0].0, "tls.cipher_suites[1]");
+        assert!(e[0].1.contains("unknown TLS 1.3 suite"), "{}", e[0].1);
+        assert!(
+            e[0].1.contains("TLS_CHACHA20_POLY1305_SHA256"),
+            "{}",
+            e[0].1
+        );
+        assert_eq!(
+            e[1],
+            (
+                "tls.cipher_suites[2]".to_string(),
+                "TLS_AES_128_GCM_SHA256 is listed twice".to_string()
+            )
+        );
+        assert_eq!(
+            suite_errors("[]"),
+            vec![(
+                "tls.cipher_suites".to_string(),
+                "empty: leave it out for the default, or name at least one suite".to_string()
+            )]
+        );
     }
 
     #[test]

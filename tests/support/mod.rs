@@ -109,10 +109,23 @@ impl TestPki {
         alpn: &[&[u8]],
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Arc<ClientConfig> {
+        self.client_config_with(
+            alpn,
+            versions,
+            rustls::crypto::aws_lc_rs::default_provider(),
+        )
+    }
+
+    /// `client_config` with a crypto provider of the test's own (its suites, their order).
+    pub fn client_config_with(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        provider: rustls::crypto::CryptoProvider,
+    ) -> Arc<ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_der.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut cfg = ClientConfig::builder_with_provider(provider)
+        let mut cfg = ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
