@@ -449,7 +449,7 @@ enum Http {
 /// A hyper connection future that can be asked to finish gracefully.
 trait Graceful: Future<Output = Result<(), Self::Error>> {
     type Error: std::fmt::Display;
-    fn graceful(self: std::pin::Pin<&mut Self>);
+    fn graceful(self: Pin<&mut Self>);
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -463,7 +463,7 @@ where
     B::Error: Into<BoxError>,
 {
     type Error = hyper::Error;
-    fn graceful(self: std::pin::Pin<&mut Self>) {
+    fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown()
     }
 }
@@ -478,7 +478,7 @@ where
     E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
     type Error = hyper::Error;
-    fn graceful(self: std::pin::Pin<&mut Self>) {
+    fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown()
     }
 }
@@ -494,7 +494,7 @@ where
     E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
     type Error = BoxError;
-    fn graceful(self: std::pin::Pin<&mut Self>) {
+    fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown()
     }
 }

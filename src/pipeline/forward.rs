@@ -65,9 +65,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
             || v.as_bytes().eq_ignore_ascii_case(b"close")
     };
-    let mut values = headers.get_all(header::CONNECTION).iter();
-    let only_options = values.next().is_some_and(lone_option) && values.next().is_none();
-    if present & 1 != 0 && !only_options {
+    let names_headers = present & 1 != 0 && {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        !(values.next().is_some_and(lone_option) && values.next().is_none())
+    };
+    if names_headers {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
