@@ -14,6 +14,13 @@ use doorman::server::{self, Listeners};
 use doorman::snapshot::Snapshot;
 use tracing::{error, info};
 
+/// jemalloc, as Pingora and linkerd2-proxy ship: against glibc's malloc it held 22.6 → 21.9
+/// KiB per idle TLS connection and 1.6 % fewer instructions per plain request (same-run
+/// figures in docs/benchmarks.md), and it does not grow per-thread arenas under load.
+/// (mimalloc saved 5 % of instructions but held 31 KiB per idle connection.)
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "doorman",
