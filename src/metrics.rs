@@ -5,8 +5,9 @@
 //! are bounded by the configuration: route prefixes, group names, replica addresses, fixed
 //! outcome names — never request ids, keys, tokens or raw paths. Per-replica handles are
 //! resolved once when a group is built (`ReplicaMetrics`) and the in-flight gauges once per
-//! process; per request there remain the request counter (one family lookup with shared,
-//! allocation-free labels) and the route's duration histogram (a lookup and a short lock).
+//! process, a route's request counters and duration histogram when its snapshot is built
+//! (`RouteMetrics`), and the auth outcomes every authenticated request counts at start
+//! (`AuthCounters`): recording a request hashes no labels.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -156,8 +157,8 @@ fn histograms<L: Clone + std::hash::Hash + Eq>() -> Histograms<L> {
 pub struct Metrics {
     registry: Registry,
     pub started: Instant,
-    /// The route label of requests that matched no route.
-    pub no_route: Name,
+    /// The handles of requests that matched no route (label `-`), made on first use.
+    no_route: OnceLock<RouteMetrics>,
     /// In-flight gauges for h1 and h2, resolved once.
     pub in_flight_h1: Gauge,
     pub in_flight_h2: Gauge,
@@ -178,6 +179,8 @@ pub struct Metrics {
     pub hash_fallbacks: Family<GroupLabels, Counter>,
     pub bounded_load_spills: Family<GroupLabels, Counter>,
     pub auth: Family<OutcomeLabels, Counter>,
+    /// Handles into `auth`, `token_cache` and `revocation_view` for the common outcomes.
+    pub auth_counters: AuthCounters,
     pub token_cache: Family<OutcomeLabels, Counter>,
     pub revocation_view: Family<OutcomeLabels, Counter>,
     pub idempotency: Family<OutcomeLabels, Counter>,
@@ -206,6 +209,94 @@ static LOG_DROPPED: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> = OnceLock::new
 /// Tell the metrics where to read the log writer's dropped-line count.
 pub fn set_log_dropped_source(f: impl Fn() -> u64 + Send + Sync + 'static) {
     let _ = LOG_DROPPED.set(Box::new(f));
+}
+
+/// Methods × status classes (`status / 100`, 1 … 9 for the codes hyper accepts).
+const METHOD_LABELS: usize = 8;
+const STATUS_CLASSES: usize = 10;
+/// Routes over groups larger than this count requests through the family lookup: the
+/// route's table of handles stays small.
+const ROUTE_TABLE_REPLICAS: usize = 32;
+
+/// A route's metric handles, resolved when its snapshot is built: the duration histogram,
+/// and the request counters, one per method × status class × replica (or none), each
+/// resolved the first time it is counted. The series are the same as through the families.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    pub label: Name,
+    duration: Histogram,
+    /// The group's replicas in order: a counter's slot is its position + 1 (0: none).
+    replicas: Vec<SocketAddr>,
+    requests: Box<[OnceLock<Counter>]>,
+}
+
+impl RouteMetrics {
+    pub fn new(m: &Metrics, label: Arc<str>, replicas: &[SocketAddr]) -> Self {
+        let label = Name(label);
+        let replicas = if replicas.len() <= ROUTE_TABLE_REPLICAS {
+            replicas.to_vec()
+        } else {
+            Vec::new()
+        };
+        let slots = METHOD_LABELS * STATUS_CLASSES * (replicas.len() + 1);
+        RouteMetrics {
+            duration: m
+                .request_duration
+                .get_or_create(&RouteLabels {
+                    route: label.clone(),
+                })
+                .clone(),
+            label,
+            requests: (0..slots).map(|_| OnceLock::new()).collect(),
+            replicas,
+        }
+    }
+
+    /// Count one answered request and observe its duration.
+    pub fn record(
+        &self,
+        m: &Metrics,
+        method: MethodLabel,
+        status: u16,
+        upstream: Option<SocketAddr>,
+        took: std::time::Duration,
+    ) {
+        self.duration.observe(took.as_secs_f64());
+        let class = StatusClass::of(status);
+        let labels = || RequestLabels {
+            route: self.label.clone(),
+            method,
+            status: class,
+            upstream: Replica(upstream),
+        };
+        let replica = match upstream {
+            None => Some(0),
+            Some(a) => self.replicas.iter().position(|r| *r == a).map(|i| i + 1),
+        };
+        let slot = replica
+            .filter(|_| usize::from(class.0) < STATUS_CLASSES)
+            .map(|r| {
+                (method as usize * STATUS_CLASSES + usize::from(class.0))
+                    * (self.replicas.len() + 1)
+                    + r
+            });
+        match slot.and_then(|i| self.requests.get(i)) {
+            Some(cell) => cell
+                .get_or_init(|| m.requests.get_or_create(&labels()).clone())
+                .inc(),
+            None => m.requests.get_or_create(&labels()).inc(),
+        };
+    }
+}
+
+/// The auth outcomes of a request that passes, resolved once per process.
+#[derive(Debug, Clone)]
+pub struct AuthCounters {
+    pub ok: Counter,
+    pub cache_hit: Counter,
+    pub cache_miss: Counter,
+    pub view_hit: Counter,
+    pub view_miss: Counter,
 }
 
 /// A replica's metric handles, resolved once per group build.
@@ -245,10 +336,22 @@ impl Metrics {
                 .clone()
         };
         let (in_flight_h1, in_flight_h2) = (gauge("h1"), gauge("h2"));
+        let [auth, token_cache, revocation_view]: [Family<OutcomeLabels, Counter>; 3] =
+            Default::default();
+        let outcome = |f: &Family<OutcomeLabels, Counter>, outcome| {
+            f.get_or_create(&OutcomeLabels { outcome }).clone()
+        };
+        let auth_counters = AuthCounters {
+            ok: outcome(&auth, "ok"),
+            cache_hit: outcome(&token_cache, "hit"),
+            cache_miss: outcome(&token_cache, "miss"),
+            view_hit: outcome(&revocation_view, "hit"),
+            view_miss: outcome(&revocation_view, "miss"),
+        };
         let m = Metrics {
             registry: Registry::with_prefix("doorman"),
             started: Instant::now(),
-            no_route: Name("-".into()),
+            no_route: OnceLock::new(),
             in_flight_h1,
             in_flight_h2,
             requests: Family::default(),
@@ -267,9 +370,10 @@ impl Metrics {
             retry_budget_exhausted: Family::default(),
             hash_fallbacks: Family::default(),
             bounded_load_spills: Family::default(),
-            auth: Family::default(),
-            token_cache: Family::default(),
-            revocation_view: Family::default(),
+            auth,
+            auth_counters,
+            token_cache,
+            revocation_view,
             idempotency: Family::default(),
             store_duration: histograms(),
             store_errors: Family::default(),
@@ -445,6 +549,12 @@ impl Metrics {
         }
     }
 
+    /// The handles for requests that matched no route.
+    pub fn no_route(&self) -> &RouteMetrics {
+        self.no_route
+            .get_or_init(|| RouteMetrics::new(self, "-".into(), &[]))
+    }
+
     pub fn count(family: &Family<OutcomeLabels, Counter>, outcome: &'static str) {
         family.get_or_create(&OutcomeLabels { outcome }).inc();
     }
@@ -583,5 +693,80 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn route_handles_count_into_the_same_series_as_the_family() {
+        let m = Metrics::new();
+        let a: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:9002".parse().unwrap();
+        let outside: SocketAddr = "127.0.0.1:9009".parse().unwrap();
+        let r = RouteMetrics::new(&m, "/api/".into(), &[a, b]);
+        let ms = std::time::Duration::from_millis(1);
+        r.record(&m, MethodLabel::GET, 200, Some(a), ms);
+        r.record(&m, MethodLabel::GET, 204, Some(a), ms);
+        r.record(&m, MethodLabel::GET, 200, Some(b), ms);
+        r.record(&m, MethodLabel::POST, 404, None, ms);
+        // Not in the group (the table has no slot for it): counted through the family.
+        r.record(&m, MethodLabel::GET, 502, Some(outside), ms);
+        m.no_route().record(&m, MethodLabel::GET, 404, None, ms);
+
+        let count = |route: &str, method, status, upstream| {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    route: Name(route.into()),
+                    method,
+                    status: StatusClass::of(status),
+                    upstream: Replica(upstream),
+                })
+                .get()
+        };
+        assert_eq!(count("/api/", MethodLabel::GET, 200, Some(a)), 2);
+        assert_eq!(count("/api/", MethodLabel::GET, 200, Some(b)), 1);
+        assert_eq!(count("/api/", MethodLabel::POST, 404, None), 1);
+        assert_eq!(count("/api/", MethodLabel::GET, 502, Some(outside)), 1);
+        assert_eq!(count("-", MethodLabel::GET, 404, None), 1);
+        assert_eq!(count("/api/", MethodLabel::GET, 500, Some(a)), 0);
+
+        let text = m.encode();
+        assert_eq!(
+            line(&text, "doorman_request_duration_seconds_count{route=\"/api/\"}"),
+            Some("doorman_request_duration_seconds_count{route=\"/api/\"} 5")
+        );
+        assert_eq!(
+            line(&text, "doorman_request_duration_seconds_count{route=\"-\"}"),
+            Some("doorman_request_duration_seconds_count{route=\"-\"} 1")
+        );
+    }
+
+    #[test]
+    fn a_group_larger_than_the_table_counts_through_the_family() {
+        let m = Metrics::new();
+        let many: Vec<SocketAddr> = (0..=ROUTE_TABLE_REPLICAS as u16)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 10_000 + i)))
+            .collect();
+        let r = RouteMetrics::new(&m, "/big/".into(), &many);
+        assert_eq!(r.requests.len(), METHOD_LABELS * STATUS_CLASSES);
+        let last = *many.last().unwrap();
+        r.record(&m, MethodLabel::PUT, 201, Some(last), std::time::Duration::ZERO);
+        let got = m
+            .requests
+            .get_or_create(&RequestLabels {
+                route: Name("/big/".into()),
+                method: MethodLabel::PUT,
+                status: StatusClass::of(201),
+                upstream: Replica(Some(last)),
+            })
+            .get();
+        assert_eq!(got, 1);
     }
 }

@@ -11,7 +11,7 @@ use crate::config::{
     AuthMode, Config, IdempotencyMode, IdempotencySettings, OnError, RevocationSettings, RouteSpec,
     ServerSettings, StoreSettings, UpstreamSpec,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::store::Store;
 use crate::upstream::UpstreamGroup;
 
@@ -43,9 +43,9 @@ pub struct Snapshot {
 pub struct Route {
     pub host: Option<HostMatch>,
     pub path_prefix: Arc<str>,
-    /// How the route is named in metrics and logs: host + prefix (`api.test/v1/`), or the
-    /// prefix alone for a route on any host.
-    pub label: Arc<str>,
+    /// Its metric handles, and its name in metrics and logs (`metrics.label`): host +
+    /// prefix (`api.test/v1/`), or the prefix alone for a route on any host.
+    pub metrics: Arc<RouteMetrics>,
     pub group: Arc<UpstreamGroup>,
     pub auth: AuthMode,
     pub idempotency: IdempotencyMode,
@@ -120,7 +120,7 @@ impl Snapshot {
         let routes = config
             .routes
             .iter()
-            .map(|r| route(r, &groups))
+            .map(|r| route(r, &groups, &metrics))
             .collect::<Result<Vec<_>, _>>()?;
         let leeway = config
             .auth
@@ -200,7 +200,11 @@ fn same_store(
     }
 }
 
-fn route(spec: &RouteSpec, groups: &[Arc<UpstreamGroup>]) -> Result<Route, String> {
+fn route(
+    spec: &RouteSpec,
+    groups: &[Arc<UpstreamGroup>],
+    metrics: &Metrics,
+) -> Result<Route, String> {
     let group = groups
         .iter()
         .find(|g| g.name == spec.upstream)
@@ -213,10 +217,14 @@ fn route(spec: &RouteSpec, groups: &[Arc<UpstreamGroup>]) -> Result<Route, Strin
     Ok(Route {
         host: spec.host.as_deref().map(HostMatch::new),
         path_prefix: spec.path_prefix.as_str().into(),
-        label: match &spec.host {
-            Some(h) => format!("{h}{}", spec.path_prefix).into(),
-            None => spec.path_prefix.as_str().into(),
-        },
+        metrics: Arc::new(RouteMetrics::new(
+            metrics,
+            match &spec.host {
+                Some(h) => format!("{h}{}", spec.path_prefix).into(),
+                None => spec.path_prefix.as_str().into(),
+            },
+            &group.servers.iter().map(|s| s.address).collect::<Vec<_>>(),
+        )),
         group: group.clone(),
         auth: spec.auth,
         idempotency: spec.idempotency,

@@ -45,7 +45,13 @@ pub(super) async fn check(
         }
     };
     let (verified, cached) = verifier.verify_traced(token, unix_now());
-    Metrics::count(&m.token_cache, if cached { "hit" } else { "miss" });
+    let hot = &m.auth_counters;
+    if cached {
+        &hot.cache_hit
+    } else {
+        &hot.cache_miss
+    }
+    .inc();
     let verified = verified.map_err(|r| {
         Metrics::count(&m.auth, r.label());
         ProxyError::Unauthorized(Some(r.description()))
@@ -54,9 +60,9 @@ pub(super) async fn check(
         let asked = std::time::Instant::now();
         let (revoked, local) = snap.store.check_revoked(&verified).await;
         if local {
-            Metrics::count(&m.revocation_view, "hit");
+            hot.view_hit.inc();
         } else {
-            Metrics::count(&m.revocation_view, "miss");
+            hot.view_miss.inc();
             m.store_observe("revocation_check", asked.elapsed(), revoked.is_err());
         }
         match revoked {
@@ -79,7 +85,7 @@ pub(super) async fn check(
             },
         }
     }
-    Metrics::count(&m.auth, "ok");
+    hot.ok.inc();
     for (name, value) in &verified.forward {
         headers.insert(name.clone(), value.clone());
     }

@@ -108,7 +108,8 @@ pub struct RequestCtx {
     pub request_id: HeaderValue,
     pub method: Method,
     pub uri: Uri,
-    pub route: Option<Arc<str>>,
+    /// The matched route's metric handles and label.
+    pub route: Option<Arc<crate::metrics::RouteMetrics>>,
     pub upstream: Option<SocketAddr>,
     /// Attempts made on replicas (retries included).
     pub attempts: u32,

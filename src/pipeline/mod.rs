@@ -35,9 +35,7 @@ pub use idempotency::fingerprint as idempotency_fingerprint;
 pub use limits::{is_sane_request_id, new_request_id};
 
 use crate::error::{Fault, ProxyError};
-use crate::metrics::{
-    GaugeGuard, MethodLabel, Metrics, Name, Replica, RequestLabels, RouteLabels, StatusClass,
-};
+use crate::metrics::{GaugeGuard, MethodLabel, Metrics};
 use crate::snapshot::Snapshot;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -144,7 +142,7 @@ async fn stages(
     let route = snap
         .route(host.as_deref(), req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
-    ctx.route = Some(route.label.clone());
+    ctx.route = Some(route.metrics.clone());
     // Auth after route (the route says whether a token is needed), before any replica is
     // chosen: an unauthenticated request never costs upstream capacity.
     let token = auth::check(req.headers_mut(), route.auth, snap).await?;
@@ -202,21 +200,14 @@ async fn stages(
 /// Last stage: count the request (the request id is already on the response). Its access
 /// log line is written when the response body ends (`LoggedBody`), with the bytes sent.
 fn record(ctx: &RequestCtx, m: &Metrics, status: u16, idempotency: Option<&'static str>) {
-    let route = ctx
-        .route
-        .as_ref()
-        .map_or_else(|| m.no_route.clone(), |r| Name(r.clone()));
-    m.requests
-        .get_or_create(&RequestLabels {
-            route: route.clone(),
-            method: MethodLabel::of(&ctx.method),
-            status: StatusClass::of(status),
-            upstream: Replica(ctx.upstream),
-        })
-        .inc();
-    m.request_duration
-        .get_or_create(&RouteLabels { route })
-        .observe(ctx.started.elapsed().as_secs_f64());
+    let route = ctx.route.as_deref().unwrap_or_else(|| m.no_route());
+    route.record(
+        m,
+        MethodLabel::of(&ctx.method),
+        status,
+        ctx.upstream,
+        ctx.started.elapsed(),
+    );
     if let Some(outcome) = idempotency {
         Metrics::count(&m.idempotency, outcome);
     }
@@ -254,7 +245,7 @@ impl AccessLog {
             peer,
             method: ctx.method.clone(),
             uri: ctx.uri.clone(),
-            route: ctx.route.clone(),
+            route: ctx.route.as_ref().map(|r| r.label.0.clone()),
             status,
             upstream: ctx.upstream,
             // A keyed request forwarded from its own task: one attempt, when it had one.
