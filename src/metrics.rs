@@ -739,7 +739,10 @@ mod tests {
 
         let text = m.encode();
         assert_eq!(
-            line(&text, "doorman_request_duration_seconds_count{route=\"/api/\"}"),
+            line(
+                &text,
+                "doorman_request_duration_seconds_count{route=\"/api/\"}"
+            ),
             Some("doorman_request_duration_seconds_count{route=\"/api/\"} 5")
         );
         assert_eq!(
@@ -757,7 +760,13 @@ mod tests {
         let r = RouteMetrics::new(&m, "/big/".into(), &many);
         assert_eq!(r.requests.len(), METHOD_LABELS * STATUS_CLASSES);
         let last = *many.last().unwrap();
-        r.record(&m, MethodLabel::PUT, 201, Some(last), std::time::Duration::ZERO);
+        r.record(
+            &m,
+            MethodLabel::PUT,
+            201,
+            Some(last),
+            std::time::Duration::ZERO,
+        );
         let got = m
             .requests
             .get_or_create(&RequestLabels {

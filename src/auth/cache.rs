@@ -13,7 +13,9 @@ use super::jwt::VerifiedToken;
 pub struct TokenCache {
     slots: Box<[Mutex<Option<Arc<VerifiedToken>>>]>,
     mask: usize,
-    hasher: std::collections::hash_map::RandomState,
+    /// Keyed per process; foldhash rather than SipHash, whose cost over a 300-byte token
+    /// was most of a hit's (a collision only costs a miss: a hit compares the whole token).
+    hasher: foldhash::quality::RandomState,
 }
 
 impl std::fmt::Debug for TokenCache {

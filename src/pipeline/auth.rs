@@ -95,6 +95,7 @@ pub(super) async fn check(
     Ok(Some(verified))
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Bearer<'a> {
     Token(&'a str),
     /// No Authorization header, or one with another scheme (RFC 6750 §3: no error code).
@@ -110,7 +111,13 @@ fn bearer(headers: &HeaderMap) -> Bearer<'_> {
         (Some(_), Some(_)) => return Bearer::Malformed,
         (Some(v), None) => v,
     };
-    let Ok(value) = value.to_str() else {
+    // As `to_str` (visible ASCII only), but checked a word at a time: a token is ~300 bytes.
+    let bytes = value.as_bytes();
+    let Some(value) = bytes
+        .is_ascii()
+        .then(|| std::str::from_utf8(bytes).ok())
+        .flatten()
+    else {
         return Bearer::Malformed;
     };
     let Some((scheme, rest)) = value.split_once(' ') else {
@@ -127,5 +134,41 @@ fn bearer(headers: &HeaderMap) -> Bearer<'_> {
         "" => Bearer::Malformed,
         t if t.contains(' ') => Bearer::Malformed,
         t => Bearer::Token(t),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn of(values: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_reads_one_ascii_token() {
+        assert_eq!(
+            bearer(&of(&[b"Bearer abc.def.ghi"])),
+            Bearer::Token("abc.def.ghi")
+        );
+        assert_eq!(bearer(&of(&[b"bEaReR   abc  "])), Bearer::Token("abc"));
+        assert_eq!(bearer(&of(&[])), Bearer::Missing);
+        assert_eq!(bearer(&of(&[b"Basic dXNlcjpwdw=="])), Bearer::Missing);
+        assert_eq!(bearer(&of(&[b"Token"])), Bearer::Missing);
+        assert_eq!(bearer(&of(&[b"Bearer"])), Bearer::Malformed);
+        assert_eq!(bearer(&of(&[b"Bearer  "])), Bearer::Malformed);
+        assert_eq!(bearer(&of(&[b"Bearer a b"])), Bearer::Malformed);
+        assert_eq!(bearer(&of(&[b"Bearer a", b"Bearer b"])), Bearer::Malformed);
+        // obs-text (bytes >= 0x80), valid UTF-8 or not, is refused as `to_str` refuses it.
+        assert_eq!(
+            bearer(&of(&["Bearer t\u{e9}".as_bytes()])),
+            Bearer::Malformed
+        );
+        assert_eq!(bearer(&of(&[b"Bearer t\xff"])), Bearer::Malformed);
     }
 }

@@ -54,8 +54,10 @@ impl Entry {
 #[derive(Debug, Default)]
 struct View {
     trusted: AtomicBool,
-    jtis: DashMap<String, Entry>,
-    subs: DashMap<String, Entry>,
+    // foldhash (keyed per process) instead of SipHash: every authenticated request looks
+    // its jti and subject up here, and the keys come from signed tokens or the operator.
+    jtis: DashMap<String, Entry, foldhash::quality::RandomState>,
+    subs: DashMap<String, Entry, foldhash::quality::RandomState>,
 }
 
 #[derive(Debug)]
