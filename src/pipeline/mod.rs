@@ -83,8 +83,11 @@ pub async fn handle(
             err.to_response(&ctx.request_id).map(Either::Right)
         }
     };
-    resp.headers_mut()
-        .insert(X_REQUEST_ID, ctx.request_id.clone());
+    // Never indexed by HPACK: a value unique to each response would only churn the HTTP/2
+    // connection's header table, evicting the entries that do repeat.
+    let mut request_id = ctx.request_id.clone();
+    request_id.set_sensitive(true);
+    resp.headers_mut().insert(X_REQUEST_ID, request_id);
     let status = resp.status().as_u16();
     record(&ctx, m, status, idempotency);
     let upstream_us = resp
