@@ -231,13 +231,12 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    pub fn new(m: &Metrics, label: Arc<str>, replicas: &[SocketAddr]) -> Self {
+    /// `replicas`: the route's group, in order.
+    pub fn new(m: &Metrics, label: Arc<str>, mut replicas: Vec<SocketAddr>) -> Self {
         let label = Name(label);
-        let replicas = if replicas.len() <= ROUTE_TABLE_REPLICAS {
-            replicas.to_vec()
-        } else {
-            Vec::new()
-        };
+        if replicas.len() > ROUTE_TABLE_REPLICAS {
+            replicas = Vec::new();
+        }
         let slots = METHOD_LABELS * STATUS_CLASSES * (replicas.len() + 1);
         RouteMetrics {
             duration: m
@@ -250,6 +249,23 @@ impl RouteMetrics {
             requests: (0..slots).map(|_| OnceLock::new()).collect(),
             replicas,
         }
+    }
+
+    /// Where the counter for these labels sits in the table; None: not in it.
+    fn slot(
+        &self,
+        method: MethodLabel,
+        class: StatusClass,
+        upstream: Option<SocketAddr>,
+    ) -> Option<usize> {
+        let replica = match upstream {
+            None => 0,
+            Some(a) => self.replicas.iter().position(|r| *r == a)? + 1,
+        };
+        let class = usize::from(class.0);
+        (class < STATUS_CLASSES).then(|| {
+            (method as usize * STATUS_CLASSES + class) * (self.replicas.len() + 1) + replica
+        })
     }
 
     /// Count one answered request and observe its duration.
@@ -269,19 +285,8 @@ impl RouteMetrics {
             status: class,
             upstream: Replica(upstream),
         };
-        let replica = match upstream {
-            None => Some(0),
-            Some(a) => self.replicas.iter().position(|r| *r == a).map(|i| i + 1),
-        };
-        let slot = replica
-            .filter(|_| usize::from(class.0) < STATUS_CLASSES)
-            .map(|r| {
-                (method as usize * STATUS_CLASSES + usize::from(class.0))
-                    * (self.replicas.len() + 1)
-                    + r
-            });
-        match slot.and_then(|i| self.requests.get(i)) {
-            Some(cell) => cell
+        match self.slot(method, class, upstream) {
+            Some(i) => self.requests[i]
                 .get_or_init(|| m.requests.get_or_create(&labels()).clone())
                 .inc(),
             None => m.requests.get_or_create(&labels()).inc(),
@@ -552,7 +557,7 @@ impl Metrics {
     /// The handles for requests that matched no route.
     pub fn no_route(&self) -> &RouteMetrics {
         self.no_route
-            .get_or_init(|| RouteMetrics::new(self, "-".into(), &[]))
+            .get_or_init(|| RouteMetrics::new(self, "-".into(), Vec::new()))
     }
 
     pub fn count(family: &Family<OutcomeLabels, Counter>, outcome: &'static str) {
@@ -710,7 +715,7 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:9001".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:9002".parse().unwrap();
         let outside: SocketAddr = "127.0.0.1:9009".parse().unwrap();
-        let r = RouteMetrics::new(&m, "/api/".into(), &[a, b]);
+        let r = RouteMetrics::new(&m, "/api/".into(), vec![a, b]);
         let ms = std::time::Duration::from_millis(1);
         r.record(&m, MethodLabel::GET, 200, Some(a), ms);
         r.record(&m, MethodLabel::GET, 204, Some(a), ms);
@@ -757,7 +762,7 @@ mod tests {
         let many: Vec<SocketAddr> = (0..=ROUTE_TABLE_REPLICAS as u16)
             .map(|i| SocketAddr::from(([127, 0, 0, 1], 10_000 + i)))
             .collect();
-        let r = RouteMetrics::new(&m, "/big/".into(), &many);
+        let r = RouteMetrics::new(&m, "/big/".into(), many.clone());
         assert_eq!(r.requests.len(), METHOD_LABELS * STATUS_CLASSES);
         let last = *many.last().unwrap();
         r.record(

@@ -223,7 +223,7 @@ fn route(
                 Some(h) => format!("{h}{}", spec.path_prefix).into(),
                 None => spec.path_prefix.as_str().into(),
             },
-            &group.servers.iter().map(|s| s.address).collect::<Vec<_>>(),
+            group.servers.iter().map(|s| s.address).collect(),
         )),
         group: group.clone(),
         auth: spec.auth,

@@ -112,11 +112,9 @@ fn bearer(headers: &HeaderMap) -> Bearer<'_> {
         (Some(v), None) => v,
     };
     // As `to_str` (visible ASCII only), but checked a word at a time: a token is ~300 bytes.
-    let bytes = value.as_bytes();
-    let Some(value) = bytes
-        .is_ascii()
-        .then(|| std::str::from_utf8(bytes).ok())
-        .flatten()
+    let Some(value) = std::str::from_utf8(value.as_bytes())
+        .ok()
+        .filter(|v| v.is_ascii())
     else {
         return Bearer::Malformed;
     };

@@ -61,13 +61,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // HOP_BY_HOP[0] is Connection: the names it lists go too (those not removed anyway).
     // Almost always a lone `keep-alive` or `close`, which name no header: nothing to scan.
-    let lone_option = |v: &HeaderValue| {
-        v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
-            || v.as_bytes().eq_ignore_ascii_case(b"close")
-    };
+    // The usual tokens name no header to parse: `keep-alive` goes with HOP_BY_HOP, and
+    // `close` is an option, a field name RFC 9110 reserves for that reason.
+    let names_no_header =
+        |t: &[u8]| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close");
     let names_headers = present & 1 != 0 && {
         let mut values = headers.get_all(header::CONNECTION).iter();
-        !(values.next().is_some_and(lone_option) && values.next().is_none())
+        !(values.next().is_some_and(|v| names_no_header(v.as_bytes())) && values.next().is_none())
     };
     if names_headers {
         let named: Vec<HeaderName> = headers
@@ -76,9 +76,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            // The usual tokens name no header to parse: `keep-alive` goes with HOP_BY_HOP,
-            // and `close` is an option, a field name RFC 9110 reserves for that reason.
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .filter(|t| !names_no_header(t.as_bytes()))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| !HOP_BY_HOP.contains(n))
             .collect();
