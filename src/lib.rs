@@ -33,6 +33,7 @@ pub mod compare;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod h1;
 pub mod idle;
 pub mod metrics;
 pub mod pipeline;

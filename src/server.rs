@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::future::Either;
+use http::Request;
 use hyper::body::Incoming;
 use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
@@ -27,7 +28,8 @@ use crate::admin::{self, AdminState};
 use crate::config::ServerSettings;
 use crate::idle::{self, Tracked};
 use crate::metrics::{GaugeGuard, Metrics, ProtocolLabels};
-use crate::pipeline::{self, ConnInfo, Phase, reached};
+use crate::h1;
+use crate::pipeline::{self, ConnInfo, DownstreamBody, Phase, reached};
 use crate::reload::{self, ReloadRequests, Reloader};
 use crate::snapshot::SharedSnapshot;
 
@@ -454,15 +456,8 @@ trait Graceful: Future<Output = Result<(), Self::Error>> {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
-where
-    S: HttpService<Incoming, ResBody = B>,
-    S::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: http_body::Body + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Error = hyper::Error;
+impl Graceful for h1::Connection {
+    type Error = io::Error;
     fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown()
     }
@@ -483,24 +478,8 @@ where
     }
 }
 
-impl<I, S, E, B> Graceful for auto::UpgradeableConnection<'_, I, S, E>
-where
-    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>,
-    S::Error: Into<BoxError>,
-    S::Future: 'static,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: http_body::Body + 'static,
-    B::Error: Into<BoxError>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    type Error = BoxError;
-    fn graceful(self: Pin<&mut Self>) {
-        self.graceful_shutdown()
-    }
-}
-
 /// The future that serves one connection. A plain function, not an `async fn`: the stream
-/// moves into hyper's connection here, so the task does not also keep the argument's room
+/// moves into the connection here, so the task does not also keep the argument's room
 /// (a TLS stream is 1.2 KiB) beside the connection that now owns it.
 fn serve<I>(
     io: I,
@@ -512,65 +491,86 @@ fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = TokioIo::new(Tracked::lingering(
-        io,
-        conn.activity.clone(),
-        conn.linger.clone(),
-    ));
+    let io = Tracked::lingering(io, conn.activity.clone(), conn.linger.clone());
+    type Boxed = Pin<Box<dyn Future<Output = ()> + Send>>;
+    // With ALPN the protocol is known. HTTP/2 and sniffed connections are boxed, so the
+    // task of every HTTP/1.1 connection is sized for HTTP/1.1 alone.
+    match http {
+        Http::H1 => {
+            let c = h1_connection(io, BytesMut::new(), &conn, settings, snapshot);
+            Either::Left(drive(c, conn, settings))
+        }
+        Http::H2 => Either::Right(Box::pin(serve_h2(io, conn, settings, snapshot)) as Boxed),
+        Http::Sniff => Either::Right(Box::pin(async move {
+            // The first request must start within header_timeout, sniffing included.
+            let sniffed = tokio::time::timeout(settings.header_timeout, h1::sniff(io)).await;
+            match sniffed {
+                Ok(Ok(h1::Sniffed::H2(io))) => serve_h2(io, conn, settings, snapshot).await,
+                Ok(Ok(h1::Sniffed::H1(io, read))) => {
+                    let c = h1_connection(io, read, &conn, settings, snapshot);
+                    drive(c, conn, settings).await
+                }
+                Ok(Err(e)) => debug!(error = %e, "connection ended before its first request"),
+                Err(_) => debug!("no request within header_timeout: closing connection"),
+            }
+        }) as Boxed),
+    }
+}
+
+/// An HTTP/1.1 connection on doorman's own codec (`h1`), each request through the pipeline.
+fn h1_connection<I>(
+    io: I,
+    read: BytesMut,
+    conn: &Arc<ConnInfo>,
+    settings: ConnLimits,
+    snapshot: SharedSnapshot,
+) -> h1::Connection
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let svc_conn = conn.clone();
-    let svc = service_fn(move |req| {
+    let service = move |req: Request<h1::RequestBody>| {
         // Each request takes the snapshot current when it starts and keeps it to the end.
         let snap = snapshot.load_full();
         let conn = svc_conn.clone();
         conn.requests.fetch_add(1, Ordering::Relaxed);
-        // Boxed: hyper keeps a slot for the service's future in every connection for its
-        // whole life; boxed, an idle connection holds a pointer, not a request's state.
-        Box::pin(async move { Ok::<_, Infallible>(pipeline::handle(req, &conn, &snap).await) })
-    });
+        // Boxed: the connection's future keeps room for what it awaits; boxed, an idle
+        // connection holds nothing of a request's state.
+        let handled: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
+            pipeline::handle(req.map(DownstreamBody::H1), &conn, &snap).await
+        });
+        handled
+    };
+    let limits = h1::Limits {
+        header_timeout: settings.header_timeout,
+        // A backstop above max_header_bytes: heads in between reach the pipeline, which
+        // counts them as it does HTTP/2's; both get the same JSON 431.
+        max_head: (settings.max_header_bytes * 2).max(16 * 1024),
+    };
+    h1::Connection::new(io, read, service, limits, conn.linger.clone())
+}
 
-    type Boxed = Pin<Box<dyn Future<Output = ()> + Send>>;
-    let h1_buf = (settings.max_header_bytes * 2).max(16 * 1024);
+/// An HTTP/2 connection on hyper, each request through the pipeline.
+async fn serve_h2<I>(io: I, conn: Arc<ConnInfo>, settings: ConnLimits, snapshot: SharedSnapshot)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_conn = conn.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let snap = snapshot.load_full();
+        let conn = svc_conn.clone();
+        conn.requests.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move {
+            Ok::<_, Infallible>(pipeline::handle(req.map(DownstreamBody::H2), &conn, &snap).await)
+        })
+    });
     let h2_header_list = u32::try_from(settings.max_header_bytes * 2).unwrap_or(u32::MAX);
-    // With ALPN the protocol is known: its own connection type, without the sniffing
-    // wrapper. HTTP/2 and sniffed connections are boxed, so the task of every HTTP/1.1
-    // connection is sized for HTTP/1.1 alone, not for the largest of the three.
-    match http {
-        Http::H1 => {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                // Also bounds the wait for the next request on a keep-alive connection, as
-                // HAProxy's `timeout http-keep-alive` defaults to `timeout http-request`.
-                .header_read_timeout(settings.header_timeout)
-                // A backstop above max_header_bytes: heads in between get our JSON 431,
-                // larger ones hyper's own 431.
-                .max_buf_size(h1_buf);
-            let c = b.serve_connection(io, svc).with_upgrades();
-            Either::Left(drive(c, conn, settings))
-        }
-        Http::H2 => {
-            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            b.timer(TokioTimer::new())
-                .max_header_list_size(h2_header_list)
-                .max_concurrent_streams(256);
-            let c = b.serve_connection(io, svc);
-            Either::Right(Box::pin(drive(c, conn, settings)) as Boxed)
-        }
-        Http::Sniff => {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(settings.header_timeout)
-                .max_buf_size(h1_buf);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(h2_header_list)
-                .max_concurrent_streams(256);
-            let c = builder.serve_connection_with_upgrades(io, svc).into_owned();
-            Either::Right(Box::pin(drive(c, conn, settings)) as Boxed)
-        }
-    }
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_header_list_size(h2_header_list)
+        .max_concurrent_streams(256);
+    let c = b.serve_connection(TokioIo::new(io), svc);
+    drive(c, conn, settings).await
 }
 
 /// Run a connection to its end, applying the drain, the shutdown deadline, the first-request

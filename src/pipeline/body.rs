@@ -16,10 +16,56 @@ use tokio::sync::oneshot;
 use crate::error::ProxyError;
 use crate::upstream::UpstreamBody;
 
+/// A request body as the client sends it: from doorman's HTTP/1.1 connection, or from
+/// hyper's HTTP/2 one.
+#[derive(Debug)]
+pub enum DownstreamBody {
+    H1(crate::h1::RequestBody),
+    H2(Incoming),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownstreamError {
+    #[error(transparent)]
+    H1(#[from] crate::h1::BodyError),
+    #[error(transparent)]
+    H2(#[from] hyper::Error),
+}
+
+impl Body for DownstreamBody {
+    type Data = Bytes;
+    type Error = DownstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, DownstreamError>>> {
+        let polled = match self.get_mut() {
+            DownstreamBody::H1(b) => ready!(Pin::new(b).poll_frame(cx)).map(|r| r.map_err(DownstreamError::from)),
+            DownstreamBody::H2(b) => ready!(Pin::new(b).poll_frame(cx)).map(|r| r.map_err(DownstreamError::from)),
+        };
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            DownstreamBody::H1(b) => b.is_end_stream(),
+            DownstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            DownstreamBody::H1(b) => b.size_hint(),
+            DownstreamBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// Read the request body: at most `limit` bytes, and each chunk within `idle` of the last
 /// (a slow upload that keeps moving is fine; a stalled one is a 408).
 pub(super) async fn read_all(
-    mut body: Incoming,
+    mut body: DownstreamBody,
     limit: u64,
     idle: Duration,
 ) -> Result<Bytes, ProxyError> {
@@ -45,7 +91,7 @@ pub enum BodyError {
     #[error("request body exceeds the configured limit")]
     TooLarge,
     #[error("reading the downstream body failed: {0}")]
-    Downstream(#[source] hyper::Error),
+    Downstream(#[source] DownstreamError),
 }
 
 #[derive(Debug)]
@@ -66,7 +112,7 @@ pub struct LimitedBody {
 /// Where the bytes come from: the client, or a body already buffered (idempotent requests).
 #[derive(Debug)]
 enum Source {
-    Stream(Incoming),
+    Stream(DownstreamBody),
     Buffered(Option<Bytes>),
 }
 
@@ -84,7 +130,7 @@ impl LimitedBody {
     }
 
     pub fn new(
-        inner: Incoming,
+        inner: DownstreamBody,
         limit: u64,
         done: oneshot::Sender<()>,
         linger: Arc<AtomicBool>,

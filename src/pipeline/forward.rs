@@ -10,16 +10,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Either;
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::body::{BodyError, LimitedBody, RelayBody};
+use super::body::{BodyError, DownstreamBody, LimitedBody, RelayBody};
 use super::context::{AwaitingUpstream, ConnInfo, Phase, reached};
 use super::{ResponseBody, X_REQUEST_ID};
 use crate::error::ProxyError;
+use crate::h1::OnUpgrade;
 use crate::idle::{self, Tracked};
 use crate::upstream::{SendError, Upstream, UpstreamGroup};
 
@@ -98,7 +97,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `Connection: upgrade` and `Upgrade: websocket`). Any other upgrade — `h2c` above all,
 /// which would let a client talk HTTP/2 straight to a replica past every check here — is
 /// not forwarded: the request goes upstream as an ordinary request without it.
-fn websocket_upgrade(req: &Request<Incoming>) -> Option<HeaderValue> {
+fn websocket_upgrade(req: &Request<DownstreamBody>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 || req.method() != Method::GET {
         return None;
     }
@@ -123,13 +122,13 @@ fn websocket_upgrade(req: &Request<Incoming>) -> Option<HeaderValue> {
 pub(super) struct UpstreamTime(pub(super) std::time::Duration);
 
 /// Whether the request asks for a (WebSocket) upgrade: such requests are never re-sent.
-pub(super) fn asks_upgrade(req: &Request<Incoming>) -> bool {
+pub(super) fn asks_upgrade(req: &Request<DownstreamBody>) -> bool {
     websocket_upgrade(req).is_some()
 }
 
 /// Forward a request whose body streams from the client.
 pub(super) async fn send(
-    mut req: Request<Incoming>,
+    mut req: Request<DownstreamBody>,
     request_id: &HeaderValue,
     conn: &std::sync::Arc<ConnInfo>,
     group: &UpstreamGroup,
@@ -367,17 +366,21 @@ fn classify(e: SendError, upstream: &Upstream) -> ProxyError {
 /// Copy bytes both ways between an upgraded client and replica until either side closes,
 /// nothing moves for `idle_timeout`, or shutdown's grace period runs out. The connection's
 /// `ConnInfo` (and so its connection-limit permit) lives as long as the tunnel.
-async fn tunnel(down: OnUpgrade, up: OnUpgrade, conn: std::sync::Arc<ConnInfo>) {
-    let (down, up) = tokio::join!(down, up);
+async fn tunnel(down: OnUpgrade, up: hyper::upgrade::OnUpgrade, conn: std::sync::Arc<ConnInfo>) {
+    let (down, up) = tokio::join!(down.upgraded(), up);
     let (down, up) = match (down, up) {
         (Ok(down), Ok(up)) => (down, up),
-        (Err(e), _) | (_, Err(e)) => {
+        (Err(e), _) => {
+            debug!(peer = %conn.peer, error = %e, "upgrade failed");
+            return;
+        }
+        (_, Err(e)) => {
             debug!(peer = %conn.peer, error = %e, "upgrade failed");
             return;
         }
     };
     let activity = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut down = Tracked::new(TokioIo::new(down), activity.clone());
+    let mut down = Tracked::new(down, activity.clone());
     let mut up = TokioIo::new(up);
     let mut phase = conn.phase.clone();
     tokio::select! {

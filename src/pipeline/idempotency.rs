@@ -13,9 +13,9 @@ use aws_lc_rs::digest::{SHA256, digest};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use http_body_util::{BodyExt, Either, Full};
-use hyper::body::Incoming;
 use tracing::{info, warn};
 
+use super::body::DownstreamBody;
 use super::context::{ConnInfo, RequestCtx};
 use super::{ResponseBody, X_REQUEST_ID, forward};
 use crate::auth::VerifiedToken;
@@ -129,7 +129,7 @@ fn retryable(status: http::StatusCode) -> bool {
 /// from the record.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run(
-    req: Request<Incoming>,
+    req: Request<DownstreamBody>,
     host: &str,
     key: String,
     token: Option<Arc<VerifiedToken>>,

@@ -25,10 +25,9 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use tracing::{info, warn};
 
-pub use body::{BodyError, LimitedBody, RelayBody};
+pub use body::{BodyError, DownstreamBody, DownstreamError, LimitedBody, RelayBody};
 pub use context::{AwaitingUpstream, ConnInfo, Phase, RequestCtx, reached};
 pub use forward::{HOP_BY_HOP, strip_hop_by_hop};
 pub use idempotency::fingerprint as idempotency_fingerprint;
@@ -45,7 +44,7 @@ pub type ResponseBody = Either<RelayBody, Full<Bytes>>;
 
 /// Run one request through every stage and always produce a response.
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<DownstreamBody>,
     conn: &Arc<ConnInfo>,
     snap: &Arc<Snapshot>,
 ) -> Response<LoggedBody> {
@@ -133,7 +132,7 @@ fn idempotency_outcome(result: &Result<Response<ResponseBody>, ProxyError>) -> &
 }
 
 async fn stages(
-    mut req: Request<Incoming>,
+    mut req: Request<DownstreamBody>,
     ctx: &mut RequestCtx,
     conn: &Arc<ConnInfo>,
     snap: &Arc<Snapshot>,

@@ -1,0 +1,343 @@
+//! Request bodies on an HTTP/1.1 connection: the decoder (Content-Length or chunked) that
+//! turns the read buffer into data, the `Body` the pipeline reads them from, and `Rewind`,
+//! an IO that first replays bytes already read (an upgraded connection, a sniffed one).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot};
+
+use super::head::Framing;
+
+/// A chunk-size line or a trailer line longer than this is refused.
+const MAX_LINE: usize = 4096;
+/// All trailer lines together (they are read and discarded).
+const MAX_TRAILERS: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Decoded {
+    Data,
+    End,
+}
+
+/// Where the decoder is in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Decoder {
+    /// Bytes left of a Content-Length body.
+    Length(u64),
+    /// Before a chunk-size line.
+    ChunkSize,
+    /// Bytes left of the current chunk.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// After the last chunk: trailer lines (read so far) until the empty line.
+    Trailers(usize),
+    Done,
+}
+
+impl Decoder {
+    pub(super) fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty => Decoder::Done,
+            Framing::Length(n) => Decoder::Length(n),
+            Framing::Chunked => Decoder::ChunkSize,
+        }
+    }
+
+    /// Take the next piece of body from `buf`: `Ok(None)` when more bytes are needed. Data
+    /// is split off the buffer (shared, not copied) into `out`.
+    pub(super) fn decode(&mut self, buf: &mut BytesMut, out: &mut Bytes) -> Result<Option<Decoded>, &'static str> {
+        loop {
+            match *self {
+                Decoder::Done => return Ok(Some(Decoded::End)),
+                Decoder::Length(0) => {
+                    *self = Decoder::Done;
+                }
+                Decoder::Length(n) | Decoder::ChunkData(n) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = n.min(buf.len() as u64);
+                    *out = buf.split_to(take as usize).freeze();
+                    *self = match *self {
+                        Decoder::Length(_) => Decoder::Length(n - take),
+                        _ if n == take => Decoder::ChunkEnd,
+                        _ => Decoder::ChunkData(n - take),
+                    };
+                    return Ok(Some(Decoded::Data));
+                }
+                Decoder::ChunkSize => {
+                    let Some(line) = take_line(buf)? else { return Ok(None) };
+                    // Extensions (`;name=value`) are allowed and ignored.
+                    let raw: &[u8] = &line;
+                    let size = raw.split(|&b| b == b';').next().unwrap_or(&[]).trim_ascii();
+                    let n = chunk_size(size).ok_or("invalid chunk size")?;
+                    *self = if n == 0 { Decoder::Trailers(0) } else { Decoder::ChunkData(n) };
+                }
+                Decoder::ChunkEnd => {
+                    if buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err("chunk data not followed by CRLF");
+                    }
+                    buf.advance(2);
+                    *self = Decoder::ChunkSize;
+                }
+                Decoder::Trailers(seen) => {
+                    let Some(line) = take_line(buf)? else { return Ok(None) };
+                    if line.is_empty() {
+                        *self = Decoder::Done;
+                    } else if seen + line.len() > MAX_TRAILERS {
+                        return Err("trailers too large");
+                    } else {
+                        *self = Decoder::Trailers(seen + line.len());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One CRLF-terminated line off the front of `buf`, without its CRLF.
+fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, &'static str> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(i) if i == 0 || buf[i - 1] != b'\r' => Err("line not terminated by CRLF"),
+        Some(i) => {
+            let mut line = buf.split_to(i + 1);
+            line.truncate(i - 1);
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_LINE => Err("chunk line too long"),
+        None => Ok(None),
+    }
+}
+
+/// A chunk size: 1 to 16 hex digits.
+fn chunk_size(hex: &[u8]) -> Option<u64> {
+    if hex.is_empty() || hex.len() > 16 {
+        return None;
+    }
+    hex.iter().try_fold(0u64, |n, &d| {
+        let v = (d as char).to_digit(16)?;
+        Some((n << 4) | u64::from(v))
+    })
+}
+
+/// Why a request body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("malformed request body: {0}")]
+    Malformed(&'static str),
+    #[error("the client closed the connection before the end of the body")]
+    Incomplete,
+    #[error("reading the request body failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A request body arriving on an HTTP/1.1 connection. The connection reads and decodes it
+/// while the request is served and hands the data over, one chunk at a time.
+#[derive(Debug)]
+pub struct RequestBody {
+    /// None for a request without a body.
+    rx: Option<mpsc::Receiver<Result<Bytes, BodyError>>>,
+    /// Fired at the first read: the connection then sends `100 Continue` (Expect).
+    want: Option<oneshot::Sender<()>>,
+    /// Bytes still to come, when the length was declared.
+    left: Option<u64>,
+}
+
+impl RequestBody {
+    pub(super) fn new(
+        rx: mpsc::Receiver<Result<Bytes, BodyError>>,
+        want: Option<oneshot::Sender<()>>,
+        framing: Framing,
+    ) -> Self {
+        let left = match framing {
+            Framing::Length(n) => Some(n),
+            Framing::Empty => Some(0),
+            Framing::Chunked => None,
+        };
+        RequestBody { rx: Some(rx), want, left }
+    }
+
+    pub(super) fn empty() -> Self {
+        RequestBody { rx: None, want: None, left: Some(0) }
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(want) = self.want.take() {
+            let _ = want.send(());
+        }
+        let Some(rx) = &mut self.rx else {
+            return Poll::Ready(None);
+        };
+        match ready!(rx.poll_recv(cx)) {
+            Some(Ok(data)) => {
+                if let Some(left) = &mut self.left {
+                    *left = left.saturating_sub(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.left {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::new(),
+        }
+    }
+}
+
+/// An IO that yields `pre` (bytes already read from it) before reading further.
+pub struct Rewind<I> {
+    pre: Bytes,
+    inner: I,
+}
+
+impl<I> std::fmt::Debug for Rewind<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rewind").field("pre", &self.pre.len()).finish_non_exhaustive()
+    }
+}
+
+impl<I> Rewind<I> {
+    pub fn new(pre: Bytes, inner: I) -> Self {
+        Rewind { pre, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decode `wire` fed in pieces of `step` bytes: the data, and how it ended.
+    fn decode_in_steps(framing: Framing, wire: &[u8], step: usize) -> (Vec<u8>, Result<Vec<u8>, &'static str>) {
+        let mut d = Decoder::new(framing);
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        let mut fed = 0;
+        loop {
+            let mut out = Bytes::new();
+            match d.decode(&mut buf, &mut out) {
+                Ok(Some(Decoded::Data)) => data.extend_from_slice(&out),
+                Ok(Some(Decoded::End)) => return (data, Ok(buf.to_vec())),
+                Ok(None) if fed >= wire.len() => return (data, Err("incomplete")),
+                Ok(None) => {
+                    let end = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+                Err(e) => return (data, Err(e)),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_sizes() {
+        let wire = b"5;ext=1\r\nhello\r\nA\r\n, world!!!\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, wire.len()] {
+            let (data, rest) = decode_in_steps(Framing::Chunked, wire, step);
+            assert_eq!(data, b"hello, world!!!", "step {step}");
+            // What follows the body (a pipelined request) is left in the buffer.
+            let rest = rest.unwrap();
+            assert!(b"NEXT".starts_with(&rest), "step {step}: {rest:?}");
+        }
+    }
+
+    #[test]
+    fn length_bodies_stop_at_their_length() {
+        let (data, rest) = decode_in_steps(Framing::Length(5), b"helloGET /", 100);
+        assert_eq!((data.as_slice(), rest.unwrap().as_slice()), (&b"hello"[..], &b"GET /"[..]));
+        let (data, rest) = decode_in_steps(Framing::Length(5), b"hel", 1);
+        assert_eq!((data.as_slice(), rest), (&b"hel"[..], Err("incomplete")));
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_refused() {
+        for (wire, why) in [
+            (&b"zz\r\nab\r\n0\r\n\r\n"[..], "invalid chunk size"),
+            (b"\r\n", "invalid chunk size"),
+            (b"11111111111111111\r\n", "invalid chunk size"),
+            (b"2\r\nabXY0\r\n\r\n", "chunk data not followed by CRLF"),
+            (b"2\nab\r\n", "line not terminated by CRLF"),
+        ] {
+            assert_eq!(decode_in_steps(Framing::Chunked, wire, 64).1, Err(why), "{wire:?}");
+        }
+        let long = vec![b'1'; MAX_LINE + 1];
+        assert_eq!(decode_in_steps(Framing::Chunked, &long, long.len()).1, Err("chunk line too long"));
+        let mut trailers = b"0\r\n".to_vec();
+        for _ in 0..(MAX_TRAILERS / 100 + 1) {
+            trailers.extend_from_slice(&[b'x'; 100]);
+            trailers.extend_from_slice(b"\r\n");
+        }
+        assert_eq!(decode_in_steps(Framing::Chunked, &trailers, 4096).1, Err("trailers too large"));
+    }
+
+    #[tokio::test]
+    async fn rewind_replays_its_bytes_first() {
+        use tokio::io::AsyncReadExt;
+        let mut io = Rewind::new(Bytes::from_static(b"abc"), &b"def"[..]);
+        let mut all = String::new();
+        io.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "abcdef");
+    }
+}

@@ -1,0 +1,370 @@
+//! HTTP/1.1 message heads: a request head parsed (httparse) into `http` types without
+//! copying — every header value is a slice of the read buffer — and a response head
+//! written into one buffer with the framing headers this side decides.
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
+
+/// More header lines than this is a 431, as hyper's default.
+pub(super) const MAX_HEADERS: usize = 100;
+
+/// How the request body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// What the connection needs to know about a request beyond its `http` form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Meta {
+    pub(super) framing: Framing,
+    pub(super) keep_alive: bool,
+    pub(super) expect_continue: bool,
+    /// An `Upgrade` header was sent (whether it is honoured is the pipeline's call).
+    pub(super) upgrade: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HeadError {
+    /// Longer than the connection's head limit, or too many header lines: 431.
+    TooLarge,
+    /// Not a valid HTTP/1.x request head: 400, with the reason.
+    Bad(&'static str),
+}
+
+/// Parse the request head at the start of `buf`. `Ok(None)`: not complete yet. On success
+/// the head's bytes are split off `buf` (what follows — a body, the next request — stays).
+pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<(Request<()>, Meta)>, HeadError> {
+    // Offsets into the buffer, so its bytes can be frozen and shared after parsing.
+    let mut found = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| s.as_ptr() as usize - base;
+    let (len, method, target, version, count) = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > max => return Err(HeadError::TooLarge),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(httparse::Error::Version) => return Err(HeadError::Bad("unsupported HTTP version")),
+            Err(_) => return Err(HeadError::Bad("malformed request head")),
+        };
+        if len > max {
+            return Err(HeadError::TooLarge);
+        }
+        // A complete parse fills all three.
+        let (Some(m), Some(path), Some(v)) = (req.method, req.path, req.version) else {
+            return Err(HeadError::Bad("malformed request head"));
+        };
+        let method = Method::from_bytes(m.as_bytes()).map_err(|_| HeadError::Bad("invalid method"))?;
+        let target = (offset(path.as_bytes()), path.len());
+        let count = req.headers.len();
+        for (slot, h) in found.iter_mut().zip(req.headers.iter()) {
+            *slot = (offset(h.name.as_bytes()), h.name.len(), offset(h.value), h.value.len());
+        }
+        let version = if v == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+        (len, method, target, version, count)
+    };
+    let head: Bytes = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
+        .map_err(|_| HeadError::Bad("invalid request target"))?;
+
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut length: Option<u64> = None;
+    let mut transfer_encoding = false;
+    let mut chunked = false;
+    let (mut close, mut keep_alive_token, mut expect_continue, mut upgrade) = (false, false, false, false);
+    for &(ns, nl, vs, vl) in &found[..count] {
+        let name = HeaderName::from_bytes(&head[ns..ns + nl])
+            .map_err(|_| HeadError::Bad("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
+            .map_err(|_| HeadError::Bad("invalid header value"))?;
+        if name == header::CONTENT_LENGTH {
+            let n = content_length(value.as_bytes()).ok_or(HeadError::Bad("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HeadError::Bad("conflicting Content-Length headers"));
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+            // Only the last coding counts: chunked must be it (RFC 9112 §6.3).
+            chunked = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == header::EXPECT {
+            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        } else if name == header::UPGRADE {
+            upgrade = true;
+        }
+        headers.append(name, value);
+    }
+    let framing = match (transfer_encoding, length) {
+        // Both: a classic request-smuggling vector; refused rather than guessed.
+        (true, Some(_)) => return Err(HeadError::Bad("both Content-Length and Transfer-Encoding")),
+        (true, None) if version == Version::HTTP_10 => {
+            return Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        (true, None) if chunked => Framing::Chunked,
+        (true, None) => return Err(HeadError::Bad("Transfer-Encoding does not end with chunked")),
+        (false, Some(0) | None) => Framing::Empty,
+        (false, Some(n)) => Framing::Length(n),
+    };
+    let keep_alive = match version {
+        Version::HTTP_11 => !close,
+        _ => keep_alive_token && !close,
+    };
+    let meta = Meta {
+        framing,
+        keep_alive,
+        expect_continue: expect_continue && version == Version::HTTP_11,
+        upgrade: upgrade && version == Version::HTTP_11,
+    };
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    Ok(Some((req, meta)))
+}
+
+/// A Content-Length value: ASCII digits only (no sign, no list), at most 19 of them.
+fn content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BodyFraming {
+    /// HEAD, 1xx, 204, 304: no body whatever the headers say.
+    None,
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 client, length unknown: the body ends when the connection closes.
+    Close,
+}
+
+/// Write a response head: the status line, the response's own headers (less the framing
+/// ones this side decides), then `Date`, the framing and the `Connection` verdict.
+pub(super) fn encode(
+    dst: &mut Vec<u8>,
+    version: Version,
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: BodyFraming,
+    keep_alive: bool,
+    upgrading: bool,
+) {
+    dst.extend_from_slice(if version == Version::HTTP_10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    dst.extend_from_slice(status.as_str().as_bytes());
+    dst.push(b' ');
+    dst.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    dst.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING || (name == header::CONNECTION && !upgrading) {
+            continue;
+        }
+        // Kept as sent only when no body follows (HEAD, 304): it then describes the body
+        // a GET would get. Otherwise the length written is the one actually sent.
+        if name == header::CONTENT_LENGTH && framing != BodyFraming::None {
+            continue;
+        }
+        has_date |= name == header::DATE;
+        line(dst, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !has_date {
+        DATE.with_borrow_mut(|d| line(dst, b"date", d.now()));
+    }
+    match framing {
+        BodyFraming::Length(n) => {
+            line(dst, b"content-length", itoa::Buffer::new().format(n).as_bytes())
+        }
+        BodyFraming::Chunked => line(dst, b"transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    if !upgrading {
+        if !keep_alive {
+            line(dst, b"connection", b"close");
+        } else if version == Version::HTTP_10 {
+            line(dst, b"connection", b"keep-alive");
+        }
+    }
+    dst.extend_from_slice(b"\r\n");
+}
+
+fn line(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    dst.extend_from_slice(name);
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value);
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// Whether `Connection: close` is among the response's own headers.
+pub(super) fn asks_close(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+/// The IMF-fixdate of the current second, formatted once per second per thread.
+struct CachedDate {
+    second: u64,
+    text: Vec<u8>,
+}
+
+impl CachedDate {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text = httpdate::fmt_http_date(now).into_bytes();
+        }
+        &self.text
+    }
+}
+
+thread_local! {
+    static DATE: RefCell<CachedDate> = const { RefCell::new(CachedDate { second: 0, text: Vec::new() }) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed_with(raw: &str, max: usize) -> Result<Option<Meta>, HeadError> {
+        parse(&mut BytesMut::from(raw), max).map(|p| p.map(|(_, meta)| meta))
+    }
+
+    fn parsed(raw: &str) -> Result<Option<Meta>, HeadError> {
+        parsed_with(raw, 16 * 1024)
+    }
+
+    fn meta(raw: &str) -> Meta {
+        parsed(raw).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_complete_head_is_split_off_and_the_rest_stays() {
+        let mut buf = BytesMut::from("POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nX-A: 1\r\nx-a: 2\r\n\r\nabcGET");
+        let (req, meta) = parse(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!(&buf[..], b"abcGET");
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()["host"], "x");
+        let xa: Vec<_> = req.headers().get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+        assert_eq!(
+            meta,
+            Meta { framing: Framing::Length(3), keep_alive: true, expect_continue: false, upgrade: false }
+        );
+    }
+
+    #[test]
+    fn a_partial_head_waits_and_an_oversized_one_is_431() {
+        assert_eq!(parsed("GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None));
+        let long = format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(100));
+        assert_eq!(parsed_with(&long, 64), Err(HeadError::TooLarge));
+        let complete = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(100));
+        assert_eq!(parsed_with(&complete, 64), Err(HeadError::TooLarge));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
+        assert_eq!(parsed(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_and_refuses_ambiguity() {
+        assert_eq!(meta("GET / HTTP/1.1\r\n\r\n").framing, Framing::Empty);
+        assert_eq!(meta("POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n").framing, Framing::Empty);
+        assert_eq!(
+            meta("POST / HTTP/1.1\r\ntransfer-encoding: gzip, Chunked\r\n\r\n").framing,
+            Framing::Chunked
+        );
+        assert_eq!(
+            meta("POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n").framing,
+            Framing::Length(5)
+        );
+        for (raw, why) in [
+            ("POST / HTTP/1.1\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n", "both Content-Length and Transfer-Encoding"),
+            ("POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n", "conflicting Content-Length headers"),
+            ("POST / HTTP/1.1\r\ncontent-length: +5\r\n\r\n", "invalid Content-Length"),
+            ("POST / HTTP/1.1\r\ncontent-length: 5, 5\r\n\r\n", "invalid Content-Length"),
+            ("POST / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n", "invalid Content-Length"),
+            ("POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n", "Transfer-Encoding does not end with chunked"),
+            ("POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n", "Transfer-Encoding in an HTTP/1.0 request"),
+            ("GET / HTTP/2.0\r\n\r\n", "unsupported HTTP version"),
+            ("GET\x01 / HTTP/1.1\r\n\r\n", "malformed request head"),
+        ] {
+            assert_eq!(parsed(raw), Err(HeadError::Bad(why)), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_expect_and_upgrade_are_read_from_the_headers() {
+        assert!(meta("GET / HTTP/1.1\r\n\r\n").keep_alive);
+        assert!(!meta("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").keep_alive);
+        assert!(!meta("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(meta("GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").keep_alive);
+        assert!(meta("PUT / HTTP/1.1\r\nexpect: 100-Continue\r\ncontent-length: 1\r\n\r\n").expect_continue);
+        assert!(!meta("PUT / HTTP/1.0\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n").expect_continue);
+        assert!(meta("GET / HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n").upgrade);
+    }
+
+    fn encoded(version: Version, headers: &[(&str, &str)], framing: BodyFraming, keep_alive: bool) -> String {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        let mut out = Vec::new();
+        encode(&mut out, version, StatusCode::OK, &map, framing, keep_alive, false);
+        let text = String::from_utf8(out).unwrap();
+        // The date changes; its shape is checked once, then it is left out.
+        let date = text.lines().find(|l| l.starts_with("date: ")).unwrap();
+        assert!(date.ends_with(" GMT") && date.len() == "date: ".len() + 29, "{date}");
+        text.lines().filter(|l| !l.starts_with("date: ")).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn response_heads_carry_the_framing_and_connection_verdict() {
+        assert_eq!(
+            encoded(Version::HTTP_11, &[("x-a", "1"), ("connection", "keep-alive")], BodyFraming::Length(2), true),
+            "HTTP/1.1 200 OK\nx-a: 1\ncontent-length: 2\n"
+        );
+        assert_eq!(
+            encoded(Version::HTTP_11, &[("transfer-encoding", "chunked"), ("content-length", "9")], BodyFraming::Chunked, false),
+            "HTTP/1.1 200 OK\ntransfer-encoding: chunked\nconnection: close\n"
+        );
+        assert_eq!(
+            encoded(Version::HTTP_10, &[("content-length", "7")], BodyFraming::Length(7), true),
+            "HTTP/1.0 200 OK\ncontent-length: 7\nconnection: keep-alive\n"
+        );
+        assert_eq!(
+            encoded(Version::HTTP_10, &[], BodyFraming::Close, false),
+            "HTTP/1.0 200 OK\nconnection: close\n"
+        );
+        // A HEAD answer keeps the length a GET would have had.
+        assert_eq!(
+            encoded(Version::HTTP_11, &[("content-length", "42")], BodyFraming::None, true),
+            "HTTP/1.1 200 OK\ncontent-length: 42\n"
+        );
+    }
+}

@@ -1,0 +1,669 @@
+//! doorman's own HTTP/1.1 server side (downstream): one task per connection reads request
+//! heads, hands each request to the pipeline, streams its body in and the response out,
+//! and keeps nothing allocated while the connection waits for its next request — the read
+//! buffer is made per request and freed with it, as nginx does, where hyper keeps two
+//! 8 KiB buffers for the life of every connection.
+//!
+//! Behaviour, as a user of nginx or HAProxy would expect it:
+//! - keep-alive by default on HTTP/1.1, on request on HTTP/1.0; pipelined requests are
+//!   answered in order;
+//! - a head that does not arrive within `header_timeout` (counted from the end of the
+//!   previous response) closes the connection; a head over `max_head` bytes is a 431, a
+//!   malformed one a 400, both as doorman's JSON errors, and the connection closes;
+//! - request bodies by Content-Length or chunked (trailers are read and dropped);
+//!   Content-Length together with Transfer-Encoding is refused (request smuggling);
+//! - `Expect: 100-continue` is answered when the pipeline first reads the body;
+//! - a request whose body was not read to its end closes the connection after its
+//!   response (`Connection: close`), lingering so the client still reads the response;
+//! - responses carry `Date`, and `Content-Length` when the body's size is known, else
+//!   chunked (HTTP/1.1) or end at close (HTTP/1.0);
+//! - a client that closes its side while its request is served abandons the request
+//!   (counted as 499 by the pipeline);
+//! - a 101 answer to a request that asked to upgrade hands the connection (and any bytes
+//!   already read) to the request's `OnUpgrade`.
+
+mod body;
+mod head;
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info};
+
+pub use body::{BodyError, RequestBody, Rewind};
+use body::{Decoded, Decoder};
+use head::{BodyFraming, Framing, HeadError};
+
+/// Bytes read at a time while a head is incomplete: on the stack, copied into a buffer
+/// sized to what arrived.
+const HEAD_READ: usize = 8 * 1024;
+/// Buffer room reserved for each read of a request body.
+const BODY_READ: usize = 16 * 1024;
+/// Data frames up to this size are copied behind the response head (one write for both);
+/// larger ones are written from where they are.
+const INLINE_DATA: usize = 16 * 1024;
+
+/// What a connection keeps from the snapshot it was accepted under.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// For the request head to arrive, counted from the end of the previous response.
+    pub header_timeout: Duration,
+    /// The longest request head read; longer is a 431.
+    pub max_head: usize,
+}
+
+/// An IO an upgraded connection can be: whatever the connection was served on.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// An upgraded connection: its IO, replaying first what was read past the request head.
+pub type Upgraded = Rewind<Box<dyn Io>>;
+
+/// In the extensions of a request that asked to upgrade: resolves to the connection once
+/// a 101 response to it has been sent. (Clone, as `http` extensions must be; only the
+/// first `upgraded` gets the connection.)
+#[derive(Debug, Clone)]
+pub struct OnUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the connection was not upgraded")]
+pub struct NotUpgraded;
+
+impl OnUpgrade {
+    pub async fn upgraded(self) -> Result<Upgraded, NotUpgraded> {
+        let rx = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match rx {
+            Some(rx) => rx.await.map_err(|_| NotUpgraded),
+            None => Err(NotUpgraded),
+        }
+    }
+}
+
+/// One HTTP/1.1 connection being served. `graceful_shutdown` lets the request in progress
+/// finish (its response says `Connection: close`) and closes a connection waiting for its
+/// next request.
+pub struct Connection {
+    serving: Pin<Box<dyn Future<Output = io::Result<()>> + Send>>,
+    closing: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("h1::Connection").finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Serve `io`, whose first bytes (already read, e.g. to sniff the protocol) are `read`.
+    /// `linger` is set when the connection closes with a request body unread.
+    pub fn new<I, S, F, B>(io: I, read: BytesMut, service: S, limits: Limits, linger: Arc<AtomicBool>) -> Self
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: FnMut(Request<RequestBody>) -> F + Send + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: fmt::Display + Send,
+    {
+        let closing = Arc::new(AtomicBool::new(false));
+        let state = Serving {
+            io,
+            buf: read,
+            limits,
+            closing: closing.clone(),
+            linger,
+        };
+        Connection {
+            serving: Box::pin(state.run(service)),
+            closing,
+        }
+    }
+
+    /// Finish the request in progress, then close. The caller polls the connection again
+    /// right after (as `server::drive` does): that poll sees the flag, so no wake-up is
+    /// needed for a connection that is waiting for a request.
+    pub fn graceful_shutdown(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Future for Connection {
+    type Output = io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.serving.as_mut().poll(cx)
+    }
+}
+
+struct Serving<I> {
+    io: I,
+    /// What has been read and not yet used: empty (no allocation) between requests.
+    buf: BytesMut,
+    limits: Limits,
+    closing: Arc<AtomicBool>,
+    linger: Arc<AtomicBool>,
+}
+
+/// How the exchange of one request ended, for the connection.
+enum Next {
+    KeepAlive,
+    Close,
+    /// The 101 was sent: the IO goes to the request's `OnUpgrade`.
+    Upgrade(oneshot::Sender<Upgraded>),
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
+    async fn run<S, F, B>(mut self, mut service: S) -> io::Result<()>
+    where
+        S: FnMut(Request<RequestBody>) -> F,
+        F: Future<Output = Response<B>>,
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: fmt::Display + Send,
+    {
+        let mut header_timer = pin!(tokio::time::sleep(Duration::ZERO));
+        loop {
+            header_timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.limits.header_timeout);
+            let Some((req, meta)) = self.read_head(header_timer.as_mut()).await? else {
+                return self.close().await;
+            };
+            match self.exchange(req, meta, &mut service).await? {
+                Next::KeepAlive => {}
+                Next::Close => return self.close().await,
+                Next::Upgrade(to) => {
+                    let pre = self.buf.split().freeze();
+                    let _ = to.send(Rewind::new(pre, Box::new(self.io)));
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// The next request head, or None when the connection should close quietly: the
+    /// client closed it, no head came in time, or shutdown found it idle.
+    async fn read_head(
+        &mut self,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+    ) -> io::Result<Option<(Request<()>, head::Meta)>> {
+        loop {
+            if self.buf.is_empty() {
+                // Between requests the connection holds no buffer at all.
+                self.buf = BytesMut::new();
+            } else {
+                match head::parse(&mut self.buf, self.limits.max_head) {
+                    Ok(Some(parsed)) => return Ok(Some(parsed)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.refuse(e).await?;
+                        return Ok(None);
+                    }
+                }
+            }
+            let idle = self.buf.is_empty();
+            let closing = &self.closing;
+            let (io, buf) = (&mut self.io, &mut self.buf);
+            tokio::select! {
+                biased;
+                read = poll_fn(|cx| fill(io, cx, buf)) => match read? {
+                    0 if idle => return Ok(None),
+                    0 => {
+                        debug!("client closed the connection in the middle of a request head");
+                        return Ok(None);
+                    }
+                    _ => {}
+                },
+                () = timer.as_mut() => {
+                    debug!(partial = !idle, "no request head within header_timeout: closing");
+                    return Ok(None);
+                }
+                // Shutdown finds the connection between requests.
+                () = flag_set(closing), if idle => return Ok(None),
+            }
+        }
+    }
+
+    /// Serve one request: run the service while reading the request body (or watching for
+    /// the client leaving), then write the response.
+    async fn exchange<S, F, B>(&mut self, req: Request<()>, meta: head::Meta, service: &mut S) -> io::Result<Next>
+    where
+        S: FnMut(Request<RequestBody>) -> F,
+        F: Future<Output = Response<B>>,
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: fmt::Display + Send,
+    {
+        let version = req.version();
+        let is_head = req.method() == Method::HEAD;
+        let mut keep_alive = meta.keep_alive;
+        let (body, mut feeder) = match meta.framing {
+            Framing::Empty => (RequestBody::empty(), None),
+            framing => {
+                let (tx, rx) = mpsc::channel(1);
+                let (want_tx, want_rx) = match meta.expect_continue {
+                    true => {
+                        let (t, r) = oneshot::channel();
+                        (Some(t), Some(r))
+                    }
+                    false => (None, None),
+                };
+                let feeder = Feeder {
+                    decoder: Decoder::new(framing),
+                    tx,
+                    want: want_rx,
+                };
+                (RequestBody::new(rx, want_tx, framing), Some(feeder))
+            }
+        };
+        let mut req = req.map(|()| body);
+        let mut upgrade = None;
+        if meta.upgrade {
+            let (tx, rx) = oneshot::channel();
+            req.extensions_mut().insert(OnUpgrade(Arc::new(Mutex::new(Some(rx)))));
+            upgrade = Some(tx);
+        }
+        // Set when the body will not be read to its end: the connection cannot be reused.
+        let mut unfinished = false;
+
+        let mut answer = pin!(service(req));
+        let resp = loop {
+            let room = self.buf.len() < self.limits.max_head;
+            let (io, buf) = (&mut self.io, &mut self.buf);
+            tokio::select! {
+                biased;
+                resp = answer.as_mut() => break resp,
+                event = read_side(io, buf, &mut feeder, room) => match event {
+                    ReadEvent::Fed(Step::Sent) => {}
+                    ReadEvent::Fed(Step::Done) => feeder = None,
+                    ReadEvent::Fed(Step::Continue) => {
+                        self.io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                        self.io.flush().await?;
+                    }
+                    ReadEvent::Fed(Step::Abandoned | Step::Failed) => {
+                        feeder = None;
+                        unfinished = true;
+                    }
+                    // Pipelined bytes: kept for the next request.
+                    ReadEvent::Filled(Ok(n)) if n > 0 => {}
+                    ReadEvent::Filled(_) => {
+                        // Dropping the service's future abandons the request.
+                        debug!("client closed the connection before its response");
+                        return Ok(Next::Close);
+                    }
+                },
+            }
+        };
+
+        let (parts, mut body) = resp.into_parts();
+        let status = parts.status;
+        let upgrading = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
+        if feeder.is_some() || unfinished || self.closing.load(Ordering::Relaxed) || head::asks_close(&parts.headers) {
+            keep_alive = false;
+        }
+        let framing = if is_head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            BodyFraming::None
+        } else if let Some(n) = body.size_hint().exact() {
+            BodyFraming::Length(n)
+        } else if version == Version::HTTP_11 {
+            BodyFraming::Chunked
+        } else {
+            keep_alive = false;
+            BodyFraming::Close
+        };
+        let mut out = Vec::with_capacity(256 + 40 * parts.headers.len());
+        head::encode(&mut out, version, status, &parts.headers, framing, keep_alive, upgrading);
+        drop(parts);
+
+        let mut writer = BodyWriter {
+            framing,
+            sent: 0,
+            ended: false,
+        };
+        let mut ended = framing == BodyFraming::None || body.is_end_stream();
+        if !ended {
+            // The replica's head and body usually arrive together: one write for both.
+            if let Some(frame) = futures_util::FutureExt::now_or_never(body.frame()) {
+                match writer.frame(frame, &mut out)? {
+                    Some(rest) => self.write_data(&mut out, &writer, rest).await?,
+                    None => {}
+                }
+                ended = writer.ended || body.is_end_stream();
+            }
+        }
+        if ended {
+            writer.finish(&mut out);
+        }
+        self.io.write_all(&out).await?;
+        while !ended {
+            out.clear();
+            let (io, buf) = (&mut self.io, &mut self.buf);
+            let frame = tokio::select! {
+                biased;
+                frame = body.frame() => frame,
+                event = read_side(io, buf, &mut feeder, false), if feeder.is_some() => {
+                    match event {
+                        ReadEvent::Fed(Step::Sent) => {}
+                        // Too late for a 100 (the answer is out): the body is read anyway.
+                        ReadEvent::Fed(Step::Continue) => {}
+                        ReadEvent::Fed(Step::Done) => feeder = None,
+                        ReadEvent::Fed(Step::Abandoned | Step::Failed) | ReadEvent::Filled(_) => {
+                            feeder = None;
+                            unfinished = true;
+                        }
+                    }
+                    continue;
+                }
+            };
+            if let Some(rest) = writer.frame(frame, &mut out)? {
+                self.write_data(&mut out, &writer, rest).await?;
+            }
+            ended = writer.ended || body.is_end_stream();
+            if ended {
+                writer.finish(&mut out);
+            }
+            self.io.write_all(&out).await?;
+            self.io.flush().await?;
+        }
+        self.io.flush().await?;
+        drop(body);
+        if let BodyFraming::Length(n) = framing
+            && writer.sent != n
+        {
+            debug!(declared = n, sent = writer.sent, "response body shorter than its length: closing");
+            return Ok(Next::Close);
+        }
+        if feeder.is_some() || unfinished {
+            self.linger.store(true, Ordering::Relaxed);
+        }
+        Ok(match upgrade {
+            Some(to) if upgrading => Next::Upgrade(to),
+            _ if keep_alive => Next::KeepAlive,
+            _ => Next::Close,
+        })
+    }
+
+    /// Write what `out` holds, then a data frame too large to copy behind it.
+    async fn write_data(&mut self, out: &mut Vec<u8>, writer: &BodyWriter, data: Bytes) -> io::Result<()> {
+        let suffix: &[u8] = if writer.framing == BodyFraming::Chunked { b"\r\n" } else { b"" };
+        write_all_vectored(&mut self.io, [out.as_slice(), &data, suffix]).await?;
+        out.clear();
+        Ok(())
+    }
+
+    /// Answer a head that cannot be served, then close.
+    async fn refuse(&mut self, e: HeadError) -> io::Result<()> {
+        let err = match e {
+            HeadError::TooLarge => crate::error::ProxyError::HeadTooLarge,
+            HeadError::Bad(why) => crate::error::ProxyError::BadRequest(why),
+        };
+        info!(error = %err, "request head refused");
+        let resp = err.to_response(&crate::pipeline::new_request_id());
+        let (parts, body) = resp.into_parts();
+        let data = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let mut out = Vec::with_capacity(256 + data.len());
+        let framing = BodyFraming::Length(data.len() as u64);
+        head::encode(&mut out, Version::HTTP_11, parts.status, &parts.headers, framing, false, false);
+        out.extend_from_slice(&data);
+        self.buf.clear();
+        self.io.write_all(&out).await?;
+        self.io.flush().await
+    }
+
+    async fn close(mut self) -> io::Result<()> {
+        // A TLS close_notify, then FIN (lingering first when a body was left unread).
+        self.io.shutdown().await
+    }
+}
+
+/// Resolves once `flag` is set. Registers no waker: whoever sets it polls again after.
+fn flag_set(flag: &AtomicBool) -> impl Future<Output = ()> + '_ {
+    poll_fn(move |_| match flag.load(Ordering::Relaxed) {
+        true => Poll::Ready(()),
+        false => Poll::Pending,
+    })
+}
+
+/// Read once into a stack buffer and append what came to `buf`, so a buffer is allocated
+/// only when bytes arrive, at the size they need.
+fn fill<I: AsyncRead + Unpin>(io: &mut I, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+    let mut scratch = [MaybeUninit::<u8>::uninit(); HEAD_READ];
+    let mut rb = ReadBuf::uninit(&mut scratch);
+    ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+    buf.extend_from_slice(rb.filled());
+    Poll::Ready(Ok(rb.filled().len()))
+}
+
+/// Frames of a response body onto the wire.
+struct BodyWriter {
+    framing: BodyFraming,
+    sent: u64,
+    ended: bool,
+}
+
+impl BodyWriter {
+    /// Add a polled frame to `out`; a data frame too large to copy is returned instead, to
+    /// be written after `out`. An error of the body ends the connection (the client sees
+    /// a truncated body, as it would from the replica).
+    fn frame<E: fmt::Display>(
+        &mut self,
+        frame: Option<Result<http_body::Frame<Bytes>, E>>,
+        out: &mut Vec<u8>,
+    ) -> io::Result<Option<Bytes>> {
+        let frame = match frame {
+            None => {
+                self.ended = true;
+                return Ok(None);
+            }
+            Some(Ok(f)) => f,
+            Some(Err(e)) => {
+                debug!(error = %e, "response body failed: closing");
+                return Err(io::Error::other(format!("response body failed: {e}")));
+            }
+        };
+        let mut data = match frame.into_data() {
+            Ok(d) => d,
+            Err(frame) => {
+                if let (Ok(trailers), BodyFraming::Chunked) = (frame.into_trailers(), self.framing) {
+                    out.extend_from_slice(b"0\r\n");
+                    for (name, value) in &trailers {
+                        out.extend_from_slice(name.as_str().as_bytes());
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(value.as_bytes());
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    self.ended = true;
+                    self.framing = BodyFraming::None;
+                }
+                return Ok(None);
+            }
+        };
+        if data.is_empty() {
+            return Ok(None);
+        }
+        match self.framing {
+            BodyFraming::None => return Ok(None),
+            BodyFraming::Length(n) => {
+                // Never more than announced: the rest would be read as the next response.
+                let room = n.saturating_sub(self.sent);
+                data.truncate(room.min(data.len() as u64) as usize);
+            }
+            BodyFraming::Chunked => {
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            }
+            BodyFraming::Close => {}
+        }
+        self.sent += data.len() as u64;
+        if data.len() > INLINE_DATA {
+            return Ok(Some(data));
+        }
+        out.extend_from_slice(&data);
+        if self.framing == BodyFraming::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        Ok(None)
+    }
+
+    /// The end of the body: the last chunk, for a chunked one.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.framing == BodyFraming::Chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
+            self.framing = BodyFraming::None;
+        }
+    }
+}
+
+async fn write_all_vectored<I: AsyncWrite + Unpin>(io: &mut I, parts: [&[u8]; 3]) -> io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut written = 0;
+    while written < total {
+        let mut skip = written;
+        let mut slices = [IoSlice::new(&[]); 3];
+        let mut n = 0;
+        for p in parts {
+            if skip >= p.len() {
+                skip -= p.len();
+                continue;
+            }
+            slices[n] = IoSlice::new(&p[skip..]);
+            skip = 0;
+            n += 1;
+        }
+        match io.write_vectored(&slices[..n]).await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            w => written += w,
+        }
+    }
+    Ok(())
+}
+
+/// Reads and decodes a request body into the pipeline's `RequestBody`.
+struct Feeder {
+    decoder: Decoder,
+    tx: mpsc::Sender<Result<Bytes, BodyError>>,
+    /// Expect: 100-continue, until the body is first read.
+    want: Option<oneshot::Receiver<()>>,
+}
+
+/// One step of a `Feeder`.
+enum Step {
+    /// A piece of body went to the pipeline.
+    Sent,
+    /// The body was read to its end.
+    Done,
+    /// The pipeline wants the body: time for `100 Continue`.
+    Continue,
+    /// The pipeline dropped the body before its end.
+    Abandoned,
+    /// The body is broken (malformed, or the client left): the error went to the pipeline.
+    Failed,
+}
+
+impl Feeder {
+    /// Cancel-safe: bytes read stay in `buf` and the decoder moves only when data is sent.
+    async fn step<I: AsyncRead + Unpin>(&mut self, io: &mut I, buf: &mut BytesMut) -> Step {
+        if let Some(want) = &mut self.want {
+            let wanted = want.await.is_ok();
+            self.want = None;
+            return if wanted { Step::Continue } else { Step::Abandoned };
+        }
+        let Ok(permit) = self.tx.reserve().await else {
+            return Step::Abandoned;
+        };
+        loop {
+            let mut data = Bytes::new();
+            match self.decoder.decode(buf, &mut data) {
+                Ok(Some(Decoded::Data)) => {
+                    permit.send(Ok(data));
+                    return match self.decoder {
+                        Decoder::Length(0) => Step::Done,
+                        _ => Step::Sent,
+                    };
+                }
+                Ok(Some(Decoded::End)) => return Step::Done,
+                Ok(None) => {
+                    buf.reserve(BODY_READ);
+                    match io.read_buf(buf).await {
+                        Ok(0) => {
+                            permit.send(Err(BodyError::Incomplete));
+                            return Step::Failed;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            permit.send(Err(e.into()));
+                            return Step::Failed;
+                        }
+                    }
+                }
+                Err(why) => {
+                    permit.send(Err(BodyError::Malformed(why)));
+                    return Step::Failed;
+                }
+            }
+        }
+    }
+}
+
+enum ReadEvent {
+    Fed(Step),
+    Filled(io::Result<usize>),
+}
+
+/// What the read side does while a request is served: feed its body, or (once the body is
+/// in) watch for the client leaving, keeping what it pipelines — while there is `room`.
+async fn read_side<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    feeder: &mut Option<Feeder>,
+    room: bool,
+) -> ReadEvent {
+    match feeder {
+        Some(f) => ReadEvent::Fed(f.step(io, buf).await),
+        None if room => ReadEvent::Filled(poll_fn(|cx| fill(io, cx, buf)).await),
+        None => std::future::pending().await,
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4): what a client speaking HTTP/2 without
+/// ALPN (h2c with prior knowledge) sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection of unknown protocol turned out to speak.
+#[derive(Debug)]
+pub enum Sniffed<I> {
+    /// HTTP/1.x, with the bytes read so far.
+    H1(I, BytesMut),
+    /// HTTP/2, replaying the bytes read so far.
+    H2(Rewind<I>),
+}
+
+/// Read just enough of a connection to tell HTTP/2's preface from an HTTP/1.x request.
+pub async fn sniff<I: AsyncRead + Unpin>(mut io: I) -> io::Result<Sniffed<I>> {
+    let mut buf = BytesMut::new();
+    loop {
+        let n = poll_fn(|cx| fill(&mut io, cx, &mut buf)).await?;
+        let seen = buf.len().min(H2_PREFACE.len());
+        if buf[..seen] != H2_PREFACE[..seen] || n == 0 {
+            // Not the preface (or the client closed: the HTTP/1 side sees the end).
+            return Ok(Sniffed::H1(io, buf));
+        }
+        if seen == H2_PREFACE.len() {
+            return Ok(Sniffed::H2(Rewind::new(buf.freeze(), io)));
+        }
+    }
+}
