@@ -26,9 +26,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::ServerSettings;
+use crate::h1;
 use crate::idle::{self, Tracked};
 use crate::metrics::{GaugeGuard, Metrics, ProtocolLabels};
-use crate::h1;
 use crate::pipeline::{self, ConnInfo, DownstreamBody, Phase, reached};
 use crate::reload::{self, ReloadRequests, Reloader};
 use crate::snapshot::SharedSnapshot;
@@ -536,9 +536,10 @@ where
         conn.requests.fetch_add(1, Ordering::Relaxed);
         // Boxed: the connection's future keeps room for what it awaits; boxed, an idle
         // connection holds nothing of a request's state.
-        let handled: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
-            pipeline::handle(req.map(DownstreamBody::H1), &conn, &snap).await
-        });
+        let handled: Pin<Box<dyn Future<Output = _> + Send>> =
+            Box::pin(
+                async move { pipeline::handle(req.map(DownstreamBody::H1), &conn, &snap).await },
+            );
         handled
     };
     let limits = h1::Limits {

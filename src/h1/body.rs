@@ -51,7 +51,11 @@ impl Decoder {
 
     /// Take the next piece of body from `buf`: `Ok(None)` when more bytes are needed. Data
     /// is split off the buffer (shared, not copied) into `out`.
-    pub(super) fn decode(&mut self, buf: &mut BytesMut, out: &mut Bytes) -> Result<Option<Decoded>, &'static str> {
+    pub(super) fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        out: &mut Bytes,
+    ) -> Result<Option<Decoded>, &'static str> {
         loop {
             match *self {
                 Decoder::Done => return Ok(Some(Decoded::End)),
@@ -72,12 +76,18 @@ impl Decoder {
                     return Ok(Some(Decoded::Data));
                 }
                 Decoder::ChunkSize => {
-                    let Some(line) = take_line(buf)? else { return Ok(None) };
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(None);
+                    };
                     // Extensions (`;name=value`) are allowed and ignored.
                     let raw: &[u8] = &line;
                     let size = raw.split(|&b| b == b';').next().unwrap_or(&[]).trim_ascii();
                     let n = chunk_size(size).ok_or("invalid chunk size")?;
-                    *self = if n == 0 { Decoder::Trailers(0) } else { Decoder::ChunkData(n) };
+                    *self = if n == 0 {
+                        Decoder::Trailers(0)
+                    } else {
+                        Decoder::ChunkData(n)
+                    };
                 }
                 Decoder::ChunkEnd => {
                     if buf.len() < 2 {
@@ -90,7 +100,9 @@ impl Decoder {
                     *self = Decoder::ChunkSize;
                 }
                 Decoder::Trailers(seen) => {
-                    let Some(line) = take_line(buf)? else { return Ok(None) };
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(None);
+                    };
                     if line.is_empty() {
                         *self = Decoder::Done;
                     } else if seen + line.len() > MAX_TRAILERS {
@@ -163,11 +175,19 @@ impl RequestBody {
             Framing::Empty => Some(0),
             Framing::Chunked => None,
         };
-        RequestBody { rx: Some(rx), want, left }
+        RequestBody {
+            rx: Some(rx),
+            want,
+            left,
+        }
     }
 
     pub(super) fn empty() -> Self {
-        RequestBody { rx: None, want: None, left: Some(0) }
+        RequestBody {
+            rx: None,
+            want: None,
+            left: Some(0),
+        }
     }
 }
 
@@ -217,7 +237,9 @@ pub struct Rewind<I> {
 
 impl<I> std::fmt::Debug for Rewind<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rewind").field("pre", &self.pre.len()).finish_non_exhaustive()
+        f.debug_struct("Rewind")
+            .field("pre", &self.pre.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -228,7 +250,11 @@ impl<I> Rewind<I> {
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if !self.pre.is_empty() {
             let n = self.pre.len().min(buf.remaining());
             buf.put_slice(&self.pre[..n]);
@@ -240,7 +266,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -270,7 +300,11 @@ mod tests {
     use super::*;
 
     /// Decode `wire` fed in pieces of `step` bytes: the data, and how it ended.
-    fn decode_in_steps(framing: Framing, wire: &[u8], step: usize) -> (Vec<u8>, Result<Vec<u8>, &'static str>) {
+    fn decode_in_steps(
+        framing: Framing,
+        wire: &[u8],
+        step: usize,
+    ) -> (Vec<u8>, Result<Vec<u8>, &'static str>) {
         let mut d = Decoder::new(framing);
         let mut buf = BytesMut::new();
         let mut data = Vec::new();
@@ -306,7 +340,10 @@ mod tests {
     #[test]
     fn length_bodies_stop_at_their_length() {
         let (data, rest) = decode_in_steps(Framing::Length(5), b"helloGET /", 100);
-        assert_eq!((data.as_slice(), rest.unwrap().as_slice()), (&b"hello"[..], &b"GET /"[..]));
+        assert_eq!(
+            (data.as_slice(), rest.unwrap().as_slice()),
+            (&b"hello"[..], &b"GET /"[..])
+        );
         let (data, rest) = decode_in_steps(Framing::Length(5), b"hel", 1);
         assert_eq!((data.as_slice(), rest), (&b"hel"[..], Err("incomplete")));
     }
@@ -320,16 +357,26 @@ mod tests {
             (b"2\r\nabXY0\r\n\r\n", "chunk data not followed by CRLF"),
             (b"2\nab\r\n", "line not terminated by CRLF"),
         ] {
-            assert_eq!(decode_in_steps(Framing::Chunked, wire, 64).1, Err(why), "{wire:?}");
+            assert_eq!(
+                decode_in_steps(Framing::Chunked, wire, 64).1,
+                Err(why),
+                "{wire:?}"
+            );
         }
         let long = vec![b'1'; MAX_LINE + 1];
-        assert_eq!(decode_in_steps(Framing::Chunked, &long, long.len()).1, Err("chunk line too long"));
+        assert_eq!(
+            decode_in_steps(Framing::Chunked, &long, long.len()).1,
+            Err("chunk line too long")
+        );
         let mut trailers = b"0\r\n".to_vec();
         for _ in 0..(MAX_TRAILERS / 100 + 1) {
             trailers.extend_from_slice(&[b'x'; 100]);
             trailers.extend_from_slice(b"\r\n");
         }
-        assert_eq!(decode_in_steps(Framing::Chunked, &trailers, 4096).1, Err("trailers too large"));
+        assert_eq!(
+            decode_in_steps(Framing::Chunked, &trailers, 4096).1,
+            Err("trailers too large")
+        );
     }
 
     #[tokio::test]

@@ -39,7 +39,10 @@ pub(super) enum HeadError {
 
 /// Parse the request head at the start of `buf`. `Ok(None)`: not complete yet. On success
 /// the head's bytes are split off `buf` (what follows — a body, the next request — stays).
-pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<(Request<()>, Meta)>, HeadError> {
+pub(super) fn parse(
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<(Request<()>, Meta)>, HeadError> {
     // Offsets into the buffer, so its bytes can be frozen and shared after parsing.
     let mut found = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
     let base = buf.as_ptr() as usize;
@@ -52,7 +55,9 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<(Request<()
             Ok(httparse::Status::Partial) if buf.len() > max => return Err(HeadError::TooLarge),
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(httparse::Error::Version) => return Err(HeadError::Bad("unsupported HTTP version")),
+            Err(httparse::Error::Version) => {
+                return Err(HeadError::Bad("unsupported HTTP version"));
+            }
             Err(_) => return Err(HeadError::Bad("malformed request head")),
         };
         if len > max {
@@ -62,13 +67,23 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<(Request<()
         let (Some(m), Some(path), Some(v)) = (req.method, req.path, req.version) else {
             return Err(HeadError::Bad("malformed request head"));
         };
-        let method = Method::from_bytes(m.as_bytes()).map_err(|_| HeadError::Bad("invalid method"))?;
+        let method =
+            Method::from_bytes(m.as_bytes()).map_err(|_| HeadError::Bad("invalid method"))?;
         let target = (offset(path.as_bytes()), path.len());
         let count = req.headers.len();
         for (slot, h) in found.iter_mut().zip(req.headers.iter()) {
-            *slot = (offset(h.name.as_bytes()), h.name.len(), offset(h.value), h.value.len());
+            *slot = (
+                offset(h.name.as_bytes()),
+                h.name.len(),
+                offset(h.value),
+                h.value.len(),
+            );
         }
-        let version = if v == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+        let version = if v == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
         (len, method, target, version, count)
     };
     let head: Bytes = buf.split_to(len).freeze();
@@ -79,14 +94,16 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<(Request<()
     let mut length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked = false;
-    let (mut close, mut keep_alive_token, mut expect_continue, mut upgrade) = (false, false, false, false);
+    let (mut close, mut keep_alive_token, mut expect_continue, mut upgrade) =
+        (false, false, false, false);
     for &(ns, nl, vs, vl) in &found[..count] {
         let name = HeaderName::from_bytes(&head[ns..ns + nl])
             .map_err(|_| HeadError::Bad("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
             .map_err(|_| HeadError::Bad("invalid header value"))?;
         if name == header::CONTENT_LENGTH {
-            let n = content_length(value.as_bytes()).ok_or(HeadError::Bad("invalid Content-Length"))?;
+            let n =
+                content_length(value.as_bytes()).ok_or(HeadError::Bad("invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(HeadError::Bad("conflicting Content-Length headers"));
             }
@@ -119,7 +136,11 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<(Request<()
             return Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request"));
         }
         (true, None) if chunked => Framing::Chunked,
-        (true, None) => return Err(HeadError::Bad("Transfer-Encoding does not end with chunked")),
+        (true, None) => {
+            return Err(HeadError::Bad(
+                "Transfer-Encoding does not end with chunked",
+            ));
+        }
         (false, Some(0) | None) => Framing::Empty,
         (false, Some(n)) => Framing::Length(n),
     };
@@ -146,7 +167,9 @@ fn content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    v.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    v.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// How a response body is delimited on the wire.
@@ -171,7 +194,11 @@ pub(super) fn encode(
     keep_alive: bool,
     upgrading: bool,
 ) {
-    dst.extend_from_slice(if version == Version::HTTP_10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    dst.extend_from_slice(if version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
     dst.extend_from_slice(status.as_str().as_bytes());
     dst.push(b' ');
     dst.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
@@ -193,9 +220,11 @@ pub(super) fn encode(
         DATE.with_borrow_mut(|d| line(dst, b"date", d.now()));
     }
     match framing {
-        BodyFraming::Length(n) => {
-            line(dst, b"content-length", itoa::Buffer::new().format(n).as_bytes())
-        }
+        BodyFraming::Length(n) => line(
+            dst,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        ),
         BodyFraming::Chunked => line(dst, b"transfer-encoding", b"chunked"),
         _ => {}
     }
@@ -265,7 +294,9 @@ mod tests {
 
     #[test]
     fn a_complete_head_is_split_off_and_the_rest_stays() {
-        let mut buf = BytesMut::from("POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nX-A: 1\r\nx-a: 2\r\n\r\nabcGET");
+        let mut buf = BytesMut::from(
+            "POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nX-A: 1\r\nx-a: 2\r\n\r\nabcGET",
+        );
         let (req, meta) = parse(&mut buf, 1024).unwrap().unwrap();
         assert_eq!(&buf[..], b"abcGET");
         assert_eq!(req.method(), Method::POST);
@@ -276,7 +307,12 @@ mod tests {
         assert_eq!(xa, ["1", "2"]);
         assert_eq!(
             meta,
-            Meta { framing: Framing::Length(3), keep_alive: true, expect_continue: false, upgrade: false }
+            Meta {
+                framing: Framing::Length(3),
+                keep_alive: true,
+                expect_continue: false,
+                upgrade: false
+            }
         );
     }
 
@@ -288,13 +324,19 @@ mod tests {
         let complete = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(100));
         assert_eq!(parsed_with(&complete, 64), Err(HeadError::TooLarge));
         let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
-        assert_eq!(parsed(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Err(HeadError::TooLarge));
+        assert_eq!(
+            parsed(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            Err(HeadError::TooLarge)
+        );
     }
 
     #[test]
     fn framing_follows_rfc_9112_and_refuses_ambiguity() {
         assert_eq!(meta("GET / HTTP/1.1\r\n\r\n").framing, Framing::Empty);
-        assert_eq!(meta("POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n").framing, Framing::Empty);
+        assert_eq!(
+            meta("POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n").framing,
+            Framing::Empty
+        );
         assert_eq!(
             meta("POST / HTTP/1.1\r\ntransfer-encoding: gzip, Chunked\r\n\r\n").framing,
             Framing::Chunked
@@ -304,13 +346,34 @@ mod tests {
             Framing::Length(5)
         );
         for (raw, why) in [
-            ("POST / HTTP/1.1\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n", "both Content-Length and Transfer-Encoding"),
-            ("POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n", "conflicting Content-Length headers"),
-            ("POST / HTTP/1.1\r\ncontent-length: +5\r\n\r\n", "invalid Content-Length"),
-            ("POST / HTTP/1.1\r\ncontent-length: 5, 5\r\n\r\n", "invalid Content-Length"),
-            ("POST / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n", "invalid Content-Length"),
-            ("POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n", "Transfer-Encoding does not end with chunked"),
-            ("POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n", "Transfer-Encoding in an HTTP/1.0 request"),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+                "both Content-Length and Transfer-Encoding",
+            ),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+                "conflicting Content-Length headers",
+            ),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: +5\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 5, 5\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+                "Transfer-Encoding does not end with chunked",
+            ),
+            (
+                "POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ),
             ("GET / HTTP/2.0\r\n\r\n", "unsupported HTTP version"),
             ("GET\x01 / HTTP/1.1\r\n\r\n", "malformed request head"),
         ] {
@@ -324,37 +387,82 @@ mod tests {
         assert!(!meta("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").keep_alive);
         assert!(!meta("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(meta("GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").keep_alive);
-        assert!(meta("PUT / HTTP/1.1\r\nexpect: 100-Continue\r\ncontent-length: 1\r\n\r\n").expect_continue);
-        assert!(!meta("PUT / HTTP/1.0\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n").expect_continue);
-        assert!(meta("GET / HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n").upgrade);
+        assert!(
+            meta("PUT / HTTP/1.1\r\nexpect: 100-Continue\r\ncontent-length: 1\r\n\r\n")
+                .expect_continue
+        );
+        assert!(
+            !meta("PUT / HTTP/1.0\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n")
+                .expect_continue
+        );
+        assert!(
+            meta("GET / HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n").upgrade
+        );
     }
 
-    fn encoded(version: Version, headers: &[(&str, &str)], framing: BodyFraming, keep_alive: bool) -> String {
+    fn encoded(
+        version: Version,
+        headers: &[(&str, &str)],
+        framing: BodyFraming,
+        keep_alive: bool,
+    ) -> String {
         let mut map = HeaderMap::new();
         for (n, v) in headers {
-            map.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            map.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         let mut out = Vec::new();
-        encode(&mut out, version, StatusCode::OK, &map, framing, keep_alive, false);
+        encode(
+            &mut out,
+            version,
+            StatusCode::OK,
+            &map,
+            framing,
+            keep_alive,
+            false,
+        );
         let text = String::from_utf8(out).unwrap();
         // The date changes; its shape is checked once, then it is left out.
         let date = text.lines().find(|l| l.starts_with("date: ")).unwrap();
-        assert!(date.ends_with(" GMT") && date.len() == "date: ".len() + 29, "{date}");
-        text.lines().filter(|l| !l.starts_with("date: ")).collect::<Vec<_>>().join("\n")
+        assert!(
+            date.ends_with(" GMT") && date.len() == "date: ".len() + 29,
+            "{date}"
+        );
+        text.lines()
+            .filter(|l| !l.starts_with("date: "))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     #[test]
     fn response_heads_carry_the_framing_and_connection_verdict() {
         assert_eq!(
-            encoded(Version::HTTP_11, &[("x-a", "1"), ("connection", "keep-alive")], BodyFraming::Length(2), true),
+            encoded(
+                Version::HTTP_11,
+                &[("x-a", "1"), ("connection", "keep-alive")],
+                BodyFraming::Length(2),
+                true
+            ),
             "HTTP/1.1 200 OK\nx-a: 1\ncontent-length: 2\n"
         );
         assert_eq!(
-            encoded(Version::HTTP_11, &[("transfer-encoding", "chunked"), ("content-length", "9")], BodyFraming::Chunked, false),
+            encoded(
+                Version::HTTP_11,
+                &[("transfer-encoding", "chunked"), ("content-length", "9")],
+                BodyFraming::Chunked,
+                false
+            ),
             "HTTP/1.1 200 OK\ntransfer-encoding: chunked\nconnection: close\n"
         );
         assert_eq!(
-            encoded(Version::HTTP_10, &[("content-length", "7")], BodyFraming::Length(7), true),
+            encoded(
+                Version::HTTP_10,
+                &[("content-length", "7")],
+                BodyFraming::Length(7),
+                true
+            ),
             "HTTP/1.0 200 OK\ncontent-length: 7\nconnection: keep-alive\n"
         );
         assert_eq!(
@@ -363,7 +471,12 @@ mod tests {
         );
         // A HEAD answer keeps the length a GET would have had.
         assert_eq!(
-            encoded(Version::HTTP_11, &[("content-length", "42")], BodyFraming::None, true),
+            encoded(
+                Version::HTTP_11,
+                &[("content-length", "42")],
+                BodyFraming::None,
+                true
+            ),
             "HTTP/1.1 200 OK\ncontent-length: 42\n"
         );
     }

@@ -109,7 +109,13 @@ impl fmt::Debug for Connection {
 impl Connection {
     /// Serve `io`, whose first bytes (already read, e.g. to sniff the protocol) are `read`.
     /// `linger` is set when the connection closes with a request body unread.
-    pub fn new<I, S, F, B>(io: I, read: BytesMut, service: S, limits: Limits, linger: Arc<AtomicBool>) -> Self
+    pub fn new<I, S, F, B>(
+        io: I,
+        read: BytesMut,
+        service: S,
+        limits: Limits,
+        linger: Arc<AtomicBool>,
+    ) -> Self
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: FnMut(Request<RequestBody>) -> F + Send + 'static,
@@ -237,7 +243,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
 
     /// Serve one request: run the service while reading the request body (or watching for
     /// the client leaving), then write the response.
-    async fn exchange<S, F, B>(&mut self, req: Request<()>, meta: head::Meta, service: &mut S) -> io::Result<Next>
+    async fn exchange<S, F, B>(
+        &mut self,
+        req: Request<()>,
+        meta: head::Meta,
+        service: &mut S,
+    ) -> io::Result<Next>
     where
         S: FnMut(Request<RequestBody>) -> F,
         F: Future<Output = Response<B>>,
@@ -261,6 +272,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
                 let feeder = Feeder {
                     decoder: Decoder::new(framing),
                     tx,
+                    waits_for_continue: want_rx.is_some(),
                     want: want_rx,
                 };
                 (RequestBody::new(rx, want_tx, framing), Some(feeder))
@@ -270,11 +282,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         let mut upgrade = None;
         if meta.upgrade {
             let (tx, rx) = oneshot::channel();
-            req.extensions_mut().insert(OnUpgrade(Arc::new(Mutex::new(Some(rx)))));
+            req.extensions_mut()
+                .insert(OnUpgrade(Arc::new(Mutex::new(Some(rx)))));
             upgrade = Some(tx);
         }
         // Set when the body will not be read to its end: the connection cannot be reused.
         let mut unfinished = false;
+        // A body the pipeline dropped before its end, to discard.
+        let mut drain: Option<Decoder> = None;
 
         let mut answer = pin!(service(req));
         let resp = loop {
@@ -290,7 +305,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
                         self.io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
                         self.io.flush().await?;
                     }
-                    ReadEvent::Fed(Step::Abandoned | Step::Failed) => {
+                    ReadEvent::Fed(Step::Abandoned) => {
+                        // Discarded below if the rest of it is already here.
+                        drain = feeder.take().filter(|f| !f.waits_for_continue).map(|f| f.decoder);
+                        unfinished = drain.is_none();
+                    }
+                    ReadEvent::Fed(Step::Failed) => {
                         feeder = None;
                         unfinished = true;
                     }
@@ -305,10 +325,23 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
             }
         };
 
+        // A body left unread (an early answer: 401, 413, ...) whose rest is already in the
+        // buffer is discarded, and the connection stays usable; one still on the wire is
+        // not waited for: the connection closes after this response, as hyper's does.
+        if let Some(f) = feeder.take_if(|f| f.tx.is_closed() && !f.waits_for_continue) {
+            drain = Some(f.decoder);
+        }
+        if let Some(mut d) = drain {
+            unfinished = !discard_buffered(&mut d, &mut self.buf);
+        }
         let (parts, mut body) = resp.into_parts();
         let status = parts.status;
         let upgrading = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
-        if feeder.is_some() || unfinished || self.closing.load(Ordering::Relaxed) || head::asks_close(&parts.headers) {
+        if feeder.is_some()
+            || unfinished
+            || self.closing.load(Ordering::Relaxed)
+            || head::asks_close(&parts.headers)
+        {
             keep_alive = false;
         }
         let framing = if is_head
@@ -326,7 +359,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
             BodyFraming::Close
         };
         let mut out = Vec::with_capacity(256 + 40 * parts.headers.len());
-        head::encode(&mut out, version, status, &parts.headers, framing, keep_alive, upgrading);
+        head::encode(
+            &mut out,
+            version,
+            status,
+            &parts.headers,
+            framing,
+            keep_alive,
+            upgrading,
+        );
         drop(parts);
 
         let mut writer = BodyWriter {
@@ -384,7 +425,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         if let BodyFraming::Length(n) = framing
             && writer.sent != n
         {
-            debug!(declared = n, sent = writer.sent, "response body shorter than its length: closing");
+            debug!(
+                declared = n,
+                sent = writer.sent,
+                "response body shorter than its length: closing"
+            );
             return Ok(Next::Close);
         }
         if feeder.is_some() || unfinished {
@@ -398,8 +443,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
     }
 
     /// Write what `out` holds, then a data frame too large to copy behind it.
-    async fn write_data(&mut self, out: &mut Vec<u8>, writer: &BodyWriter, data: Bytes) -> io::Result<()> {
-        let suffix: &[u8] = if writer.framing == BodyFraming::Chunked { b"\r\n" } else { b"" };
+    async fn write_data(
+        &mut self,
+        out: &mut Vec<u8>,
+        writer: &BodyWriter,
+        data: Bytes,
+    ) -> io::Result<()> {
+        let suffix: &[u8] = if writer.framing == BodyFraming::Chunked {
+            b"\r\n"
+        } else {
+            b""
+        };
         write_all_vectored(&mut self.io, [out.as_slice(), &data, suffix]).await?;
         out.clear();
         Ok(())
@@ -414,10 +468,22 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         info!(error = %err, "request head refused");
         let resp = err.to_response(&crate::pipeline::new_request_id());
         let (parts, body) = resp.into_parts();
-        let data = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let data = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let mut out = Vec::with_capacity(256 + data.len());
         let framing = BodyFraming::Length(data.len() as u64);
-        head::encode(&mut out, Version::HTTP_11, parts.status, &parts.headers, framing, false, false);
+        head::encode(
+            &mut out,
+            Version::HTTP_11,
+            parts.status,
+            &parts.headers,
+            framing,
+            false,
+            false,
+        );
         out.extend_from_slice(&data);
         self.buf.clear();
         self.io.write_all(&out).await?;
@@ -427,6 +493,18 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
     async fn close(mut self) -> io::Result<()> {
         // A TLS close_notify, then FIN (lingering first when a body was left unread).
         self.io.shutdown().await
+    }
+}
+
+/// Discard what `buf` holds of a body: true when its end was in it.
+fn discard_buffered(decoder: &mut Decoder, buf: &mut BytesMut) -> bool {
+    let mut data = Bytes::new();
+    loop {
+        match decoder.decode(buf, &mut data) {
+            Ok(Some(Decoded::Data)) => {}
+            Ok(Some(Decoded::End)) => return true,
+            Ok(None) | Err(_) => return false,
+        }
     }
 }
 
@@ -440,7 +518,11 @@ fn flag_set(flag: &AtomicBool) -> impl Future<Output = ()> + '_ {
 
 /// Read once into a stack buffer and append what came to `buf`, so a buffer is allocated
 /// only when bytes arrive, at the size they need.
-fn fill<I: AsyncRead + Unpin>(io: &mut I, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+fn fill<I: AsyncRead + Unpin>(
+    io: &mut I,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
     let mut scratch = [MaybeUninit::<u8>::uninit(); HEAD_READ];
     let mut rb = ReadBuf::uninit(&mut scratch);
     ready!(Pin::new(io).poll_read(cx, &mut rb))?;
@@ -478,7 +560,8 @@ impl BodyWriter {
         let mut data = match frame.into_data() {
             Ok(d) => d,
             Err(frame) => {
-                if let (Ok(trailers), BodyFraming::Chunked) = (frame.into_trailers(), self.framing) {
+                if let (Ok(trailers), BodyFraming::Chunked) = (frame.into_trailers(), self.framing)
+                {
                     out.extend_from_slice(b"0\r\n");
                     for (name, value) in &trailers {
                         out.extend_from_slice(name.as_str().as_bytes());
@@ -528,7 +611,10 @@ impl BodyWriter {
     }
 }
 
-async fn write_all_vectored<I: AsyncWrite + Unpin>(io: &mut I, parts: [&[u8]; 3]) -> io::Result<()> {
+async fn write_all_vectored<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    parts: [&[u8]; 3],
+) -> io::Result<()> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut written = 0;
     while written < total {
@@ -558,6 +644,8 @@ struct Feeder {
     tx: mpsc::Sender<Result<Bytes, BodyError>>,
     /// Expect: 100-continue, until the body is first read.
     want: Option<oneshot::Receiver<()>>,
+    /// The client waits for `100 Continue` (not sent yet) before sending the body.
+    waits_for_continue: bool,
 }
 
 /// One step of a `Feeder`.
@@ -580,7 +668,12 @@ impl Feeder {
         if let Some(want) = &mut self.want {
             let wanted = want.await.is_ok();
             self.want = None;
-            return if wanted { Step::Continue } else { Step::Abandoned };
+            self.waits_for_continue = !wanted;
+            return if wanted {
+                Step::Continue
+            } else {
+                Step::Abandoned
+            };
         }
         let Ok(permit) = self.tx.reserve().await else {
             return Step::Abandoned;

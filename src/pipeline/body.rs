@@ -41,8 +41,12 @@ impl Body for DownstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, DownstreamError>>> {
         let polled = match self.get_mut() {
-            DownstreamBody::H1(b) => ready!(Pin::new(b).poll_frame(cx)).map(|r| r.map_err(DownstreamError::from)),
-            DownstreamBody::H2(b) => ready!(Pin::new(b).poll_frame(cx)).map(|r| r.map_err(DownstreamError::from)),
+            DownstreamBody::H1(b) => {
+                ready!(Pin::new(b).poll_frame(cx)).map(|r| r.map_err(DownstreamError::from))
+            }
+            DownstreamBody::H2(b) => {
+                ready!(Pin::new(b).poll_frame(cx)).map(|r| r.map_err(DownstreamError::from))
+            }
         };
         Poll::Ready(polled)
     }
