@@ -392,19 +392,26 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         self.io.write_all(&out).await?;
         while !ended {
             out.clear();
+            let room = self.buf.len() < self.limits.max_head;
+            let watch = feeder.is_some() || room;
             let (io, buf) = (&mut self.io, &mut self.buf);
             let frame = tokio::select! {
                 biased;
                 frame = body.frame() => frame,
-                event = read_side(io, buf, &mut feeder, false), if feeder.is_some() => {
+                event = read_side(io, buf, &mut feeder, room), if watch => {
                     match event {
                         ReadEvent::Fed(Step::Sent) => {}
                         // Too late for a 100 (the answer is out): the body is read anyway.
                         ReadEvent::Fed(Step::Continue) => {}
                         ReadEvent::Fed(Step::Done) => feeder = None,
-                        ReadEvent::Fed(Step::Abandoned | Step::Failed) | ReadEvent::Filled(_) => {
+                        ReadEvent::Fed(Step::Abandoned | Step::Failed) => {
                             feeder = None;
                             unfinished = true;
+                        }
+                        ReadEvent::Filled(Ok(n)) if n > 0 => {}
+                        ReadEvent::Filled(_) => {
+                            debug!("client closed the connection during its response");
+                            return Ok(Next::Close);
                         }
                     }
                     continue;
