@@ -3,9 +3,10 @@
 //! written into one buffer with the framing headers this side decides.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 
 /// More header lines than this is a 431, as hyper's default.
@@ -38,68 +39,58 @@ pub(super) enum HeadError {
 }
 
 /// Parse the request head at the start of `buf`. `Ok(None)`: not complete yet. On success
-/// the head's bytes are split off `buf` (what follows — a body, the next request — stays).
+/// the head's bytes are taken off `buf` (what follows — a body, the next request — stays).
 pub(super) fn parse(
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<(Request<()>, Meta)>, HeadError> {
-    // Offsets into the buffer, so its bytes can be frozen and shared after parsing.
-    let mut found = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| s.as_ptr() as usize - base;
-    let (len, method, target, version, count) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() > max => return Err(HeadError::TooLarge),
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(httparse::Error::Version) => {
-                return Err(HeadError::Bad("unsupported HTTP version"));
-            }
-            Err(_) => return Err(HeadError::Bad("malformed request head")),
-        };
-        if len > max {
-            return Err(HeadError::TooLarge);
+    // Parsed frozen, so that every header value can be a slice of these very bytes.
+    let bytes = std::mem::take(buf).freeze();
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(&bytes, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            let too_large = bytes.len() > max;
+            // Unshared, so this gives the same buffer back without a copy.
+            *buf = BytesMut::from(bytes);
+            return if too_large {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
         }
-        // A complete parse fills all three.
-        let (Some(m), Some(path), Some(v)) = (req.method, req.path, req.version) else {
-            return Err(HeadError::Bad("malformed request head"));
-        };
-        let method =
-            Method::from_bytes(m.as_bytes()).map_err(|_| HeadError::Bad("invalid method"))?;
-        let target = (offset(path.as_bytes()), path.len());
-        let count = req.headers.len();
-        for (slot, h) in found.iter_mut().zip(req.headers.iter()) {
-            *slot = (
-                offset(h.name.as_bytes()),
-                h.name.len(),
-                offset(h.value),
-                h.value.len(),
-            );
-        }
-        let version = if v == 0 {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        };
-        (len, method, target, version, count)
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) => return Err(HeadError::Bad("unsupported HTTP version")),
+        Err(_) => return Err(HeadError::Bad("malformed request head")),
     };
-    let head: Bytes = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
+    if len > max {
+        return Err(HeadError::TooLarge);
+    }
+    // A complete parse fills all three.
+    let (Some(m), Some(path), Some(v)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::Bad("malformed request head"));
+    };
+    let method = Method::from_bytes(m.as_bytes()).map_err(|_| HeadError::Bad("invalid method"))?;
+    let uri = Uri::from_maybe_shared(bytes.slice_ref(path.as_bytes()))
         .map_err(|_| HeadError::Bad("invalid request target"))?;
+    let version = if v == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
 
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the pipeline adds (X-Forwarded-*, X-Request-Id) without a regrow.
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 6);
     let mut length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked = false;
     let (mut close, mut keep_alive_token, mut expect_continue, mut upgrade) =
         (false, false, false, false);
-    for &(ns, nl, vs, vl) in &found[..count] {
-        let name = HeaderName::from_bytes(&head[ns..ns + nl])
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HeadError::Bad("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
             .map_err(|_| HeadError::Bad("invalid header value"))?;
         if name == header::CONTENT_LENGTH {
             let n =
@@ -154,6 +145,12 @@ pub(super) fn parse(
         expect_continue: expect_continue && version == Version::HTTP_11,
         upgrade: upgrade && version == Version::HTTP_11,
     };
+    // What follows the head: usually nothing; a body or the next request is copied out
+    // (the head's bytes stay shared with the header values).
+    let rest = &bytes[len..];
+    if !rest.is_empty() {
+        *buf = BytesMut::from(rest);
+    }
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
