@@ -328,3 +328,34 @@ async fn an_unread_body_keeps_the_connection_when_it_is_all_here_and_closes_it_o
     assert!(w.closed_by_peer().await);
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_alpn_the_protocol_is_sniffed_h2c_prior_knowledge_or_http_1_1() {
+    let (r, p) = proxy_with_replica().await;
+    // Plain listener, HTTP/2 with prior knowledge: the preface picks hyper's HTTP/2 side.
+    let tcp = TcpStream::connect(p.addrs.plain.unwrap()).await.unwrap();
+    let mut c = Client::over(hyper_util::rt::TokioIo::new(tcp), true).await;
+    for _ in 0..2 {
+        let req = c.request(http::Method::GET, "/h2c").body(empty()).unwrap();
+        let resp = within("h2c response", c.send(req)).await.unwrap();
+        assert_eq!(
+            (resp.version(), resp.status().as_u16()),
+            (http::Version::HTTP_2, 200)
+        );
+        assert_eq!(body_bytes(resp.into_body()).await, "ok 0");
+    }
+    // TLS with no ALPN offered: HTTP/1.1, sniffed.
+    let mut c = Client::connect(p.addrs.tls, &p.pki, "localhost", &[])
+        .await
+        .unwrap();
+    assert!(!c.is_h2());
+    let (resp, body) = c.get("/tls-no-alpn").await;
+    assert_eq!(
+        (resp.version(), resp.status().as_u16()),
+        (http::Version::HTTP_11, 200)
+    );
+    assert_eq!(body, "ok 0");
+    let uris: Vec<_> = r.seen().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(uris, ["/h2c", "/h2c", "/tls-no-alpn"]);
+    p.stop().await;
+}
