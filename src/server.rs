@@ -380,23 +380,28 @@ async fn connection(
             // The stream's binding ends with this block, before the await: otherwise the
             // task keeps room for it (1.2 KiB) beside the serving future that owns it.
             let serving = {
-                let tls =
-                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            Metrics::count(&metrics.tls_handshakes, "ok");
-                            tls
-                        }
-                        Ok(Err(e)) => {
-                            Metrics::count(&metrics.tls_handshakes, handshake_failure(&e));
-                            debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            Metrics::count(&metrics.tls_handshakes, "timeout");
-                            debug!("TLS handshake timed out");
-                            return;
-                        }
-                    };
+                // Boxed: the handshake's state (a TLS stream, 1.2 KiB) is needed only until
+                // the stream moves into its HTTP connection, not for the task's whole life.
+                let handshake = Box::pin(tokio::time::timeout(
+                    limits.header_timeout,
+                    acceptor.accept(tcp),
+                ));
+                let tls = match handshake.await {
+                    Ok(Ok(tls)) => {
+                        Metrics::count(&metrics.tls_handshakes, "ok");
+                        tls
+                    }
+                    Ok(Err(e)) => {
+                        Metrics::count(&metrics.tls_handshakes, handshake_failure(&e));
+                        debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        Metrics::count(&metrics.tls_handshakes, "timeout");
+                        debug!("TLS handshake timed out");
+                        return;
+                    }
+                };
                 let http = match tls.get_ref().1.alpn_protocol() {
                     Some(b"h2") => Http::H2,
                     Some(b"http/1.1") => Http::H1,
