@@ -174,6 +174,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
     /// Not an `async fn`: one taking `self` by value keeps the argument and its moved-in
     /// local side by side in its state (the TLS stream twice, 1.3 KiB each); the block
     /// below captures it once.
+    #[allow(clippy::manual_async_fn)]
     fn run<S, F, B>(mut self, mut service: S) -> impl Future<Output = io::Result<()>>
     where
         S: FnMut(Request<RequestBody>) -> F,
@@ -388,9 +389,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         if !ended {
             // The replica's head and body usually arrive together: one write for both.
             if let Some(frame) = futures_util::FutureExt::now_or_never(body.frame()) {
-                match writer.frame(frame, &mut out)? {
-                    Some(rest) => self.write_data(&mut out, &writer, rest).await?,
-                    None => {}
+                if let Some(rest) = writer.frame(frame, &mut out)? {
+                    self.write_data(&mut out, &writer, rest).await?;
                 }
                 ended = writer.ended || body.is_end_stream();
             }
