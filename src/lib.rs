@@ -3,7 +3,8 @@
 //! The request path, in the order a request meets it:
 //!
 //! ```text
-//! server      accept (connection limit) → TLS 1.3 (tls: SNI, ALPN h2|http/1.1) → hyper h1/h2
+//! server      accept (connection limit) → TLS 1.3 (tls: SNI, ALPN h2|http/1.1)
+//!             → h1 (doorman's HTTP/1.1 codec) or hyper's HTTP/2
 //! pipeline    handle(): limits → route → auth → idempotency → select (balance)
 //!             → forward (upstream, retries where safe) → complete
 //! ```
@@ -13,6 +14,7 @@
 //! - [`snapshot`] one immutable, fully built configuration behind one `ArcSwap`
 //! - [`reload`]   SIGHUP / POST /reload: prepare a new snapshot beside the old, then swap
 //! - [`server`]   listeners, accept loops, connection serving, idle watchdog, graceful drain
+//! - [`h1`]       the downstream HTTP/1.1 codec: heads, bodies, keep-alive, upgrades
 //! - [`tls`]      rustls server config: TLS 1.3 only, SNI resolver, ALPN
 //! - [`pipeline`] the request stages and the per-request context
 //! - [`auth`]     JWT verification (algorithms pinned by configured keys) and its token cache
