@@ -22,6 +22,9 @@ pub enum Fault {
 pub enum ProxyError {
     /// The request cannot be proxied as sent (no Host, bad framing, ...).
     BadRequest(&'static str),
+    /// The request uses a feature doorman does not implement (a transfer coding other
+    /// than chunked).
+    NotImplemented(&'static str),
     /// No usable bearer token (None: none was sent; Some: why the one sent was refused).
     Unauthorized(Option<&'static str>),
     /// The idempotency key is missing on a required route, or malformed.
@@ -61,6 +64,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::IdempotencyKey(_) => StatusCode::BAD_REQUEST,
             ProxyError::IdempotencyInFlight(_) => StatusCode::CONFLICT,
@@ -83,6 +87,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             ProxyError::BadRequest(_)
+            | ProxyError::NotImplemented(_)
             | ProxyError::Unauthorized(_)
             | ProxyError::IdempotencyKey(_)
             | ProxyError::IdempotencyInFlight(_)
@@ -105,6 +110,7 @@ impl ProxyError {
     pub fn client_message(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(why) => why,
+            ProxyError::NotImplemented(why) => why,
             ProxyError::Unauthorized(None) => "missing bearer token",
             ProxyError::Unauthorized(Some(why)) => why,
             ProxyError::IdempotencyKey(why) => why,
@@ -163,6 +169,7 @@ impl fmt::Display for ProxyError {
             | ProxyError::Internal(d)
             | ProxyError::StoreUnavailable(d) => write!(f, "{}: {}", self.client_message(), d),
             ProxyError::BadRequest(_)
+            | ProxyError::NotImplemented(_)
             | ProxyError::Unauthorized(_)
             | ProxyError::IdempotencyKey(_)
             | ProxyError::IdempotencyInFlight(_)
@@ -216,6 +223,15 @@ mod tests {
             status_of(ProxyError::BadRequest("missing Host header")),
             400
         );
+    }
+    #[test]
+    fn not_implemented_is_501_and_the_clients_fault() {
+        let e = ProxyError::NotImplemented("unsupported Transfer-Encoding");
+        assert_eq!(
+            (status_of(ProxyError::NotImplemented("x")), e.fault()),
+            (501, Fault::Downstream)
+        );
+        assert_eq!(e.client_message(), "unsupported Transfer-Encoding");
     }
     #[test]
     fn unauthorized_is_401_with_a_bearer_challenge() {

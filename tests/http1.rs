@@ -359,3 +359,74 @@ async fn without_alpn_the_protocol_is_sniffed_h2c_prior_knowledge_or_http_1_1() 
     assert_eq!(uris, ["/h2c", "/h2c", "/tls-no-alpn"]);
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transfer_coding_besides_chunked_is_501() {
+    let (r, p) = proxy_with_replica().await;
+    let mut w = Wire::open(&p).await;
+    w.send(b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n")
+        .await;
+    let resp = w.response(false).await;
+    assert_eq!(
+        (resp.status, resp.header("connection")),
+        (501, Some("close"))
+    );
+    let json: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(json["error"], "unsupported Transfer-Encoding");
+    assert_eq!(r.count(), 0);
+    p.stop().await;
+}
+
+/// A replica that starts a large answer as soon as it has the request head, and reads the
+/// request body at the same time (a streaming transform, an echo).
+async fn full_duplex_replica(answer_len: usize) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (mut rd, mut wr) = tcp.into_split();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            rd.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let reading = tokio::spawn(async move {
+            let mut sink = vec![0u8; 65536];
+            while rd.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        });
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {answer_len}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'r'; 65536];
+        let mut left = answer_len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            wr.write_all(&chunk[..n]).await.unwrap();
+            left -= n;
+        }
+        let _ = reading.await;
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_sends_its_whole_body_before_reading_does_not_deadlock() {
+    // Both directions well past what loopback socket buffers hold.
+    const LEN: usize = 24 << 20;
+    let replica = full_duplex_replica(LEN).await;
+    let p = TestProxy::start(
+        "max_body_bytes = 67108864",
+        &(group_toml("api", &[replica], "") + &route_toml("/", "api")),
+    )
+    .await;
+    let mut w = Wire::open(&p).await;
+    let head = format!("POST /duplex HTTP/1.1\r\nhost: x\r\ncontent-length: {LEN}\r\n\r\n");
+    w.send(head.as_bytes()).await;
+    let body = vec![b'c'; LEN];
+    within("the whole upload, before reading", w.tcp.write_all(&body))
+        .await
+        .unwrap();
+    let resp = w.response(false).await;
+    assert_eq!((resp.status, resp.body.len()), (200, LEN));
+    p.stop().await;
+}

@@ -15,8 +15,8 @@ use super::head::Framing;
 
 /// A chunk-size line or a trailer line longer than this is refused.
 const MAX_LINE: usize = 4096;
-/// All trailer lines together (they are read and discarded).
-const MAX_TRAILERS: usize = 16 * 1024;
+/// Chunk extensions and trailer lines together, per body (they are read and dropped).
+const MAX_OVERHEAD: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Decoded {
@@ -26,7 +26,7 @@ pub(super) enum Decoded {
 
 /// Where the decoder is in the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Decoder {
+enum State {
     /// Bytes left of a Content-Length body.
     Length(u64),
     /// Before a chunk-size line.
@@ -35,18 +35,34 @@ pub(super) enum Decoder {
     ChunkData(u64),
     /// The CRLF after a chunk's data.
     ChunkEnd,
-    /// After the last chunk: trailer lines (read so far) until the empty line.
-    Trailers(usize),
+    /// After the last chunk: trailer lines until the empty line.
+    Trailers,
     Done,
+}
+
+/// Decodes one request body (Content-Length or chunked) from the connection's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Decoder {
+    state: State,
+    /// Bytes of chunk extensions and trailers seen: both are read and dropped, so both are
+    /// bounded (a body of 1-byte chunks with long extensions would cost far more to read
+    /// than it carries).
+    overhead: usize,
 }
 
 impl Decoder {
     pub(super) fn new(framing: Framing) -> Self {
-        match framing {
-            Framing::Empty => Decoder::Done,
-            Framing::Length(n) => Decoder::Length(n),
-            Framing::Chunked => Decoder::ChunkSize,
-        }
+        let state = match framing {
+            Framing::Empty => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+        };
+        Decoder { state, overhead: 0 }
+    }
+
+    /// Nothing more to read: the body's last byte has been taken.
+    pub(super) fn finished(&self) -> bool {
+        matches!(self.state, State::Done | State::Length(0))
     }
 
     /// Take the next piece of body from `buf`: `Ok(None)` when more bytes are needed. Data
@@ -57,39 +73,37 @@ impl Decoder {
         out: &mut Bytes,
     ) -> Result<Option<Decoded>, &'static str> {
         loop {
-            match *self {
-                Decoder::Done => return Ok(Some(Decoded::End)),
-                Decoder::Length(0) => {
-                    *self = Decoder::Done;
+            match self.state {
+                State::Done | State::Length(0) => {
+                    self.state = State::Done;
+                    return Ok(Some(Decoded::End));
                 }
-                Decoder::Length(n) | Decoder::ChunkData(n) => {
+                State::Length(n) | State::ChunkData(n) => {
                     if buf.is_empty() {
                         return Ok(None);
                     }
                     let take = n.min(buf.len() as u64);
                     *out = buf.split_to(take as usize).freeze();
-                    *self = match *self {
-                        Decoder::Length(_) => Decoder::Length(n - take),
-                        _ if n == take => Decoder::ChunkEnd,
-                        _ => Decoder::ChunkData(n - take),
+                    self.state = match self.state {
+                        State::Length(_) => State::Length(n - take),
+                        _ if n == take => State::ChunkEnd,
+                        _ => State::ChunkData(n - take),
                     };
                     return Ok(Some(Decoded::Data));
                 }
-                Decoder::ChunkSize => {
+                State::ChunkSize => {
                     let Some(line) = take_line(buf)? else {
                         return Ok(None);
                     };
-                    // Extensions (`;name=value`) are allowed and ignored.
-                    let raw: &[u8] = &line;
-                    let size = raw.split(|&b| b == b';').next().unwrap_or(&[]).trim_ascii();
-                    let n = chunk_size(size).ok_or("invalid chunk size")?;
-                    *self = if n == 0 {
-                        Decoder::Trailers(0)
+                    let (n, ext) = chunk_size_line(&line).ok_or("invalid chunk size")?;
+                    self.add_overhead(ext)?;
+                    self.state = if n == 0 {
+                        State::Trailers
                     } else {
-                        Decoder::ChunkData(n)
+                        State::ChunkData(n)
                     };
                 }
-                Decoder::ChunkEnd => {
+                State::ChunkEnd => {
                     if buf.len() < 2 {
                         return Ok(None);
                     }
@@ -97,29 +111,37 @@ impl Decoder {
                         return Err("chunk data not followed by CRLF");
                     }
                     buf.advance(2);
-                    *self = Decoder::ChunkSize;
+                    self.state = State::ChunkSize;
                 }
-                Decoder::Trailers(seen) => {
+                State::Trailers => {
                     let Some(line) = take_line(buf)? else {
                         return Ok(None);
                     };
                     if line.is_empty() {
-                        *self = Decoder::Done;
-                    } else if seen + line.len() > MAX_TRAILERS {
-                        return Err("trailers too large");
+                        self.state = State::Done;
                     } else {
-                        *self = Decoder::Trailers(seen + line.len());
+                        self.add_overhead(line.len())?;
                     }
                 }
             }
         }
     }
+
+    fn add_overhead(&mut self, n: usize) -> Result<(), &'static str> {
+        self.overhead += n;
+        if self.overhead > MAX_OVERHEAD {
+            return Err("chunk extensions and trailers too large");
+        }
+        Ok(())
+    }
 }
 
-/// One CRLF-terminated line off the front of `buf`, without its CRLF.
+/// One CRLF-terminated line off the front of `buf`, without its CRLF. A CR anywhere else,
+/// or an LF without its CR, is refused.
 fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, &'static str> {
     match buf.iter().position(|&b| b == b'\n') {
         Some(i) if i == 0 || buf[i - 1] != b'\r' => Err("line not terminated by CRLF"),
+        Some(i) if buf[..i - 1].contains(&b'\r') => Err("bare CR in a chunk line"),
         Some(i) => {
             let mut line = buf.split_to(i + 1);
             line.truncate(i - 1);
@@ -130,15 +152,23 @@ fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, &'static str> {
     }
 }
 
-/// A chunk size: 1 to 16 hex digits.
-fn chunk_size(hex: &[u8]) -> Option<u64> {
-    if hex.is_empty() || hex.len() > 16 {
+/// `chunk-size [ BWS ";" chunk-ext ]` (RFC 9112 §7.1): 1 to 16 hex digits, then nothing or
+/// extensions. The size, and how many bytes of extensions followed it.
+fn chunk_size_line(line: &[u8]) -> Option<(u64, usize)> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
         return None;
     }
-    hex.iter().try_fold(0u64, |n, &d| {
+    let rest = &line[digits..];
+    let ext = rest.trim_ascii_start();
+    if !rest.is_empty() && !ext.starts_with(b";") {
+        return None;
+    }
+    let n = line[..digits].iter().try_fold(0u64, |n, &d| {
         let v = (d as char).to_digit(16)?;
         Some((n << 4) | u64::from(v))
-    })
+    })?;
+    Some((n, rest.len()))
 }
 
 /// Why a request body could not be read to its end.
@@ -327,7 +357,7 @@ mod tests {
 
     #[test]
     fn chunked_bodies_decode_whatever_the_read_sizes() {
-        let wire = b"5;ext=1\r\nhello\r\nA\r\n, world!!!\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        let wire = b"5;ext=1\r\nhello\r\nA ;e\r\n, world!!!\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
         for step in [1, 2, 3, 7, wire.len()] {
             let (data, rest) = decode_in_steps(Framing::Chunked, wire, step);
             assert_eq!(data, b"hello, world!!!", "step {step}");
@@ -356,6 +386,9 @@ mod tests {
             (b"11111111111111111\r\n", "invalid chunk size"),
             (b"2\r\nabXY0\r\n\r\n", "chunk data not followed by CRLF"),
             (b"2\nab\r\n", "line not terminated by CRLF"),
+            (b" 5\r\nhello\r\n0\r\n\r\n", "invalid chunk size"),
+            (b"5 x\r\nhello\r\n0\r\n\r\n", "invalid chunk size"),
+            (b"5\r\r\nhello\r\n0\r\n\r\n", "bare CR in a chunk line"),
         ] {
             assert_eq!(
                 decode_in_steps(Framing::Chunked, wire, 64).1,
@@ -369,14 +402,21 @@ mod tests {
             Err("chunk line too long")
         );
         let mut trailers = b"0\r\n".to_vec();
-        for _ in 0..(MAX_TRAILERS / 100 + 1) {
+        for _ in 0..(MAX_OVERHEAD / 100 + 1) {
             trailers.extend_from_slice(&[b'x'; 100]);
             trailers.extend_from_slice(b"\r\n");
         }
+        let too_much = Err("chunk extensions and trailers too large");
         assert_eq!(
             decode_in_steps(Framing::Chunked, &trailers, 4096).1,
-            Err("trailers too large")
+            too_much
         );
+        // One data byte per chunk, each with a long extension: bounded per body.
+        let mut exts = Vec::new();
+        for _ in 0..(MAX_OVERHEAD / 1000 + 1) {
+            exts.extend_from_slice(format!("1;{}\r\nx\r\n", "e".repeat(1000)).as_bytes());
+        }
+        assert_eq!(decode_in_steps(Framing::Chunked, &exts, 4096).1, too_much);
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 
 /// More header lines than this is a 431, as hyper's default.
@@ -36,30 +36,24 @@ pub(super) enum HeadError {
     TooLarge,
     /// Not a valid HTTP/1.x request head: 400, with the reason.
     Bad(&'static str),
+    /// Valid, but asks for what doorman does not do: 501.
+    Unsupported(&'static str),
 }
 
-/// Parse the request head at the start of `buf`. `Ok(None)`: not complete yet. On success
-/// the head's bytes are taken off `buf` (what follows — a body, the next request — stays).
+/// Parse the request head at the start of `input`. `Ok(None)`: not complete yet (`input`
+/// untouched). On success `input` is advanced past the head, whose bytes stay shared by the
+/// header values (no copy); what follows — a body, the next request — is what is left.
 pub(super) fn parse(
-    buf: &mut BytesMut,
+    input: &mut Bytes,
     max: usize,
 ) -> Result<Option<(Request<()>, Meta)>, HeadError> {
-    // Parsed frozen, so that every header value can be a slice of these very bytes.
-    let bytes = std::mem::take(buf).freeze();
+    let bytes = input.clone();
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(&bytes, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => {
-            let too_large = bytes.len() > max;
-            // Unshared, so this gives the same buffer back without a copy.
-            *buf = BytesMut::from(bytes);
-            return if too_large {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
+        Ok(httparse::Status::Partial) if bytes.len() > max => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(httparse::Error::Version) => return Err(HeadError::Bad("unsupported HTTP version")),
         Err(_) => return Err(HeadError::Bad("malformed request head")),
@@ -83,8 +77,10 @@ pub(super) fn parse(
     // Room for what the pipeline adds (X-Forwarded-*, X-Request-Id) without a regrow.
     let mut headers = HeaderMap::with_capacity(req.headers.len() + 6);
     let mut length: Option<u64> = None;
+    let (mut lengths, mut hosts) = (0u32, 0u32);
+    // Every coding named, over all Transfer-Encoding lines, and whether the last is chunked.
+    let (mut codings, mut chunked_last) = (0u32, false);
     let mut transfer_encoding = false;
-    let mut chunked = false;
     let (mut close, mut keep_alive_token, mut expect_continue, mut upgrade) =
         (false, false, false, false);
     for h in req.headers.iter() {
@@ -99,14 +95,18 @@ pub(super) fn parse(
                 return Err(HeadError::Bad("conflicting Content-Length headers"));
             }
             length = Some(n);
+            lengths += 1;
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
-            // Only the last coding counts: chunked must be it (RFC 9112 §6.3).
-            chunked = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            for coding in value.as_bytes().split(|&b| b == b',') {
+                let coding = coding.trim_ascii();
+                if !coding.is_empty() {
+                    codings += 1;
+                    chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                }
+            }
+        } else if name == header::HOST {
+            hosts += 1;
         } else if name == header::CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -120,21 +120,37 @@ pub(super) fn parse(
         }
         headers.append(name, value);
     }
+    if hosts > 1 {
+        // Two proxies could route the same request by different hosts.
+        return Err(HeadError::Bad("repeated Host header"));
+    }
     let framing = match (transfer_encoding, length) {
         // Both: a classic request-smuggling vector; refused rather than guessed.
         (true, Some(_)) => return Err(HeadError::Bad("both Content-Length and Transfer-Encoding")),
         (true, None) if version == Version::HTTP_10 => {
             return Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request"));
         }
-        (true, None) if chunked => Framing::Chunked,
-        (true, None) => {
+        // The body's length cannot be known (RFC 9112 §6.3): 400, then close.
+        (true, None) if !chunked_last => {
             return Err(HeadError::Bad(
                 "Transfer-Encoding does not end with chunked",
             ));
         }
+        (true, None) if codings == 1 => Framing::Chunked,
+        // gzip, chunked (and chunked twice): a coding doorman would have to undo.
+        (true, None) => {
+            return Err(HeadError::Unsupported("unsupported Transfer-Encoding"));
+        }
         (false, Some(0) | None) => Framing::Empty,
         (false, Some(n)) => Framing::Length(n),
     };
+    if lengths > 1 {
+        // Equal values ("5" and "05"): one canonical value goes on.
+        headers.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(length.unwrap_or(0)),
+        );
+    }
     let keep_alive = match version {
         Version::HTTP_11 => !close,
         _ => keep_alive_token && !close,
@@ -143,14 +159,10 @@ pub(super) fn parse(
         framing,
         keep_alive,
         expect_continue: expect_continue && version == Version::HTTP_11,
-        upgrade: upgrade && version == Version::HTTP_11,
+        // An upgrade with a body would leave the body's bytes to the tunnel.
+        upgrade: upgrade && version == Version::HTTP_11 && framing == Framing::Empty,
     };
-    // What follows the head: usually nothing; a body or the next request is copied out
-    // (the head's bytes stay shared with the header values).
-    let rest = &bytes[len..];
-    if !rest.is_empty() {
-        *buf = BytesMut::from(rest);
-    }
+    input.advance(len);
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -205,9 +217,13 @@ pub(super) fn encode(
         if name == header::TRANSFER_ENCODING || (name == header::CONNECTION && !upgrading) {
             continue;
         }
-        // Kept as sent only when no body follows (HEAD, 304): it then describes the body
-        // a GET would get. Otherwise the length written is the one actually sent.
-        if name == header::CONTENT_LENGTH && framing != BodyFraming::None {
+        // Kept as sent only for HEAD and 304: it then describes the body a GET would get.
+        // 1xx and 204 never carry one; otherwise the length written is the one sent.
+        if name == header::CONTENT_LENGTH
+            && (framing != BodyFraming::None
+                || status.is_informational()
+                || status == StatusCode::NO_CONTENT)
+        {
             continue;
         }
         has_date |= name == header::DATE;
@@ -278,7 +294,7 @@ mod tests {
     use super::*;
 
     fn parsed_with(raw: &str, max: usize) -> Result<Option<Meta>, HeadError> {
-        parse(&mut BytesMut::from(raw), max).map(|p| p.map(|(_, meta)| meta))
+        parse(&mut Bytes::copy_from_slice(raw.as_bytes()), max).map(|p| p.map(|(_, meta)| meta))
     }
 
     fn parsed(raw: &str) -> Result<Option<Meta>, HeadError> {
@@ -291,8 +307,8 @@ mod tests {
 
     #[test]
     fn a_complete_head_is_split_off_and_the_rest_stays() {
-        let mut buf = BytesMut::from(
-            "POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nX-A: 1\r\nx-a: 2\r\n\r\nabcGET",
+        let mut buf = Bytes::from_static(
+            b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nX-A: 1\r\nx-a: 2\r\n\r\nabcGET",
         );
         let (req, meta) = parse(&mut buf, 1024).unwrap().unwrap();
         assert_eq!(&buf[..], b"abcGET");
@@ -335,8 +351,22 @@ mod tests {
             Framing::Empty
         );
         assert_eq!(
-            meta("POST / HTTP/1.1\r\ntransfer-encoding: gzip, Chunked\r\n\r\n").framing,
+            meta("POST / HTTP/1.1\r\ntransfer-encoding:  Chunked \r\n\r\n").framing,
             Framing::Chunked
+        );
+        // A coding besides chunked would have to be undone before forwarding: 501.
+        for te in ["gzip, chunked", "chunked, chunked"] {
+            let raw = format!("POST / HTTP/1.1\r\ntransfer-encoding: {te}\r\n\r\n");
+            assert_eq!(
+                parsed(&raw),
+                Err(HeadError::Unsupported("unsupported Transfer-Encoding"))
+            );
+        }
+        let split =
+            "POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(
+            parsed(split),
+            Err(HeadError::Unsupported("unsupported Transfer-Encoding"))
         );
         assert_eq!(
             meta("POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n").framing,
@@ -372,10 +402,29 @@ mod tests {
                 "Transfer-Encoding in an HTTP/1.0 request",
             ),
             ("GET / HTTP/2.0\r\n\r\n", "unsupported HTTP version"),
+            (
+                "GET / HTTP/1.1\r\nhost: a\r\nHost: b\r\n\r\n",
+                "repeated Host header",
+            ),
             ("GET\x01 / HTTP/1.1\r\n\r\n", "malformed request head"),
         ] {
             assert_eq!(parsed(raw), Err(HeadError::Bad(why)), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn a_partial_head_leaves_its_input_and_repeated_lengths_go_on_as_one() {
+        let mut input = Bytes::from_static(b"GET / HTTP/1.1\r\nhost: x\r\n");
+        assert_eq!(parse(&mut input, 1024).map(|p| p.is_none()), Ok(true));
+        assert_eq!(&input[..], b"GET / HTTP/1.1\r\nhost: x\r\n");
+        let mut input = Bytes::from_static(
+            b"POST / HTTP/1.1\r\ncontent-length: 05\r\ncontent-length: 5\r\n\r\nhello",
+        );
+        let (req, meta) = parse(&mut input, 1024).unwrap().unwrap();
+        assert_eq!(meta.framing, Framing::Length(5));
+        let lengths: Vec<_> = req.headers().get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["5"]);
+        assert_eq!(&input[..], b"hello");
     }
 
     #[test]
@@ -395,6 +444,8 @@ mod tests {
         assert!(
             meta("GET / HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n").upgrade
         );
+        // Never with a body: its bytes would go down the tunnel.
+        assert!(!meta("GET / HTTP/1.1\r\nupgrade: websocket\r\ncontent-length: 2\r\n\r\n").upgrade);
     }
 
     fn encoded(

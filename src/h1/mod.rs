@@ -127,6 +127,7 @@ impl Connection {
         let state = Serving {
             io,
             buf: read,
+            rest: Bytes::new(),
             limits,
             closing: closing.clone(),
             linger,
@@ -157,6 +158,10 @@ struct Serving<I> {
     io: I,
     /// What has been read and not yet used: empty (no allocation) between requests.
     buf: BytesMut,
+    /// What followed the last head in the bytes it was parsed from (a pipelined request,
+    /// a body): parsed or merged from there, never copied request by request. Comes
+    /// before `buf`.
+    rest: Bytes,
     limits: Limits,
     closing: Arc<AtomicBool>,
     linger: Arc<AtomicBool>,
@@ -197,7 +202,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
                     Next::KeepAlive => {}
                     Next::Close => return self.close().await,
                     Next::Upgrade(to) => {
+                        self.absorb_rest();
                         let pre = self.buf.split().freeze();
+                        // The tunnel's own close must not linger on its bytes.
+                        self.linger.store(false, Ordering::Relaxed);
                         let _ = to.send(Rewind::new(pre, Box::new(self.io)));
                         return Ok(());
                     }
@@ -212,12 +220,34 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         &mut self,
         mut timer: Pin<&mut tokio::time::Sleep>,
     ) -> io::Result<Option<(Request<()>, head::Meta)>> {
+        let max = self.limits.max_head;
+        // Whether the bytes held may now hold a complete head: parsing again only after
+        // a read that brought a line end keeps a client that drips its head byte by byte
+        // from costing a full parse per byte.
+        let mut try_parse = true;
         loop {
-            if self.buf.is_empty() {
-                // Between requests the connection holds no buffer at all.
-                self.buf = BytesMut::new();
-            } else {
-                match head::parse(&mut self.buf, self.limits.max_head) {
+            if try_parse {
+                let parsed = if self.buf.is_empty() && !self.rest.is_empty() {
+                    // A pipelined request: parsed where it lies.
+                    let parsed = head::parse(&mut self.rest, max);
+                    if let Ok(None) = parsed {
+                        self.buf = BytesMut::from(std::mem::take(&mut self.rest));
+                    }
+                    parsed
+                } else if !self.buf.is_empty() {
+                    self.absorb_rest();
+                    let mut frozen = std::mem::take(&mut self.buf).freeze();
+                    let parsed = head::parse(&mut frozen, max);
+                    match parsed {
+                        // Unshared while incomplete: the same buffer back, not a copy.
+                        Ok(None) => self.buf = BytesMut::from(frozen),
+                        _ => self.rest = frozen,
+                    }
+                    parsed
+                } else {
+                    Ok(None)
+                };
+                match parsed {
                     Ok(Some(parsed)) => return Ok(Some(parsed)),
                     Ok(None) => {}
                     Err(e) => {
@@ -228,18 +258,27 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
                     }
                 }
             }
-            let idle = self.buf.is_empty();
+            let idle = self.buf.is_empty() && self.rest.is_empty();
+            if idle {
+                // Between requests the connection holds no buffer at all.
+                self.buf = BytesMut::new();
+                self.rest = Bytes::new();
+            }
             let closing = &self.closing;
             let (io, buf) = (&mut self.io, &mut self.buf);
             tokio::select! {
                 biased;
                 read = poll_fn(|cx| fill(io, cx, buf)) => match read? {
-                    0 if idle => return Ok(None),
                     0 => {
-                        debug!("client closed the connection in the middle of a request head");
+                        if !idle {
+                            debug!("client closed the connection in the middle of a request head");
+                        }
                         return Ok(None);
                     }
-                    _ => {}
+                    n => {
+                        let fresh = &self.buf[self.buf.len() - n..];
+                        try_parse = fresh.contains(&b'\n') || self.buf.len() > max;
+                    }
                 },
                 () = timer.as_mut() => {
                     debug!(partial = !idle, "no request head within header_timeout: closing");
@@ -249,6 +288,26 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
                 () = flag_set(closing), if idle => return Ok(None),
             }
         }
+    }
+
+    /// Put what is left of the last parsed bytes back in front of `buf` (one copy): before
+    /// a body is read, or when more bytes must be appended to them.
+    fn absorb_rest(&mut self) {
+        if self.rest.is_empty() {
+            return;
+        }
+        let mut merged = BytesMut::with_capacity(self.rest.len() + self.buf.len());
+        merged.extend_from_slice(&self.rest);
+        merged.extend_from_slice(&self.buf);
+        self.buf = merged;
+        self.rest = Bytes::new();
+    }
+
+    /// Whether the read side may read more while a request is served (watching for the
+    /// client leaving, keeping what it pipelines): not while earlier pipelined bytes wait
+    /// in `rest`, not past the head limit.
+    fn room(&self) -> bool {
+        self.rest.is_empty() && self.buf.len() < self.limits.max_head
     }
 
     /// Serve one request: run the service while reading the request body (or watching for
@@ -296,6 +355,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
                 .insert(OnUpgrade(Arc::new(Mutex::new(Some(rx)))));
             upgrade = Some(tx);
         }
+        if feeder.is_some() {
+            // The body's first bytes may have come with the head.
+            self.absorb_rest();
+        }
         // Set when the body will not be read to its end: the connection cannot be reused.
         let mut unfinished = false;
         // A body the pipeline dropped before its end, to discard.
@@ -303,7 +366,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
 
         let mut answer = pin!(service(req));
         let resp = loop {
-            let room = self.buf.len() < self.limits.max_head;
+            let room = self.room();
             let (io, buf) = (&mut self.io, &mut self.buf);
             tokio::select! {
                 biased;
@@ -389,8 +452,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         if !ended {
             // The replica's head and body usually arrive together: one write for both.
             if let Some(frame) = futures_util::FutureExt::now_or_never(body.frame()) {
-                if let Some(rest) = writer.frame(frame, &mut out)? {
-                    self.write_data(&mut out, &writer, rest).await?;
+                if let Some(data) = writer.frame(frame, &mut out)? {
+                    let suffix = writer.suffix();
+                    self.send([&out, &data, suffix], &mut feeder, &mut unfinished)
+                        .await?;
+                    out.clear();
                 }
                 ended = writer.ended || body.is_end_stream();
             }
@@ -398,10 +464,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         if ended {
             writer.finish(&mut out);
         }
-        self.io.write_all(&out).await?;
+        self.send([&out, &[], &[]], &mut feeder, &mut unfinished)
+            .await?;
         while !ended {
             out.clear();
-            let room = self.buf.len() < self.limits.max_head;
+            let room = self.room();
             let watch = feeder.is_some() || room;
             let (io, buf) = (&mut self.io, &mut self.buf);
             let frame = tokio::select! {
@@ -418,7 +485,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
                             unfinished = true;
                         }
                         ReadEvent::Filled(Ok(n)) if n > 0 => {}
-                        ReadEvent::Filled(_) => {
+                            ReadEvent::Filled(_) => {
                             debug!("client closed the connection during its response");
                             return Ok(Next::Close);
                         }
@@ -426,17 +493,29 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
                     continue;
                 }
             };
-            if let Some(rest) = writer.frame(frame, &mut out)? {
-                self.write_data(&mut out, &writer, rest).await?;
-            }
+            let data = writer.frame(frame, &mut out)?;
             ended = writer.ended || body.is_end_stream();
-            if ended {
-                writer.finish(&mut out);
+            match data {
+                Some(data) => {
+                    let suffix = writer.suffix();
+                    self.send([&out, &data, suffix], &mut feeder, &mut unfinished)
+                        .await?;
+                    out.clear();
+                    if ended {
+                        writer.finish(&mut out);
+                        self.send([&out, &[], &[]], &mut feeder, &mut unfinished)
+                            .await?;
+                    }
+                }
+                None => {
+                    if ended {
+                        writer.finish(&mut out);
+                    }
+                    self.send([&out, &[], &[]], &mut feeder, &mut unfinished)
+                        .await?;
+                }
             }
-            self.io.write_all(&out).await?;
-            self.io.flush().await?;
         }
-        self.io.flush().await?;
         drop(body);
         if let BodyFraming::Length(n) = framing
             && writer.sent != n
@@ -458,21 +537,40 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         })
     }
 
-    /// Write what `out` holds, then a data frame too large to copy behind it.
-    async fn write_data(
+    /// Write `parts` and flush. While a request body is still arriving, it keeps being read
+    /// meanwhile: a client that sends its whole body before reading would otherwise
+    /// deadlock against a response larger than the socket buffers.
+    async fn send(
         &mut self,
-        out: &mut Vec<u8>,
-        writer: &BodyWriter,
-        data: Bytes,
+        parts: [&[u8]; 3],
+        feeder: &mut Option<Feeder>,
+        unfinished: &mut bool,
     ) -> io::Result<()> {
-        let suffix: &[u8] = if writer.framing == BodyFraming::Chunked {
-            b"\r\n"
-        } else {
-            b""
-        };
-        write_all_vectored(&mut self.io, [out.as_slice(), &data, suffix]).await?;
-        out.clear();
-        Ok(())
+        if feeder.is_none() {
+            write_all_vectored(&mut self.io, parts).await?;
+            return self.io.flush().await;
+        }
+        let (io, buf) = (&mut self.io, &mut self.buf);
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let mut write = pin!(async {
+            write_all_vectored(&mut wr, parts).await?;
+            wr.flush().await
+        });
+        loop {
+            tokio::select! {
+                biased;
+                written = write.as_mut() => return written,
+                step = feed(&mut rd, buf, feeder), if feeder.is_some() => match step {
+                    // Too late for a 100 once the answer is going out: read anyway.
+                    Step::Sent | Step::Continue => {}
+                    Step::Done => *feeder = None,
+                    Step::Abandoned | Step::Failed => {
+                        *feeder = None;
+                        *unfinished = true;
+                    }
+                },
+            }
+        }
     }
 
     /// Answer a head that cannot be served, then close.
@@ -480,7 +578,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         let err = match e {
             HeadError::TooLarge => crate::error::ProxyError::HeadTooLarge,
             HeadError::Bad(why) => crate::error::ProxyError::BadRequest(why),
+            HeadError::Unsupported(why) => crate::error::ProxyError::NotImplemented(why),
         };
+        // The client may still be sending (the rest of a huge head, a body): closing on
+        // unread bytes would reset the connection under the answer.
+        self.linger.store(true, Ordering::Relaxed);
         info!(error = %err, "request head refused");
         let resp = err.to_response(&crate::pipeline::new_request_id());
         let (parts, body) = resp.into_parts();
@@ -502,12 +604,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         );
         out.extend_from_slice(&data);
         self.buf.clear();
+        self.rest = Bytes::new();
         self.io.write_all(&out).await?;
         self.io.flush().await
     }
 
     async fn close(&mut self) -> io::Result<()> {
-        // A TLS close_notify, then FIN (lingering first when a body was left unread).
+        if !self.buf.is_empty() || !self.rest.is_empty() {
+            // Closing on unread bytes would reset the connection under the last answer.
+            self.linger.store(true, Ordering::Relaxed);
+        }
+        // A TLS close_notify, then FIN (lingering first when bytes were left unread).
         self.io.shutdown().await
     }
 }
@@ -618,6 +725,15 @@ impl BodyWriter {
         Ok(None)
     }
 
+    /// What follows a data frame written on its own: its chunk's CRLF.
+    fn suffix(&self) -> &'static [u8] {
+        if self.framing == BodyFraming::Chunked {
+            b"\r\n"
+        } else {
+            b""
+        }
+    }
+
     /// The end of the body: the last chunk, for a chunked one.
     fn finish(&mut self, out: &mut Vec<u8>) {
         if self.framing == BodyFraming::Chunked {
@@ -699,9 +815,10 @@ impl Feeder {
             match self.decoder.decode(buf, &mut data) {
                 Ok(Some(Decoded::Data)) => {
                     permit.send(Ok(data));
-                    return match self.decoder {
-                        Decoder::Length(0) => Step::Done,
-                        _ => Step::Sent,
+                    return if self.decoder.finished() {
+                        Step::Done
+                    } else {
+                        Step::Sent
                     };
                 }
                 Ok(Some(Decoded::End)) => return Step::Done,
@@ -744,6 +861,18 @@ async fn read_side<I: AsyncRead + Unpin>(
     match feeder {
         Some(f) => ReadEvent::Fed(f.step(io, buf).await),
         None if room => ReadEvent::Filled(poll_fn(|cx| fill(io, cx, buf)).await),
+        None => std::future::pending().await,
+    }
+}
+
+/// One step of the body's feeder, if there is one (else never ready).
+async fn feed<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    feeder: &mut Option<Feeder>,
+) -> Step {
+    match feeder {
+        Some(f) => f.step(io, buf).await,
         None => std::future::pending().await,
     }
 }
