@@ -476,16 +476,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
                 frame = body.frame() => frame,
                 event = read_side(io, buf, &mut feeder, room), if watch => {
                     match event {
-                        ReadEvent::Fed(Step::Sent) => {}
-                        // Too late for a 100 (the answer is out): the body is read anyway.
-                        ReadEvent::Fed(Step::Continue) => {}
-                        ReadEvent::Fed(Step::Done) => feeder = None,
-                        ReadEvent::Fed(Step::Abandoned | Step::Failed) => {
-                            feeder = None;
-                            unfinished = true;
-                        }
+                        ReadEvent::Fed(step) => answered_step(step, &mut feeder, &mut unfinished),
                         ReadEvent::Filled(Ok(n)) if n > 0 => {}
-                            ReadEvent::Filled(_) => {
+                        ReadEvent::Filled(_) => {
                             debug!("client closed the connection during its response");
                             return Ok(Next::Close);
                         }
@@ -560,15 +553,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
             tokio::select! {
                 biased;
                 written = write.as_mut() => return written,
-                step = feed(&mut rd, buf, feeder), if feeder.is_some() => match step {
-                    // Too late for a 100 once the answer is going out: read anyway.
-                    Step::Sent | Step::Continue => {}
-                    Step::Done => *feeder = None,
-                    Step::Abandoned | Step::Failed => {
-                        *feeder = None;
-                        *unfinished = true;
-                    }
-                },
+                step = feed(&mut rd, buf, feeder), if feeder.is_some() => {
+                    answered_step(step, feeder, unfinished)
+                }
             }
         }
     }
@@ -862,6 +849,19 @@ async fn read_side<I: AsyncRead + Unpin>(
         Some(f) => ReadEvent::Fed(f.step(io, buf).await),
         None if room => ReadEvent::Filled(poll_fn(|cx| fill(io, cx, buf)).await),
         None => std::future::pending().await,
+    }
+}
+
+/// A step of the body's feeder once the response is going out.
+fn answered_step(step: Step, feeder: &mut Option<Feeder>, unfinished: &mut bool) {
+    match step {
+        // Too late for a 100 once the answer is out: the body is read anyway.
+        Step::Sent | Step::Continue => {}
+        Step::Done => *feeder = None,
+        Step::Abandoned | Step::Failed => {
+            *feeder = None;
+            *unfinished = true;
+        }
     }
 }
 
