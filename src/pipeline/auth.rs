@@ -111,28 +111,37 @@ fn bearer(headers: &HeaderMap) -> Bearer<'_> {
         (Some(_), Some(_)) => return Bearer::Malformed,
         (Some(v), None) => v,
     };
-    // As `to_str` (visible ASCII only), but checked a word at a time: a token is ~300 bytes.
-    let Some(value) = std::str::from_utf8(value.as_bytes())
-        .ok()
-        .filter(|v| v.is_ascii())
-    else {
+    // As `to_str` (visible ASCII only), but checked a word at a time: a token is ~300 bytes,
+    // so every pass over it counts. Bytes first; `&str` only for the token, at the end.
+    let value = value.as_bytes();
+    if !value.is_ascii() {
         return Bearer::Malformed;
-    };
-    let Some((scheme, rest)) = value.split_once(' ') else {
-        return if value.eq_ignore_ascii_case("bearer") {
+    }
+    let Some(space) = value.iter().position(|&b| b == b' ') else {
+        return if value.eq_ignore_ascii_case(b"bearer") {
             Bearer::Malformed
         } else {
             Bearer::Missing
         };
     };
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    if !value[..space].eq_ignore_ascii_case(b"bearer") {
         return Bearer::Missing;
     }
-    match rest.trim_matches(' ') {
-        "" => Bearer::Malformed,
-        t if t.contains(' ') => Bearer::Malformed,
-        t => Bearer::Token(t),
+    let token = trim_spaces(&value[space + 1..]);
+    if token.is_empty() || token.contains(&b' ') {
+        return Bearer::Malformed;
     }
+    match std::str::from_utf8(token) {
+        Ok(t) => Bearer::Token(t),
+        Err(_) => Bearer::Malformed,
+    }
+}
+
+/// `bytes` without leading and trailing spaces (tabs are not spaces here, as `trim_matches(' ')`).
+fn trim_spaces(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|&b| b != b' ').unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|&b| b != b' ').map_or(start, |i| i + 1);
+    &bytes[start..end]
 }
 
 #[cfg(test)]
