@@ -140,7 +140,10 @@ fn bearer(headers: &HeaderMap) -> Bearer<'_> {
 /// `bytes` without leading and trailing spaces (tabs are not spaces here, as `trim_matches(' ')`).
 fn trim_spaces(bytes: &[u8]) -> &[u8] {
     let start = bytes.iter().position(|&b| b != b' ').unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|&b| b != b' ').map_or(start, |i| i + 1);
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b' ')
+        .map_or(start, |i| i + 1);
     &bytes[start..end]
 }
 
