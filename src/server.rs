@@ -539,8 +539,9 @@ where
         let snap = snapshot.load_full();
         let conn = svc_conn.clone();
         conn.requests.fetch_add(1, Ordering::Relaxed);
-        // Boxed: the connection's future keeps room for what it awaits; boxed, an idle
-        // connection holds nothing of a request's state.
+        // Boxed, although the h1 connection boxes each request's state too: inline in that
+        // state, the pipeline's 5 KiB future cost +19 % instructions per request (moved
+        // with it; same-run callgrind).
         let handled: Pin<Box<dyn Future<Output = _> + Send>> =
             Box::pin(
                 async move { pipeline::handle(req.map(DownstreamBody::H1), &conn, &snap).await },
