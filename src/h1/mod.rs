@@ -10,15 +10,19 @@
 //! - a head that does not arrive within `header_timeout` (counted from the end of the
 //!   previous response) closes the connection; a head over `max_head` bytes is a 431, a
 //!   malformed one a 400, both as doorman's JSON errors, and the connection closes;
-//! - request bodies by Content-Length or chunked (trailers are read and dropped);
-//!   Content-Length together with Transfer-Encoding is refused (request smuggling);
+//! - request bodies by Content-Length or chunked (trailers are read and dropped); the
+//!   request-smuggling shapes are refused and the connection closed: Content-Length
+//!   together with Transfer-Encoding, two different Content-Lengths, a Transfer-Encoding
+//!   not ending in chunked, a repeated Host (400), a coding besides chunked (501);
 //! - `Expect: 100-continue` is answered when the pipeline first reads the body;
-//! - a request whose body was not read to its end closes the connection after its
-//!   response (`Connection: close`), lingering so the client still reads the response;
+//! - a body the pipeline did not read is discarded when it has all arrived (the connection
+//!   stays usable); otherwise the response says `Connection: close` and the close lingers
+//!   so the client still reads the response; while a response is written, a body still
+//!   arriving keeps being read (no deadlock with a client that sends before it reads);
 //! - responses carry `Date`, and `Content-Length` when the body's size is known, else
 //!   chunked (HTTP/1.1) or end at close (HTTP/1.0);
 //! - a client that closes its side while its request is served abandons the request
-//!   (counted as 499 by the pipeline);
+//!   (counted as 499 by the pipeline), as nginx does by default;
 //! - a 101 answer to a request that asked to upgrade hands the connection (and any bytes
 //!   already read) to the request's `OnUpgrade`.
 
