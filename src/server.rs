@@ -535,18 +535,7 @@ where
 {
     let svc_conn = conn.clone();
     let service = move |req: Request<h1::RequestBody>| {
-        // Each request takes the snapshot current when it starts and keeps it to the end.
-        let snap = snapshot.load_full();
-        let conn = svc_conn.clone();
-        conn.requests.fetch_add(1, Ordering::Relaxed);
-        // Boxed, although the h1 connection boxes each request's state too: inline in that
-        // state, the pipeline's 5 KiB future cost +19 % instructions per request (moved
-        // with it; same-run callgrind).
-        let handled: Pin<Box<dyn Future<Output = _> + Send>> =
-            Box::pin(
-                async move { pipeline::handle(req.map(DownstreamBody::H1), &conn, &snap).await },
-            );
-        handled
+        handled(&snapshot, &svc_conn, req.map(DownstreamBody::H1))
     };
     let limits = h1::Limits {
         header_timeout: settings.header_timeout,
@@ -557,6 +546,21 @@ where
     h1::Connection::new(io, read, service, limits, conn.linger.clone())
 }
 
+/// One request through the pipeline, under the snapshot current when it starts (kept to
+/// its end). Boxed: the connection holds a pointer, not the pipeline's 5 KiB state — and
+/// for h1, whose connection boxes each request's state anyway, inline in that state it
+/// cost +19 % instructions per request (moved with it; same-run callgrind).
+fn handled(
+    snapshot: &SharedSnapshot,
+    conn: &Arc<ConnInfo>,
+    req: Request<DownstreamBody>,
+) -> Pin<Box<impl Future<Output = http::Response<pipeline::LoggedBody>> + Send + use<>>> {
+    let snap = snapshot.load_full();
+    let conn = conn.clone();
+    conn.requests.fetch_add(1, Ordering::Relaxed);
+    Box::pin(async move { pipeline::handle(req, &conn, &snap).await })
+}
+
 /// An HTTP/2 connection on hyper, each request through the pipeline.
 async fn serve_h2<I>(io: I, conn: Arc<ConnInfo>, settings: ConnLimits, snapshot: SharedSnapshot)
 where
@@ -564,12 +568,8 @@ where
 {
     let svc_conn = conn.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
-        let snap = snapshot.load_full();
-        let conn = svc_conn.clone();
-        conn.requests.fetch_add(1, Ordering::Relaxed);
-        Box::pin(async move {
-            Ok::<_, Infallible>(pipeline::handle(req.map(DownstreamBody::H2), &conn, &snap).await)
-        })
+        let handling = handled(&snapshot, &svc_conn, req.map(DownstreamBody::H2));
+        futures_util::FutureExt::map(handling, Ok::<_, Infallible>)
     });
     let h2_header_list = u32::try_from(settings.max_header_bytes * 2).unwrap_or(u32::MAX);
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

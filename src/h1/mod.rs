@@ -850,9 +850,8 @@ async fn read_side<I: AsyncRead + Unpin>(
     room: bool,
 ) -> ReadEvent {
     match feeder {
-        Some(f) => ReadEvent::Fed(f.step(io, buf).await),
         None if room => ReadEvent::Filled(poll_fn(|cx| fill(io, cx, buf)).await),
-        None => std::future::pending().await,
+        _ => ReadEvent::Fed(feed(io, buf, feeder).await),
     }
 }
 
