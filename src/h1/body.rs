@@ -19,7 +19,7 @@ const MAX_LINE: usize = 4096;
 const MAX_OVERHEAD: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Decoded {
+pub(crate) enum Decoded {
     Data,
     End,
 }
@@ -42,7 +42,7 @@ enum State {
 
 /// Decodes one request body (Content-Length or chunked) from the connection's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Decoder {
+pub(crate) struct Decoder {
     state: State,
     /// Bytes of chunk extensions and trailers seen: both are read and dropped, so both are
     /// bounded (a body of 1-byte chunks with long extensions would cost far more to read
@@ -51,7 +51,7 @@ pub(super) struct Decoder {
 }
 
 impl Decoder {
-    pub(super) fn new(framing: Framing) -> Self {
+    pub(crate) fn new(framing: Framing) -> Self {
         let state = match framing {
             Framing::Empty => State::Done,
             Framing::Length(n) => State::Length(n),
@@ -61,13 +61,22 @@ impl Decoder {
     }
 
     /// Nothing more to read: the body's last byte has been taken.
-    pub(super) fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         matches!(self.state, State::Done | State::Length(0))
+    }
+
+    /// Bytes left of a Content-Length body (None: chunked, length unknown).
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) => Some(n),
+            State::Done => Some(0),
+            _ => None,
+        }
     }
 
     /// Take the next piece of body from `buf`: `Ok(None)` when more bytes are needed. Data
     /// is split off the buffer (shared, not copied) into `out`.
-    pub(super) fn decode(
+    pub(crate) fn decode(
         &mut self,
         buf: &mut BytesMut,
         out: &mut Bytes,

@@ -14,7 +14,7 @@ pub(super) const MAX_HEADERS: usize = 100;
 
 /// How the request body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Framing {
+pub(crate) enum Framing {
     Empty,
     Length(u64),
     Chunked,
@@ -172,7 +172,7 @@ pub(super) fn parse(
 }
 
 /// A Content-Length value: ASCII digits only (no sign, no list), at most 19 of them.
-fn content_length(v: &[u8]) -> Option<u64> {
+pub(super) fn content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -251,7 +251,7 @@ pub(super) fn encode(
     dst.extend_from_slice(b"\r\n");
 }
 
-fn line(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(super) fn line(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     dst.extend_from_slice(name);
     dst.extend_from_slice(b": ");
     dst.extend_from_slice(value);

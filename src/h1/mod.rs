@@ -27,6 +27,7 @@
 //!   already read) to the request's `OnUpgrade`.
 
 mod body;
+pub(crate) mod client;
 mod head;
 
 use std::fmt;
@@ -48,8 +49,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
 pub use body::{BodyError, RequestBody, Rewind};
-use body::{Decoded, Decoder};
-use head::{BodyFraming, Framing, HeadError};
+pub(crate) use body::{Decoded, Decoder};
+pub(crate) use head::Framing;
+use head::{BodyFraming, HeadError};
 
 /// Bytes read at a time while a head is incomplete: on the stack, copied into a buffer
 /// sized to what arrived.

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use crate::error::ProxyError;
-use crate::upstream::UpstreamBody;
+use crate::upstream::{UpstreamBody, UpstreamBodyError};
 
 /// A request body as the client sends it: from doorman's HTTP/1.1 connection, or from
 /// hyper's HTTP/2 one.
@@ -149,6 +149,13 @@ impl LimitedBody {
         }
     }
 
+    /// The upload is over: all of it was sent (the client's code calls this for a body it
+    /// sent whole, which it may never poll to its end when it had none).
+    pub fn sent(&mut self) {
+        self.done.take();
+        self.linger = None;
+    }
+
     /// The upload's progress counter, when there is an upload to watch.
     pub fn progress(&self) -> Option<Arc<AtomicU64>> {
         self.progress.clone()
@@ -257,12 +264,12 @@ impl RelayBody {
 
 impl Body for RelayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
         if let Some(b) = self.read.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }

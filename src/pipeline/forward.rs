@@ -4,13 +4,10 @@
 //! and X-Forwarded-Host are set; Host is kept. Bodies stream both ways. HTTP/1.1 upgrades
 //! (WebSocket) become a byte tunnel once the replica answers 101.
 
-use std::error::Error as _;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Either;
-use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tracing::debug;
 
@@ -18,7 +15,7 @@ use super::body::{BodyError, DownstreamBody, LimitedBody, RelayBody};
 use super::context::{AwaitingUpstream, ConnInfo, Phase, reached};
 use super::{ResponseBody, X_REQUEST_ID};
 use crate::error::ProxyError;
-use crate::h1::OnUpgrade;
+use crate::h1::{OnUpgrade, Rewind};
 use crate::idle::{self, Tracked};
 use crate::upstream::{SendError, Upstream, UpstreamGroup};
 
@@ -272,10 +269,16 @@ async fn relay(
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         match downstream_upgrade {
-            Some(down) => {
-                let up = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(down, up, conn.clone()));
-            }
+            Some(down) => match resp.body_mut().take_upgrade() {
+                Some(up) => {
+                    tokio::spawn(tunnel(down, up, conn.clone()));
+                }
+                None => {
+                    return Err(ProxyError::Internal(
+                        "a 101 response without its connection".into(),
+                    ));
+                }
+            },
             // A 101 we did not ask for cannot be relayed: the client would be stranded.
             None => {
                 return Err(ProxyError::UpstreamBroken(format!(
@@ -344,44 +347,31 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
 
 /// Tell apart who failed: our own body limit, the client's body, or the replica.
 fn classify(e: SendError, upstream: &Upstream) -> ProxyError {
-    if let SendError::Request(h) = &e {
-        let mut source = h.source();
-        while let Some(s) = source {
-            if let Some(b) = s.downcast_ref::<BodyError>() {
-                return match b {
-                    BodyError::TooLarge => ProxyError::BodyTooLarge,
-                    BodyError::Downstream(d) => ProxyError::DownstreamAborted(d.to_string()),
-                };
-            }
-            source = s.source();
-        }
-    }
-    let detail = format!("{}: {}", upstream.address, e.detail());
     match e {
-        SendError::Connect(_) => ProxyError::UpstreamConnect(detail),
-        SendError::Request(_) => ProxyError::UpstreamBroken(detail),
+        SendError::Body(BodyError::TooLarge) => ProxyError::BodyTooLarge,
+        SendError::Body(BodyError::Downstream(d)) => ProxyError::DownstreamAborted(d.to_string()),
+        SendError::Connect(d) => ProxyError::UpstreamConnect(format!("{}: {d}", upstream.address)),
+        SendError::Request(d) => ProxyError::UpstreamBroken(format!("{}: {d}", upstream.address)),
     }
 }
 
 /// Copy bytes both ways between an upgraded client and replica until either side closes,
 /// nothing moves for `idle_timeout`, or shutdown's grace period runs out. The connection's
 /// `ConnInfo` (and so its connection-limit permit) lives as long as the tunnel.
-async fn tunnel(down: OnUpgrade, up: hyper::upgrade::OnUpgrade, conn: std::sync::Arc<ConnInfo>) {
-    let (down, up) = tokio::join!(down.upgraded(), up);
-    let (down, up) = match (down, up) {
-        (Ok(down), Ok(up)) => (down, up),
-        (Err(e), _) => {
-            debug!(peer = %conn.peer, error = %e, "upgrade failed");
-            return;
-        }
-        (_, Err(e)) => {
+async fn tunnel(
+    down: OnUpgrade,
+    mut up: Rewind<tokio::net::TcpStream>,
+    conn: std::sync::Arc<ConnInfo>,
+) {
+    let down = match down.upgraded().await {
+        Ok(down) => down,
+        Err(e) => {
             debug!(peer = %conn.peer, error = %e, "upgrade failed");
             return;
         }
     };
     let activity = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut down = Tracked::new(down, activity.clone());
-    let mut up = TokioIo::new(up);
     let mut phase = conn.phase.clone();
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut down, &mut up) => match r {

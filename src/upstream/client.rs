@@ -1,61 +1,125 @@
 //! The HTTP/1.1 keep-alive connections to one replica, and sending a request on one.
 //!
-//! One pool per replica: a LIFO stack of idle connections (`SendRequest` handles whose
-//! connection task runs on its own), so a replica sees a handful of long-lived connections.
-//! A connection goes back on the stack when its response body has been read to the end —
-//! by the response body itself, as it finishes or is dropped — so finishing a request
-//! spawns nothing and takes one short lock. A request that could not be written because its
-//! pooled connection had just closed is sent again on another one (nothing reached the
-//! replica); every other failure goes back to the caller.
+//! doorman's own client side, on `h1::client`'s wire format. A request is written and its
+//! response read by the task serving the request itself: no connection task, no channel
+//! between the two, no wake-up of another task per request (hyper's client dispatches each
+//! request to a task per connection and each response back). This is also how nginx and
+//! Pingora hold upstream connections.
+//!
+//! One pool per replica: a LIFO stack of idle connections, so a replica sees a handful of
+//! long-lived connections. A connection goes back on the stack when its response body has
+//! been read to the end — by the response body itself, as it finishes — so finishing a
+//! request takes one short lock. An idle connection is not polled: at checkout its
+//! readiness (kept by the reactor, no syscall) tells whether the replica closed it.
+//!
+//! A request is sent again on a new connection, once, when a pooled connection turns out
+//! to be dead and nothing can have been acted on: the write failed, or the replica closed
+//! before sending any byte of a response to a bodiless GET, HEAD, OPTIONS or TRACE (the
+//! keep-alive race: the replica timed the connection out as the request left). Every other
+//! failure goes back to the caller.
 
-use std::error::Error as _;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use std::future::Future;
+
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tracing::debug;
 
 use super::UpstreamRequestBody;
+use crate::h1::client::{RequestFraming, ResponseFraming, encode_request, parse_response};
+use crate::h1::{Decoded, Decoder, Framing, Rewind};
+use crate::pipeline::BodyError;
+
+/// The longest response head read from a replica; longer is a 502 (nginx's
+/// `proxy_buffer_size` plays this part, at 4 or 8 KiB).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Buffer room reserved for each read from a replica.
+const READ_SIZE: usize = 8 * 1024;
+/// Request body bytes gathered behind the head (or the previous chunk) before a write.
+const WRITE_BATCH: usize = 64 * 1024;
 
 /// Why a request got no response head from the replica.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection could be made (or a pooled one made ready): nothing was sent.
+    /// No connection could be made: nothing was sent.
     Connect(String),
-    /// The request went out on a connection that then failed, or its body failed.
-    Request(hyper::Error),
+    /// The request body could not be read from the client, or is over the limit.
+    Body(BodyError),
+    /// The request went out (at least in part) on a connection that then failed, or the
+    /// replica's answer was not HTTP/1.1.
+    Request(String),
 }
 
 impl SendError {
-    /// The whole cause chain in one line, for the log and the error detail.
+    /// The cause in one line, for the log and the error detail.
     pub fn detail(&self) -> String {
         match self {
-            SendError::Connect(s) => s.clone(),
-            SendError::Request(e) => {
-                let mut s = e.to_string();
-                let mut source = e.source();
-                while let Some(inner) = source {
-                    s.push_str(": ");
-                    s.push_str(&inner.to_string());
-                    source = inner.source();
-                }
-                s
+            SendError::Connect(s) | SendError::Request(s) => s.clone(),
+            SendError::Body(e) => e.to_string(),
+        }
+    }
+}
+
+/// One connection to the replica, and what has been read from it and not yet used.
+struct Conn {
+    io: Stream,
+    buf: BytesMut,
+}
+
+/// The connection, or its read half while a task of its own finishes the upload (a
+/// replica that answered before the request body's end).
+enum Stream {
+    Whole(TcpStream),
+    Read(OwnedReadHalf),
+}
+
+impl Conn {
+    /// Whether the connection looks usable: no readiness (nothing arrived, no close) is the
+    /// answer without a syscall; readiness is checked with one non-blocking read.
+    fn alive(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let Stream::Whole(io) = &self.io else {
+            return false;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        match io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // The close, bytes no request asked for, or readiness left from the last read.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
+        }
+    }
+
+    /// Read more into the buffer: the bytes read, 0 at the replica's close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+            self.buf.reserve(READ_SIZE);
+        }
+        // The future holds nothing but the two borrows: made anew on every poll.
+        match &mut self.io {
+            Stream::Whole(io) => std::pin::pin!(io.read_buf(&mut self.buf)).poll(cx),
+            Stream::Read(io) => std::pin::pin!(io.read_buf(&mut self.buf)).poll(cx),
         }
     }
 }
 
 struct Idle {
-    sender: SendRequest<UpstreamRequestBody>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -105,38 +169,36 @@ impl ConnPool {
     }
 
     /// The most recently used idle connection still open and not past the idle timeout.
-    fn checkout(&self) -> Option<SendRequest<UpstreamRequestBody>> {
+    fn checkout(&self) -> Option<Conn> {
         let mut idle = self.lock();
-        while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
-                return Some(c.sender);
+        while let Some(mut c) = idle.pop() {
+            if c.since.elapsed() < self.idle_timeout && c.conn.alive() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: SendRequest<UpstreamRequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn checkin(&self, conn: Conn) {
         let mut idle = self.lock();
         if idle.len() < self.max_idle {
             idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
     }
 
-    /// Close the connections idle for longer than the idle timeout (called periodically, so
-    /// a replica's connections close when traffic stops, not at the next request).
+    /// Close the connections idle for longer than the idle timeout or closed by the
+    /// replica (called periodically, so they close when traffic stops, not at the next
+    /// request).
     pub fn prune(&self) {
         let timeout = self.idle_timeout;
         self.lock()
-            .retain(|c| !c.sender.is_closed() && c.since.elapsed() < timeout);
+            .retain_mut(|c| c.since.elapsed() < timeout && c.conn.alive());
     }
 
-    async fn connect(&self) -> Result<SendRequest<UpstreamRequestBody>, SendError> {
+    async fn connect(&self) -> Result<Conn, SendError> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address))
             .await
             .map_err(|_| {
@@ -149,150 +211,497 @@ impl ConnPool {
         let _ = tcp.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| SendError::Connect(format!("handshake: {e}")))?;
-        let address = self.address;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(upstream = %address, error = %e, "upstream connection ended with error");
-            }
-        });
-        Ok(sender)
-    }
-
-    /// A ready connection: a pooled one if any becomes ready in time, else a new one.
-    /// The bool says whether it came from the pool.
-    async fn ready_connection(
-        &self,
-    ) -> Result<(SendRequest<UpstreamRequestBody>, bool), SendError> {
-        while let Some(mut sender) = self.checkout() {
-            // Just checked in, its connection may still be finishing the last response.
-            match tokio::time::timeout(self.connect_timeout, sender.ready()).await {
-                Ok(Ok(())) => return Ok((sender, true)),
-                Ok(Err(_)) => continue,
-                // Not ready in all that time: something is wrong with this replica's
-                // connections; a new one rather than another wait.
-                Err(_) => break,
-            }
-        }
-        // Boxed: connecting is rare, and its future would otherwise grow every request's.
-        Ok((Box::pin(self.connect()).await?, false))
+        Ok(Conn {
+            io: Stream::Whole(tcp),
+            buf: BytesMut::new(),
+        })
     }
 
     /// Send `req` (origin-form URI, Host set) and wait for the response head. The response
     /// body hands the connection back to this pool once it has been read to the end.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<UpstreamRequestBody>,
+        req: Request<UpstreamRequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        loop {
-            let (mut sender, reused) = self.ready_connection().await?;
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    // An upgraded connection is the tunnel's now; a response that says the
-                    // connection closes after it leaves nothing to reuse.
-                    let reusable =
-                        self.max_idle > 0 && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-                    let checkin = reusable.then(|| Checkin {
-                        sender,
-                        pool: self.clone(),
-                    });
-                    return Ok(resp.map(|inner| {
-                        let mut body = UpstreamBody { inner, checkin };
-                        body.checkin_if_done();
-                        body
-                    }));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Never written: a pooled connection closed under us. Another one.
-                    Some(back) if reused => {
-                        debug!(upstream = %self.address, error = %e.error(), "pooled connection closed; sending on another");
-                        req = back;
-                    }
-                    // Never written, on a new connection: nothing reached the replica.
-                    Some(_) => {
-                        return Err(SendError::Connect(format!(
-                            "connection closed before the request was written: {}",
-                            e.error()
-                        )));
-                    }
-                    None => return Err(SendError::Request(e.into_error())),
-                },
+        let (parts, mut body) = req.into_parts();
+        let framing = if body.is_end_stream() {
+            RequestFraming::None
+        } else {
+            match body.size_hint().exact() {
+                Some(n) => RequestFraming::Length(n),
+                None => RequestFraming::Chunked,
             }
+        };
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let head = || {
+            let mut head = Vec::with_capacity(256 + 64 * parts.headers.len());
+            encode_request(&mut head, &parts.method, target, &parts.headers, framing);
+            head
+        };
+        let head_request = parts.method == Method::HEAD;
+        // Safe to send twice if nothing came back: no body, and a method without effects.
+        let resendable = framing == RequestFraming::None
+            && matches!(
+                parts.method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+            );
+        let mut retried = false;
+        loop {
+            // A retry goes on a new connection, not another pooled one of the same age.
+            let pooled = if retried { None } else { self.checkout() };
+            let (mut conn, reused) = match pooled {
+                Some(c) => (c, true),
+                // Boxed: connecting is rare, and its future would otherwise grow every
+                // request's.
+                None => (Box::pin(self.connect()).await?, false),
+            };
+            let mut x = Exchange::new(head(), framing);
+            let outcome =
+                std::future::poll_fn(|cx| x.poll(cx, &mut conn, &mut body, head_request)).await;
+            match outcome {
+                Ok((resp, meta)) => {
+                    let uploaded = x.uploaded();
+                    let (conn, upload) = if uploaded {
+                        (conn, None)
+                    } else {
+                        finish_upload(conn, x, body)
+                    };
+                    let mut resp = self.respond(conn, resp, meta, uploaded);
+                    resp.body_mut().upload = upload;
+                    return Ok(resp);
+                }
+                Err(e)
+                    if reused
+                        && !retried
+                        && (x.nothing_written() || (resendable && x.nothing_read())) =>
+                {
+                    debug!(upstream = %self.address, error = %e.detail(), "pooled connection closed; sending on a new one");
+                    retried = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The response, its body reading on from the connection.
+    fn respond(
+        self: &Arc<Self>,
+        conn: Conn,
+        resp: Response<()>,
+        meta: crate::h1::client::ResponseMeta,
+        uploaded: bool,
+    ) -> Response<UpstreamBody> {
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        // Reused only when the request went out whole and the response says it may be.
+        let reusable = meta.keep_alive && uploaded && !switching && self.max_idle > 0;
+        let reading = match meta.framing {
+            _ if switching => Reading::Upgrade,
+            ResponseFraming::Empty => Reading::Decode(Decoder::new(Framing::Empty)),
+            ResponseFraming::Length(n) => Reading::Decode(Decoder::new(Framing::Length(n))),
+            ResponseFraming::Chunked => Reading::Decode(Decoder::new(Framing::Chunked)),
+            ResponseFraming::Close => Reading::Close,
+        };
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            reading,
+            pool: reusable.then(|| self.clone()),
+            upload: None,
+        };
+        if body.finished() {
+            body.finish();
+        }
+        resp.map(|()| body)
+    }
+}
+
+/// One request written and its response head read, on one connection, in the caller's
+/// task. The body keeps being written while the response is awaited, and an answer that
+/// comes before the body's end ends the upload (the connection is then not reused).
+struct Exchange {
+    framing: RequestFraming,
+    /// Bytes to write: the head, then body data in its framing.
+    out: Vec<u8>,
+    written: usize,
+    /// Everything handed to the kernel so far, the head included.
+    total_written: u64,
+    /// Body bytes taken from the request body, against a declared length.
+    body_sent: u64,
+    body_done: bool,
+    upload_done: bool,
+    read_any: bool,
+}
+
+impl Exchange {
+    fn new(head: Vec<u8>, framing: RequestFraming) -> Self {
+        Exchange {
+            framing,
+            out: head,
+            written: 0,
+            total_written: 0,
+            body_sent: 0,
+            body_done: framing == RequestFraming::None,
+            upload_done: false,
+            read_any: false,
+        }
+    }
+
+    fn nothing_written(&self) -> bool {
+        self.total_written == 0
+    }
+
+    fn nothing_read(&self) -> bool {
+        !self.read_any
+    }
+
+    fn uploaded(&self) -> bool {
+        self.upload_done
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Conn,
+        body: &mut UpstreamRequestBody,
+        head_request: bool,
+    ) -> Poll<Result<(Response<()>, crate::h1::client::ResponseMeta), SendError>> {
+        if !self.upload_done
+            && let Stream::Whole(io) = &mut conn.io
+            && let Poll::Ready(Err(e)) = self.poll_upload(cx, io, body)
+        {
+            return Poll::Ready(Err(e));
+        }
+        loop {
+            // What has arrived may already hold the answer (or interim 1xx ones before it).
+            while !conn.buf.is_empty() {
+                match parse_response(&mut conn.buf, head_request, MAX_RESPONSE_HEAD) {
+                    Ok(None) => break,
+                    Ok(Some((resp, _)))
+                        if resp.status().is_informational()
+                            && resp.status() != StatusCode::SWITCHING_PROTOCOLS =>
+                    {
+                        continue;
+                    }
+                    Ok(Some(parsed)) => return Poll::Ready(Ok(parsed)),
+                    Err(e) => return Poll::Ready(Err(SendError::Request(e.to_string()))),
+                }
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) => {
+                    return Poll::Ready(Err(SendError::Request(
+                        if self.read_any {
+                            "connection closed in the middle of the response head"
+                        } else {
+                            "connection closed before a response"
+                        }
+                        .into(),
+                    )));
+                }
+                Ok(_) => self.read_any = true,
+                Err(e) => return Poll::Ready(Err(SendError::Request(format!("read: {e}")))),
+            }
+        }
+    }
+
+    /// Write the head and the body as far as the socket and the body allow. Ready(Ok) once
+    /// all of it is written.
+    fn poll_upload(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut (impl AsyncWrite + Unpin),
+        body: &mut UpstreamRequestBody,
+    ) -> Poll<Result<(), SendError>> {
+        loop {
+            // Gather what the body has ready behind what waits to be written.
+            while !self.body_done && self.out.len() - self.written < WRITE_BATCH {
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(None) => {
+                        self.body_done = true;
+                        match self.framing {
+                            RequestFraming::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
+                            RequestFraming::Length(n) if self.body_sent != n => {
+                                return Poll::Ready(Err(SendError::Request(format!(
+                                    "request body ended after {} of its {n} bytes",
+                                    self.body_sent
+                                ))));
+                            }
+                            _ => {}
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(SendError::Body(e))),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        // Trailers (HTTP/2 clients) are not forwarded.
+                        let Ok(data) = frame.into_data() else {
+                            continue;
+                        };
+                        self.add_data(&data)?;
+                    }
+                }
+            }
+            if self.written == self.out.len() {
+                if self.body_done {
+                    self.upload_done = true;
+                    self.out = Vec::new();
+                    // The wait for the response head starts now.
+                    body.sent();
+                    return Poll::Ready(Ok(()));
+                }
+                return Poll::Pending;
+            }
+            match Pin::new(&mut *io).poll_write(cx, &self.out[self.written..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(SendError::Request("write: connection closed".into())));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.written += n;
+                    self.total_written += n as u64;
+                    if self.written == self.out.len() {
+                        self.out.clear();
+                        self.written = 0;
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Err(SendError::Request(format!("write: {e}"))));
+                }
+            }
+        }
+    }
+
+    fn add_data(&mut self, data: &Bytes) -> Result<(), SendError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.body_sent += data.len() as u64;
+        match self.framing {
+            RequestFraming::Chunked => {
+                let mut size = [0u8; 16];
+                let hex = hex_len(data.len(), &mut size);
+                self.out.extend_from_slice(hex);
+                self.out.extend_from_slice(b"\r\n");
+                self.out.extend_from_slice(data);
+                self.out.extend_from_slice(b"\r\n");
+            }
+            RequestFraming::Length(n) if self.body_sent > n => {
+                return Err(SendError::Request(format!(
+                    "request body longer than its declared {n} bytes"
+                )));
+            }
+            _ => self.out.extend_from_slice(data),
+        }
+        Ok(())
+    }
+}
+
+/// `n` in lower-case hex, written into `buf`.
+fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            return &buf[i..];
         }
     }
 }
 
-/// Where a response body returns its connection when it has been read to the end.
-struct Checkin {
-    sender: SendRequest<UpstreamRequestBody>,
-    pool: Arc<ConnPool>,
+/// How the rest of a response is read.
+#[derive(Debug)]
+enum Reading {
+    Decode(Decoder),
+    /// Until the replica closes.
+    Close,
+    /// A 101: no body; the connection is the tunnel's.
+    Upgrade,
 }
 
-/// A replica's response body. Once it has been read to the end its connection goes back
-/// to the pool; dropped before that, the connection closes with it (HTTP/1.1 cannot
-/// abandon a response half read).
+/// A replica's response body, read from its connection by whoever polls it. Once read to
+/// the end the connection goes back to the pool; dropped before that, the connection
+/// closes with it (HTTP/1.1 cannot abandon a response half read).
 pub struct UpstreamBody {
-    inner: Incoming,
-    checkin: Option<Checkin>,
+    /// None once the body has ended (the connection is back in the pool, or closed).
+    conn: Option<Conn>,
+    reading: Reading,
+    /// Where the connection goes at the end, when it may be reused.
+    pool: Option<Arc<ConnPool>>,
+    /// The task still writing the request body (the replica answered before its end):
+    /// stopped when the response ends.
+    upload: Option<tokio::task::AbortHandle>,
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody")
-            .field("pooled", &self.checkin.is_some())
+            .field("reading", &self.reading)
+            .field("pooled", &self.pool.is_some())
             .finish()
     }
 }
 
+/// The replica broke the response off, or sent a body that is not HTTP/1.1.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the response body from the replica failed: {0}")]
+pub struct UpstreamBodyError(String);
+
 impl UpstreamBody {
-    fn checkin_if_done(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some(c) = self.checkin.take()
+    fn finished(&self) -> bool {
+        match &self.reading {
+            Reading::Decode(d) => d.finished(),
+            Reading::Close => self.conn.is_none(),
+            Reading::Upgrade => true,
+        }
+    }
+
+    /// The body has been read to its end: the connection goes back to the pool (when it
+    /// may, and nothing was sent past the response), or closes.
+    fn finish(&mut self) {
+        if matches!(self.reading, Reading::Upgrade) {
+            return;
+        }
+        if let Some(upload) = self.upload.take() {
+            upload.abort();
+        }
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take())
+            && conn.buf.is_empty()
         {
-            c.pool.checkin(c.sender);
+            pool.checkin(conn);
         }
     }
-}
 
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(_))) => this.checkin_if_done(),
-            Poll::Ready(None) => {
-                if let Some(c) = this.checkin.take() {
-                    c.pool.checkin(c.sender);
-                }
-            }
-            // A broken body leaves a broken connection.
-            Poll::Ready(Some(Err(_))) => this.checkin = None,
-            Poll::Pending => {}
+    /// A 101's connection, with the bytes the replica sent past its head, for the tunnel.
+    pub fn take_upgrade(&mut self) -> Option<Rewind<TcpStream>> {
+        if !matches!(self.reading, Reading::Upgrade) {
+            return None;
         }
-        polled
+        let Conn {
+            io: Stream::Whole(io),
+            buf,
+        } = self.conn.take()?
+        else {
+            return None;
+        };
+        Some(Rewind::new(buf.freeze(), io))
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        self.conn = None;
+        self.pool = None;
+        Poll::Ready(Some(Err(UpstreamBodyError(why))))
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        // hyper stops polling a body that says it has ended, so the end is often seen here.
-        self.checkin_if_done();
+        if let Some(upload) = self.upload.take() {
+            upload.abort();
+        }
+    }
+}
+
+/// The replica answered before the request body's end: the rest of the body goes on in a
+/// task of its own while the response is relayed, as the two directions are independent
+/// (a client may send its whole body before it reads). The connection is not reused after.
+fn finish_upload(
+    conn: Conn,
+    mut x: Exchange,
+    mut body: UpstreamRequestBody,
+) -> (Conn, Option<tokio::task::AbortHandle>) {
+    let Conn { io, buf } = conn;
+    let tcp = match io {
+        Stream::Whole(tcp) => tcp,
+        read => return (Conn { io: read, buf }, None),
+    };
+    let (read, mut write) = tcp.into_split();
+    let conn = Conn {
+        io: Stream::Read(read),
+        buf,
+    };
+    let task = tokio::spawn(async move {
+        let done = std::future::poll_fn(|cx| x.poll_upload(cx, &mut write, &mut body)).await;
+        if let Err(e) = done {
+            debug!(error = %e.detail(), "request body after an early response: not sent whole");
+        }
+    });
+    (conn, Some(task.abort_handle()))
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut this.reading {
+                Reading::Upgrade => return Poll::Ready(None),
+                Reading::Decode(d) => {
+                    let mut data = Bytes::new();
+                    match d.decode(&mut conn.buf, &mut data) {
+                        Ok(Some(Decoded::Data)) => {
+                            if d.finished() {
+                                this.finish();
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Ok(Some(Decoded::End)) => {
+                            this.finish();
+                            return Poll::Ready(None);
+                        }
+                        Ok(None) => {}
+                        Err(e) => return this.fail(e.to_string()),
+                    }
+                }
+                Reading::Close if !conn.buf.is_empty() => {
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Reading::Close => {}
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(this.reading, Reading::Close) => {
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail("connection closed before the body's end".into()),
+                Ok(_) => {}
+                Err(e) => return this.fail(format!("read: {e}")),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.finished()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.reading {
+            _ if self.is_end_stream() => SizeHint::with_exact(0),
+            Reading::Decode(d) => match d.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::new(),
+            },
+            _ => SizeHint::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_lower_case_hex() {
+        let mut buf = [0u8; 16];
+        assert_eq!(hex_len(0, &mut buf), b"0");
+        assert_eq!(hex_len(10, &mut buf), b"a");
+        assert_eq!(hex_len(0x4000, &mut buf), b"4000");
+        assert_eq!(hex_len(usize::MAX, &mut buf), b"ffffffffffffffff");
     }
 }
