@@ -20,12 +20,14 @@ pub(crate) enum RequestFraming {
     Chunked,
 }
 
-/// Write a request head: the request line (origin-form target), the request's headers less
-/// the framing ones, then the framing this side decided.
+/// Write a request head: the request line (origin-form target), `host` when given (a request
+/// that came without one), the request's headers less the framing ones, then the framing
+/// this side decided.
 pub(crate) fn encode_request(
     dst: &mut Vec<u8>,
     method: &Method,
     target: &str,
+    host: Option<&str>,
     headers: &HeaderMap,
     framing: RequestFraming,
 ) {
@@ -33,6 +35,9 @@ pub(crate) fn encode_request(
     dst.push(b' ');
     dst.extend_from_slice(target.as_bytes());
     dst.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = host {
+        super::head::line(dst, b"host", host.as_bytes());
+    }
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
@@ -141,12 +146,26 @@ pub(crate) fn parse_response(
                     chunked_last = coding.eq_ignore_ascii_case(b"chunked");
                 }
             }
+            // This hop's framing, decided again on the next.
+            continue;
         } else if name == header::CONNECTION {
+            let mut names_others = false;
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                let c = token.eq_ignore_ascii_case(b"close");
+                let k = token.eq_ignore_ascii_case(b"keep-alive");
+                close |= c;
+                keep_alive_token |= k;
+                names_others |= !c && !k && !token.is_empty();
             }
+            // `keep-alive` or `close` alone names no other header: nothing for the hop-by-hop
+            // stripping to read, so the header is not kept (one map insert and removal less
+            // on nearly every response). One naming headers stays, for the stripping.
+            if !names_others {
+                continue;
+            }
+        } else if name.as_str() == "keep-alive" {
+            continue;
         }
         headers.append(name, value);
     }
@@ -215,6 +234,9 @@ mod tests {
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["server"], "nginx");
         assert_eq!(r.headers()["content-length"], "2");
+        // This hop's own: not kept.
+        assert!(r.headers().get("connection").is_none());
+        assert_eq!(r.headers().len(), 2);
         assert_eq!(
             meta,
             ResponseMeta {
@@ -273,6 +295,17 @@ mod tests {
             (closing.framing, closing.keep_alive),
             (ResponseFraming::Length(1), false)
         );
+        // A Connection header naming another header stays, for the hop-by-hop stripping.
+        let (r, m) = parse(
+            "HTTP/1.1 200 OK\r\nConnection: x-trace\r\nx-trace: 1\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (r.headers()["connection"].as_bytes(), m.keep_alive),
+            (&b"x-trace"[..], true)
+        );
         let old = framing("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false);
         assert!(!old.keep_alive);
         let old_kept = framing(
@@ -318,22 +351,53 @@ mod tests {
         h.insert(header::HOST, HeaderValue::from_static("app"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
         let mut out = Vec::new();
-        encode_request(&mut out, &Method::GET, "/a?b", &h, RequestFraming::None);
+        encode_request(
+            &mut out,
+            &Method::GET,
+            "/a?b",
+            None,
+            &h,
+            RequestFraming::None,
+        );
         assert_eq!(out, b"GET /a?b HTTP/1.1\r\nhost: app\r\n\r\n");
         out.clear();
-        encode_request(&mut out, &Method::POST, "/", &h, RequestFraming::None);
+        encode_request(
+            &mut out,
+            &Method::GET,
+            "/",
+            Some("10.0.0.1:80"),
+            &HeaderMap::new(),
+            RequestFraming::None,
+        );
+        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: 10.0.0.1:80\r\n\r\n");
+        out.clear();
+        encode_request(&mut out, &Method::POST, "/", None, &h, RequestFraming::None);
         assert_eq!(
             out,
             b"POST / HTTP/1.1\r\nhost: app\r\ncontent-length: 0\r\n\r\n"
         );
         out.clear();
-        encode_request(&mut out, &Method::PUT, "/", &h, RequestFraming::Length(12));
+        encode_request(
+            &mut out,
+            &Method::PUT,
+            "/",
+            None,
+            &h,
+            RequestFraming::Length(12),
+        );
         assert_eq!(
             out,
             b"PUT / HTTP/1.1\r\nhost: app\r\ncontent-length: 12\r\n\r\n"
         );
         out.clear();
-        encode_request(&mut out, &Method::POST, "/", &h, RequestFraming::Chunked);
+        encode_request(
+            &mut out,
+            &Method::POST,
+            "/",
+            None,
+            &h,
+            RequestFraming::Chunked,
+        );
         assert_eq!(
             out,
             b"POST / HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n"

@@ -5,7 +5,6 @@
 //! (WebSocket) become a byte tunnel once the replica answers 101.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use tokio::sync::oneshot;
@@ -137,49 +136,65 @@ pub(super) async fn send(
         Some(_) => req.extensions_mut().remove::<OnUpgrade>(),
         None => None,
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let (uploaded_tx, uploaded) = oneshot::channel();
     let body = LimitedBody::new(body, max_body_bytes, uploaded_tx, conn.linger.clone());
     let upgrade = upgrade.zip(downstream_upgrade);
+    let (upgrade, downstream_upgrade) = match upgrade {
+        Some((proto, on)) => (Some(proto), Some(on)),
+        None => (None, None),
+    };
+    prepare(&mut parts, upgrade, request_id, conn);
     relay(
-        parts, body, uploaded, upgrade, request_id, conn, group, upstream,
+        &parts,
+        body,
+        uploaded,
+        downstream_upgrade,
+        conn,
+        group,
+        upstream,
     )
     .await
 }
 
 /// Forward a request whose body was already read (an idempotent request).
 pub(super) async fn send_buffered(
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: bytes::Bytes,
     request_id: &HeaderValue,
     conn: &std::sync::Arc<ConnInfo>,
     group: &UpstreamGroup,
     upstream: &Upstream,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (uploaded_tx, uploaded) = oneshot::channel();
-    let body = LimitedBody::buffered(body, uploaded_tx);
-    relay(
-        parts, body, uploaded, None, request_id, conn, group, upstream,
-    )
-    .await
+    prepare(&mut parts, None, request_id, conn);
+    send_prepared(&parts, body, conn, group, upstream).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn relay(
-    mut parts: http::request::Parts,
-    body: LimitedBody,
-    uploaded: oneshot::Receiver<()>,
-    upgrade: Option<(HeaderValue, OnUpgrade)>,
-    request_id: &HeaderValue,
+/// Forward a request already `prepare`d, whose body was already read: what each attempt
+/// of a retried request sends, the same head every time.
+pub(super) async fn send_prepared(
+    parts: &http::request::Parts,
+    body: bytes::Bytes,
     conn: &std::sync::Arc<ConnInfo>,
     group: &UpstreamGroup,
     upstream: &Upstream,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (upgrade, downstream_upgrade) = match upgrade {
-        Some((proto, on)) => (Some(proto), Some(on)),
-        None => (None, None),
-    };
+    let (uploaded_tx, uploaded) = oneshot::channel();
+    let body = LimitedBody::buffered(body, uploaded_tx);
+    relay(parts, body, uploaded, None, conn, group, upstream).await
+}
 
+/// The request's head as every replica gets it: hop-by-hop headers out (the upgrade ones
+/// back in when it upgrades), Host kept, X-Forwarded-For appended, X-Forwarded-Proto and
+/// X-Forwarded-Host set, the request id on. Done once per request, however many replicas
+/// are tried. A request with no host at all (HTTP/1.0 without Host) gets the replica's
+/// authority as Host when it is written (`ConnPool::send`).
+pub(super) fn prepare(
+    parts: &mut http::request::Parts,
+    upgrade: Option<HeaderValue>,
+    request_id: &HeaderValue,
+    conn: &ConnInfo,
+) {
     // Host is kept: the client's, or (HTTP/2) the :authority it asked for.
     let host = match parts.headers.get(header::HOST) {
         Some(h) => Some(h.clone()),
@@ -202,35 +217,36 @@ async fn relay(
             headers.insert(header::HOST, h);
         }
         None => {
-            // HTTP/1.0 without Host: HTTP/1.1 upstream requires one.
             headers.remove(X_FORWARDED_HOST);
-            let authority = HeaderValue::from_str(upstream.authority.as_str())
-                .map_err(|e| ProxyError::Internal(format!("upstream authority: {e}")))?;
-            headers.insert(header::HOST, authority);
         }
     }
     append_forwarded_for(headers, &conn.peer_ip);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
     headers.insert(X_REQUEST_ID, request_id.clone());
-
-    // Origin-form (`/path?query`): the replica is reached directly, never through a proxy.
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::from(path);
+    // Written in origin-form (`/path?query`) whatever the client sent: the replica is
+    // reached directly, never through a proxy.
     parts.version = Version::HTTP_11;
+}
 
+async fn relay(
+    parts: &http::request::Parts,
+    body: LimitedBody,
+    uploaded: oneshot::Receiver<()>,
+    downstream_upgrade: Option<OnUpgrade>,
+    conn: &std::sync::Arc<ConnInfo>,
+    group: &UpstreamGroup,
+    upstream: &Upstream,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let progress = body.progress();
-    let req = Request::from_parts(parts, body);
+    // HTTP/1.1 requires a Host: a request that came with none is given the replica's.
+    let host = (!parts.headers.contains_key(header::HOST)).then(|| upstream.authority.as_str());
     // In flight until the response head: what bounded-load hashing balances.
     let in_flight = crate::upstream::InFlight::new(upstream);
     let m = &upstream.metrics;
     m.selections.inc();
     let sent = std::time::Instant::now();
     let result = tokio::select! {
-        r = upstream.pool.send(req) => r.map_err(|e| classify(e, upstream)),
+        r = upstream.pool.send(parts, host, body) => r.map_err(|e| classify(e, upstream)),
         e = deadlines(uploaded, progress, conn, group.response_timeout) => Err(e),
     };
     let upstream_time = sent.elapsed();

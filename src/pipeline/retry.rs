@@ -35,7 +35,7 @@ pub(super) fn replayable_length<B>(req: &Request<B>, max_body_bytes: u64) -> boo
 }
 
 pub(super) async fn forward_with_retries(
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: Bytes,
     first: usize,
     sticky: Option<u64>,
@@ -47,6 +47,8 @@ pub(super) async fn forward_with_retries(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     );
+    // One head for every attempt.
+    forward::prepare(&mut parts, None, &ctx.request_id, conn);
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut attempts = 0;
     let mut current = first;
@@ -56,22 +58,7 @@ pub(super) async fn forward_with_retries(
         ctx.attempts = attempts as u32;
         let upstream = &group.servers[current];
         ctx.upstream = Some(upstream.address);
-        let mut attempt = Request::new(());
-        *attempt.method_mut() = parts.method.clone();
-        *attempt.uri_mut() = parts.uri.clone();
-        *attempt.version_mut() = parts.version;
-        *attempt.headers_mut() = parts.headers.clone();
-        let (attempt, ()) = attempt.into_parts();
-        let err = match forward::send_buffered(
-            attempt,
-            body.clone(),
-            &ctx.request_id,
-            conn,
-            group,
-            upstream,
-        )
-        .await
-        {
+        let err = match forward::send_prepared(&parts, body.clone(), conn, group, upstream).await {
             Ok(resp) => return Ok(resp),
             Err(e) => e,
         };

@@ -26,7 +26,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
 
@@ -217,13 +217,15 @@ impl ConnPool {
         })
     }
 
-    /// Send `req` (origin-form URI, Host set) and wait for the response head. The response
+    /// Send a request (written in origin-form) and wait for the response head. The response
     /// body hands the connection back to this pool once it has been read to the end.
+    /// `host` is written as the Host header when the request has none.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<UpstreamRequestBody>,
+        parts: &http::request::Parts,
+        host: Option<&str>,
+        mut body: UpstreamRequestBody,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let (parts, mut body) = req.into_parts();
         let framing = if body.is_end_stream() {
             RequestFraming::None
         } else {
@@ -235,7 +237,14 @@ impl ConnPool {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let head = || {
             let mut head = Vec::with_capacity(256 + 64 * parts.headers.len());
-            encode_request(&mut head, &parts.method, target, &parts.headers, framing);
+            encode_request(
+                &mut head,
+                &parts.method,
+                target,
+                host,
+                &parts.headers,
+                framing,
+            );
             head
         };
         let head_request = parts.method == Method::HEAD;

@@ -317,21 +317,16 @@ impl UpstreamGroup {
             return false;
         };
         let (tx, _rx) = tokio::sync::oneshot::channel();
-        let mut req = http::Request::new(crate::pipeline::LimitedBody::buffered(
-            bytes::Bytes::new(),
-            tx,
-        ));
-        *req.uri_mut() = uri;
-        req.headers_mut().insert(
-            http::header::HOST,
-            http::HeaderValue::from_str(s.authority.as_str())
-                .unwrap_or(http::HeaderValue::from_static("localhost")),
-        );
-        req.headers_mut().insert(
+        let body = crate::pipeline::LimitedBody::buffered(bytes::Bytes::new(), tx);
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.uri = uri;
+        parts.headers.insert(
             http::header::USER_AGENT,
             http::HeaderValue::from_static("doorman-health"),
         );
-        match tokio::time::timeout(self.health.timeout, s.pool.send(req)).await {
+        // No Host of its own: the replica's authority is written as Host.
+        let host = Some(s.authority.as_str());
+        match tokio::time::timeout(self.health.timeout, s.pool.send(&parts, host, body)).await {
             Ok(Ok(resp)) => {
                 let ok = resp.status().is_success() || resp.status().is_redirection();
                 // Drain so the pooled connection can be reused.

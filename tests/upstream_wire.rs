@@ -1,0 +1,892 @@
+//! doorman's own HTTP/1.1 client (proxy -> replica), checked byte by byte against a scripted
+//! replica: a raw TCP listener that records every request exactly as it arrived (head, body
+//! framing, which connection carried it) and answers with the bytes each test scripts.
+//!
+//! Covered: the request line, Host and the framing doorman picks (none, `content-length`,
+//! chunked uploads from HTTP/1.1 and HTTP/2 clients); response framing (Content-Length,
+//! chunked with extensions and trailers, close-delimited, HEAD/204/304, Content-Length
+//! together with Transfer-Encoding); interim 1xx responses; malformed and oversized heads
+//! (502); and when an upstream connection is reused or not (`Connection: close`, HTTP/1.0,
+//! bytes past the response, the replica closing a kept-alive connection).
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Response};
+use http_body::Frame;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+// ---------------------------------------------------------------- the scripted replica
+
+/// One request as the replica read it off the wire.
+#[derive(Debug, Clone)]
+struct Received {
+    /// Which accepted connection carried it (0 = the first one accepted).
+    conn: usize,
+    /// Its place on that connection (0 = the connection's first request).
+    nth: usize,
+    /// The head, from the request line to the empty line included, exactly as sent.
+    head: String,
+    /// The body exactly as framed on the wire (chunk-size lines and all).
+    raw_body: Vec<u8>,
+    /// The body's content, chunked framing removed.
+    body: Vec<u8>,
+    /// The chunk-size lines of a chunked body, as sent (the last one is the `0`).
+    chunk_lines: Vec<String>,
+    /// The request's framing was broken (the replica then closed the connection).
+    error: Option<String>,
+}
+
+impl Received {
+    fn request_line(&self) -> &str {
+        self.head.split("\r\n").next().unwrap_or("")
+    }
+
+    fn path(&self) -> &str {
+        self.request_line().split(' ').nth(1).unwrap_or("")
+    }
+
+    /// Every value of header `name` (case-insensitive), in order.
+    fn header(&self, name: &str) -> Vec<String> {
+        self.head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    }
+}
+
+/// What the replica does with one request.
+struct Reply {
+    /// Written in order, each after sleeping its delay.
+    parts: Vec<(Duration, Vec<u8>)>,
+    /// Close the connection once written (otherwise keep reading requests on it).
+    close: bool,
+}
+
+impl Reply {
+    /// Answer and keep the connection open.
+    fn keep(bytes: impl AsRef<[u8]>) -> Reply {
+        Reply {
+            parts: vec![(Duration::ZERO, bytes.as_ref().to_vec())],
+            close: false,
+        }
+    }
+
+    /// Answer, then close the connection.
+    fn close(bytes: impl AsRef<[u8]>) -> Reply {
+        Reply {
+            close: true,
+            ..Reply::keep(bytes)
+        }
+    }
+
+    /// Close the connection without a byte of response.
+    fn hang_up() -> Reply {
+        Reply {
+            parts: Vec::new(),
+            close: true,
+        }
+    }
+
+    /// Close the connection once everything is written.
+    fn closing(mut self) -> Reply {
+        self.close = true;
+        self
+    }
+
+    /// More bytes, written `after` the previous ones.
+    fn then(mut self, after: Duration, bytes: impl AsRef<[u8]>) -> Reply {
+        self.parts.push((after, bytes.as_ref().to_vec()));
+        self
+    }
+}
+
+type Script = dyn Fn(&Received) -> Reply + Send + Sync;
+
+/// A replica speaking raw bytes on 127.0.0.1:0.
+struct Scripted {
+    addr: std::net::SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    /// Connections accepted.
+    accepted: Arc<AtomicUsize>,
+    /// Connections that have ended (closed by either side).
+    ended: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    async fn start(script: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = Scripted {
+            addr: listener.local_addr().unwrap(),
+            received: Arc::default(),
+            accepted: Arc::default(),
+            ended: Arc::default(),
+        };
+        let script: Arc<Script> = Arc::new(script);
+        let (received, accepted, ended) = (s.received.clone(), s.accepted.clone(), s.ended.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let conn = accepted.fetch_add(1, Ordering::SeqCst);
+                let _ = tcp.set_nodelay(true);
+                let (script, received, ended) = (script.clone(), received.clone(), ended.clone());
+                tokio::spawn(async move {
+                    serve(tcp, conn, &*script, &received).await;
+                    ended.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        s
+    }
+
+    /// The requests received so far; every one of them well framed.
+    fn received(&self) -> Vec<Received> {
+        let got = self.received.lock().unwrap().clone();
+        for r in &got {
+            assert!(r.error.is_none(), "badly framed request: {r:?}");
+        }
+        got
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Wait (bounded) until `n` connections have ended.
+    async fn ended(&self, n: usize) {
+        within(&format!("{n} replica connections ended"), async {
+            while self.ended.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// Serve one connection: read each request, record it, write the scripted reply.
+async fn serve(mut tcp: TcpStream, conn: usize, script: &Script, received: &Mutex<Vec<Received>>) {
+    let mut buf = Vec::new();
+    for nth in 0.. {
+        // The head, to its empty line.
+        let head_len = loop {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !fill(&mut tcp, &mut buf).await {
+                return;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
+        buf.drain(..head_len);
+        let mut req = Received {
+            conn,
+            nth,
+            head,
+            raw_body: Vec::new(),
+            body: Vec::new(),
+            chunk_lines: Vec::new(),
+            error: None,
+        };
+        let chunked = req
+            .header("transfer-encoding")
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case("chunked"));
+        let length = req.header("content-length").first().cloned();
+        let framed = if chunked {
+            read_chunked(&mut tcp, &mut buf, &mut req).await
+        } else if let Some(len) = length {
+            match len.parse::<usize>() {
+                Ok(n) => {
+                    while buf.len() < n {
+                        if !fill(&mut tcp, &mut buf).await {
+                            break;
+                        }
+                    }
+                    if buf.len() < n {
+                        Err(format!("closed after {} of {n} body bytes", buf.len()))
+                    } else {
+                        req.raw_body = buf.drain(..n).collect();
+                        req.body = req.raw_body.clone();
+                        Ok(())
+                    }
+                }
+                Err(_) => Err(format!("content-length {len:?}")),
+            }
+        } else {
+            Ok(())
+        };
+        if let Err(e) = framed {
+            req.error = Some(e);
+            received.lock().unwrap().push(req);
+            return;
+        }
+        let reply = script(&req);
+        received.lock().unwrap().push(req);
+        for (delay, bytes) in reply.parts {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if tcp.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        if reply.close {
+            let _ = tcp.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// A chunked body, strictly: lower- or upper-case hex sizes, CRLF everywhere, trailers up
+/// to the empty line.
+async fn read_chunked(
+    tcp: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    req: &mut Received,
+) -> Result<(), String> {
+    loop {
+        let line = take_line(tcp, buf, &mut req.raw_body).await?;
+        let digits = line.split(';').next().unwrap_or("");
+        let size =
+            usize::from_str_radix(digits, 16).map_err(|_| format!("chunk-size line {line:?}"))?;
+        req.chunk_lines.push(line);
+        if size == 0 {
+            // Trailer lines, then the empty line.
+            while !take_line(tcp, buf, &mut req.raw_body).await?.is_empty() {}
+            return Ok(());
+        }
+        while buf.len() < size + 2 {
+            if !fill(tcp, buf).await {
+                return Err("closed inside a chunk".into());
+            }
+        }
+        if &buf[size..size + 2] != b"\r\n" {
+            return Err(format!("chunk of {size} bytes not followed by CRLF"));
+        }
+        req.body.extend_from_slice(&buf[..size]);
+        req.raw_body.extend(buf.drain(..size + 2));
+    }
+}
+
+/// One CRLF-terminated line, without its CRLF (kept in `raw`).
+async fn take_line(
+    tcp: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    raw: &mut Vec<u8>,
+) -> Result<String, String> {
+    loop {
+        if let Some(i) = find(buf, b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..i]).into_owned();
+            raw.extend(buf.drain(..i + 2));
+            return Ok(line);
+        }
+        if !fill(tcp, buf).await {
+            return Err("closed inside a chunked body".into());
+        }
+    }
+}
+
+/// Read more bytes; false at the end of the stream (or an error).
+async fn fill(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 16 * 1024];
+    match tcp.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---------------------------------------------------------------- helpers
+
+async fn proxy_for(r: &Scripted) -> TestProxy {
+    TestProxy::start(
+        "",
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await
+}
+
+/// A 200 with a Content-Length body.
+fn ok(body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// doorman's JSON 502 for a replica that broke the exchange (`ProxyError::UpstreamBroken`).
+fn assert_bad_gateway(resp: &Response<()>, body: &[u8]) {
+    assert_eq!(
+        resp.status(),
+        502,
+        "status; body: {}",
+        String::from_utf8_lossy(body)
+    );
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let rid = resp.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"error": "upstream closed the connection", "request_id": rid}),
+    );
+}
+
+// ---------------------------------------------------------------- requests on the wire
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_arrive_in_origin_form_with_host_and_the_framing_doorman_chose() {
+    let r = Scripted::start(|_| Reply::keep(ok("ok"))).await;
+    let p = proxy_for(&r).await;
+    let mut c = p.h1().await;
+
+    let (resp, body) = c.get("/path?q").await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"ok"[..]));
+    let req = c.request(Method::POST, "/empty").body(empty()).unwrap();
+    let (resp, body) = c.send_collect(req).await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"ok"[..]));
+    let req = c
+        .request(Method::POST, "/sized")
+        .body(full("hello world"))
+        .unwrap();
+    let (resp, body) = c.send_collect(req).await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"ok"[..]));
+    // HTTP/2: an empty POST (END_STREAM on its HEADERS), Host from :authority.
+    let mut h2 = p.h2().await;
+    let req = h2.request(Method::POST, "/h2-empty").body(empty()).unwrap();
+    let (resp, body) = h2.send_collect(req).await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"ok"[..]));
+
+    let got = r.received();
+    assert_eq!(got.len(), 4);
+    let get = &got[0];
+    assert_eq!(get.request_line(), "GET /path?q HTTP/1.1");
+    assert_eq!(get.header("host"), ["localhost"]);
+    assert!(get.header("content-length").is_empty(), "{}", get.head);
+    assert!(get.header("transfer-encoding").is_empty(), "{}", get.head);
+    assert!(get.raw_body.is_empty());
+
+    for (req, line) in [
+        (&got[1], "POST /empty HTTP/1.1"),
+        (&got[3], "POST /h2-empty HTTP/1.1"),
+    ] {
+        assert_eq!(req.request_line(), line);
+        assert_eq!(req.header("host"), ["localhost"], "{}", req.head);
+        assert_eq!(req.header("content-length"), ["0"], "{}", req.head);
+        assert!(req.header("transfer-encoding").is_empty(), "{}", req.head);
+        assert!(req.raw_body.is_empty());
+    }
+
+    let sized = &got[2];
+    assert_eq!(sized.request_line(), "POST /sized HTTP/1.1");
+    assert_eq!(sized.header("content-length"), ["11"]);
+    assert!(sized.header("transfer-encoding").is_empty());
+    assert_eq!(sized.raw_body, b"hello world");
+
+    // Keep-alive responses read to their end: one connection carried all four.
+    assert_eq!(r.accepted(), 1);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_without_a_length_are_sent_chunked() {
+    let r = Scripted::start(|_| Reply::keep(ok("got it"))).await;
+    let p = proxy_for(&r).await;
+    let big = "x".repeat(5000);
+    let expected = format!("hello world{big}");
+    for (i, mut c) in [p.h2().await, p.h1().await].into_iter().enumerate() {
+        let (tx, body) = channel_body();
+        let req = c
+            .request(Method::POST, &format!("/upload/{i}"))
+            .body(body)
+            .unwrap();
+        let big = big.clone();
+        let feeder = tokio::spawn(async move {
+            let pieces = [
+                Bytes::from_static(b"hello"),
+                // An empty data frame mid-body must not end the chunked body (hyper's clients
+                // may drop it before the wire, in which case this checks nothing more).
+                Bytes::new(),
+                Bytes::from_static(b" wor"),
+                Bytes::from_static(b"ld"),
+                Bytes::from(big),
+            ];
+            for piece in pieces {
+                tx.send(Ok(Frame::data(piece))).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Trailers from the client: the body still ends with a well-formed last chunk.
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-checksum", "abc".parse().unwrap());
+            let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+        });
+        let (resp, body) = c.send_collect(req).await;
+        within("feeder", feeder).await.unwrap();
+        assert_eq!(resp.status(), 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(&body[..], b"got it");
+
+        let got = r.received();
+        let up = got.last().unwrap();
+        assert_eq!(up.request_line(), format!("POST /upload/{i} HTTP/1.1"));
+        assert_eq!(up.header("transfer-encoding"), ["chunked"], "{}", up.head);
+        assert!(up.header("content-length").is_empty(), "{}", up.head);
+        assert_eq!(String::from_utf8_lossy(&up.body), expected);
+        // Every chunk but the last carries data; sizes in hex without extensions.
+        let (last, data) = up.chunk_lines.split_last().unwrap();
+        assert_eq!(last, "0");
+        assert!(!data.is_empty());
+        for line in data {
+            assert!(
+                line.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "chunk-size line {line:?}"
+            );
+            let n = usize::from_str_radix(line, 16).unwrap();
+            assert!(n > 0, "an empty chunk before the end: {:?}", up.chunk_lines);
+        }
+        // The last chunk and an empty trailer section (HTTP/2 trailers are not forwarded).
+        assert!(
+            up.raw_body.ends_with(b"\r\n0\r\n\r\n"),
+            "{:?}",
+            String::from_utf8_lossy(&up.raw_body)
+        );
+    }
+    assert_eq!(r.received().len(), 2);
+    p.stop().await;
+}
+
+// ---------------------------------------------------------------- response framing
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_response_with_trailers_is_relayed_and_its_connection_reused() {
+    let r = Scripted::start(|req| match req.path() {
+        "/chunked" => Reply::keep(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+             5\r\nhello\r\n1\r\n \r\n",
+        )
+        .then(
+            Duration::from_millis(20),
+            "5;ext=1\r\nworld\r\nA\r\n0123456789\r\n",
+        )
+        .then(Duration::from_millis(20), "0\r\nx-sum: 42\r\n\r\n"),
+        _ => Reply::keep(ok("next")),
+    })
+    .await;
+    let p = proxy_for(&r).await;
+    let mut c = p.h1().await;
+    let (resp, body) = c.get("/chunked").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&body[..], b"hello world0123456789");
+    let (resp, body) = c.get("/after").await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"next"[..]));
+
+    let got = r.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        (got[1].conn, got[1].nth),
+        (0, 1),
+        "second request on the same connection"
+    );
+    assert_eq!(r.accepted(), 1);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_close_delimited_response_is_relayed_whole_and_not_reused() {
+    let r = Scripted::start(|req| match req.path() {
+        "/until-close" => Reply::keep("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil")
+            .then(Duration::from_millis(30), "-the-")
+            .then(Duration::from_millis(30), "close")
+            .closing(),
+        _ => Reply::keep(ok("next")),
+    })
+    .await;
+    let p = proxy_for(&r).await;
+    let mut c = p.h1().await;
+    let (resp, body) = c.get("/until-close").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&body[..], b"until-the-close");
+    let (resp, body) = c.get("/after").await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"next"[..]));
+
+    let got = r.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[1].conn, got[1].nth), (1, 0), "a new connection");
+    assert_eq!(r.accepted(), 2);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interim_responses_are_skipped() {
+    let r = Scripted::start(|req| match req.path() {
+        // Interim responses in writes of their own...
+        "/apart" => Reply::keep("HTTP/1.1 100 Continue\r\n\r\n")
+            .then(
+                Duration::from_millis(20),
+                "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+            )
+            .then(
+                Duration::from_millis(20),
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+            ),
+        // ... and all in one with the final response.
+        _ => Reply::keep(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\n\
+             HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond",
+        ),
+    })
+    .await;
+    let p = proxy_for(&r).await;
+    let mut c = p.h1().await;
+    let (resp, body) = c.get("/apart").await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"final"[..]));
+    assert!(resp.headers().get("link").is_none(), "103's header leaked");
+    let (resp, body) = c.get("/together").await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"second"[..]));
+    assert!(resp.headers().get("link").is_none(), "103's header leaked");
+
+    assert_eq!(r.received().len(), 2);
+    assert_eq!(
+        r.accepted(),
+        1,
+        "the connection is reused after interim responses"
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_length_with_chunked_is_decoded_as_chunked_and_not_reused() {
+    let r = Scripted::start(|req| match req.path() {
+        // The replica keeps the connection open: only doorman can decide not to reuse it.
+        "/both" => Reply::keep(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        ),
+        _ => Reply::keep(ok("next")),
+    })
+    .await;
+    let p = proxy_for(&r).await;
+    let mut c = p.h1().await;
+    let (resp, body) = c.get("/both").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&body[..], b"hello world");
+    if let Some(len) = resp.headers().get("content-length") {
+        assert_eq!(
+            len, "11",
+            "the replica's Content-Length must not be relayed"
+        );
+    }
+    let (resp, body) = c.get("/after").await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"next"[..]));
+
+    let got = r.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[1].conn, got[1].nth), (1, 0), "a new connection");
+    assert_eq!(r.accepted(), 2);
+    // doorman closed the one it would not reuse.
+    r.ended(1).await;
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn head_204_and_304_responses_have_no_body_and_keep_the_connection() {
+    let r = Scripted::start(|req| match req.path() {
+        // A HEAD's Content-Length describes the GET's body: none follows.
+        "/head" => Reply::keep("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+        "/204" => Reply::keep("HTTP/1.1 204 No Content\r\n\r\n"),
+        "/304" => Reply::keep("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n"),
+        _ => Reply::keep(ok("last")),
+    })
+    .await;
+    let p = proxy_for(&r).await;
+    let mut c = p.h1().await;
+    let req = c.request(Method::HEAD, "/head").body(empty()).unwrap();
+    let (resp, body) = c.send_collect(req).await;
+    assert_eq!(resp.status(), 200);
+    assert!(body.is_empty());
+    for (path, status) in [("/204", 204), ("/304", 304)] {
+        let (resp, body) = c.get(path).await;
+        assert_eq!(resp.status(), status);
+        assert!(body.is_empty());
+    }
+    let (resp, body) = c.get("/last").await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"last"[..]));
+
+    let got = r.received();
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[0].request_line(), "HEAD /head HTTP/1.1");
+    assert_eq!(r.accepted(), 1, "bodiless responses keep the connection");
+    p.stop().await;
+}
+
+// ---------------------------------------------------------------- broken responses
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_response_head_is_a_502() {
+    let r = Scripted::start(|req| match req.path() {
+        "/bad/0" => Reply::keep("garbage\r\n\r\n"),
+        "/bad/1" => Reply::keep("HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\nok"),
+        "/bad/2" => {
+            Reply::keep("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok")
+        }
+        "/bad/3" => Reply::keep("HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok"),
+        _ => Reply::keep(ok("fine")),
+    })
+    .await;
+    let p = proxy_for(&r).await;
+    let mut c = p.h1().await;
+    for i in 0..4 {
+        let (resp, body) = c.get(&format!("/bad/{i}")).await;
+        assert_bad_gateway(&resp, &body);
+        // The next request gets a connection of its own, and its answer.
+        let (resp, body) = c.get("/good").await;
+        assert_eq!(
+            (resp.status().as_u16(), &body[..]),
+            (200, &b"fine"[..]),
+            "after /bad/{i}"
+        );
+    }
+    let got = r.received();
+    assert_eq!(got.len(), 8);
+    // Each broken connection is dropped, never reused: the request after every /bad/N
+    // opened a new one (and /bad/N itself went on the previous good connection).
+    for i in 0..4 {
+        let (bad, good) = (&got[2 * i], &got[2 * i + 1]);
+        assert_eq!(bad.path(), format!("/bad/{i}"));
+        assert_eq!(
+            (good.conn, good.nth),
+            (i + 1, 0),
+            "the request after /bad/{i}"
+        );
+    }
+    assert_eq!(r.accepted(), 5);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_response_head_over_64_kib_is_a_502() {
+    const LIMIT: usize = 64 * 1024;
+    /// A 200 whose head (status line to the empty line) is exactly `len` bytes.
+    fn head_of(len: usize) -> String {
+        let fixed = "HTTP/1.1 200 OK\r\nX-Big: \r\nContent-Length: 2\r\n\r\n".len();
+        format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+            "a".repeat(len - fixed)
+        )
+    }
+    let r = Scripted::start(|req| match req.path() {
+        "/over" => Reply::keep(head_of(LIMIT + 1)),
+        "/huge" => Reply::keep(head_of(200 * 1024)),
+        "/many" => {
+            let mut h = String::from("HTTP/1.1 200 OK\r\n");
+            for i in 0..150 {
+                h.push_str(&format!("x-h{i}: v\r\n"));
+            }
+            h.push_str("Content-Length: 2\r\n\r\nok");
+            Reply::keep(h)
+        }
+        _ => Reply::keep(head_of(LIMIT)),
+    })
+    .await;
+    let p = proxy_for(&r).await;
+    let mut c = p.h1().await;
+    // Exactly at the limit: relayed.
+    let (resp, body) = c.get("/at-limit").await;
+    assert_eq!(resp.status(), 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(&body[..], b"ok");
+    assert_eq!(
+        resp.headers()["x-big"].len(),
+        LIMIT - "HTTP/1.1 200 OK\r\nX-Big: \r\nContent-Length: 2\r\n\r\n".len()
+    );
+    for path in ["/over", "/huge", "/many"] {
+        let (resp, body) = c.get(path).await;
+        assert_bad_gateway(&resp, &body);
+        // Interleaved with good ones, so passive health never ejects the only replica.
+        let (resp, _) = c.get("/at-limit").await;
+        assert_eq!(resp.status(), 200, "after {path}");
+    }
+    p.stop().await;
+}
+
+// ---------------------------------------------------------------- connection reuse
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_alive_connection_the_replica_closed_is_not_a_502() {
+    let r = Scripted::start(|req| match req.path() {
+        // Keep-alive by HTTP/1.1's default, then the replica closes it (an idle timeout).
+        "/first" => Reply::close(ok("first")),
+        _ => Reply::keep(ok("second")),
+    })
+    .await;
+    let p = proxy_for(&r).await;
+    let mut c = p.h1().await;
+    let (resp, body) = c.get("/first").await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"first"[..]));
+    r.ended(1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (resp, body) = c.get("/second").await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"second"[..]));
+
+    let got = r.received();
+    assert_eq!(got.len(), 2, "the second GET reached the replica once");
+    assert_eq!((got[1].conn, got[1].nth), (1, 0));
+    assert_eq!(r.accepted(), 2);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pooled_connection_closed_as_a_request_arrives_resends_only_safe_requests() {
+    // The race itself: the replica reads the next request on a kept-alive connection and
+    // closes without answering. A bodiless GET goes again on a new connection; a POST with
+    // a body may have been acted on and is not sent twice.
+    let r = Scripted::start(|req| match (req.conn, req.nth) {
+        (_, 1) => Reply::hang_up(),
+        _ => Reply::keep(ok("fine")),
+    })
+    .await;
+    let p = proxy_for(&r).await;
+    let mut c = p.h1().await;
+    let (resp, body) = c.get("/warm").await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"fine"[..]));
+    let (resp, body) = c.get("/raced").await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"fine"[..]));
+    let got = r.received();
+    let paths: Vec<_> = got
+        .iter()
+        .map(|g| (g.path().to_string(), g.conn, g.nth))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("/warm".to_string(), 0, 0),
+            ("/raced".to_string(), 0, 1),
+            ("/raced".to_string(), 1, 0),
+        ]
+    );
+
+    let req = c.request(Method::POST, "/post").body(full("data")).unwrap();
+    let (resp, body) = c.send_collect(req).await;
+    assert_bad_gateway(&resp, &body);
+    let got = r.received();
+    assert_eq!(got.len(), 4, "the POST was sent once: {got:?}");
+    assert_eq!((got[3].path(), got[3].conn, got[3].nth), ("/post", 1, 1));
+    assert_eq!(got[3].body, b"data");
+    assert_eq!(r.accepted(), 2);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_close_from_the_replica_is_honoured() {
+    // The replica says close but keeps its end open: only doorman can honour it.
+    let r = Scripted::start(|req| match req.path() {
+        "/close" => {
+            Reply::keep("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nfirst")
+        }
+        "/tokens" => Reply::keep(
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive, CLOSE\r\nContent-Length: 6\r\n\r\nsecond",
+        ),
+        _ => Reply::keep(ok("third")),
+    })
+    .await;
+    let p = proxy_for(&r).await;
+    let mut c = p.h1().await;
+    for (path, want) in [
+        ("/close", "first"),
+        ("/tokens", "second"),
+        ("/after", "third"),
+    ] {
+        let (resp, body) = c.get(path).await;
+        assert_eq!(
+            (resp.status().as_u16(), &body[..]),
+            (200, want.as_bytes()),
+            "{path}"
+        );
+        // Connection is hop-by-hop: the replica's close is not the client's.
+        assert!(resp.headers().get("connection").is_none(), "{path}");
+    }
+    let got = r.received();
+    let on: Vec<_> = got.iter().map(|g| (g.conn, g.nth)).collect();
+    assert_eq!(
+        on,
+        [(0, 0), (1, 0), (2, 0)],
+        "a new connection after each close"
+    );
+    assert_eq!(r.accepted(), 3);
+    // doorman closed both connections it was told not to reuse.
+    r.ended(2).await;
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_1_0_response_is_reused_only_with_keep_alive() {
+    let r = Scripted::start(|req| match req.path() {
+        "/old" => Reply::keep("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold"),
+        "/old-kept" => Reply::keep(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 4\r\n\r\nkept",
+        ),
+        _ => Reply::keep(ok("new")),
+    })
+    .await;
+    let p = proxy_for(&r).await;
+    let mut c = p.h1().await;
+    for (path, want) in [("/old", "old"), ("/old-kept", "kept"), ("/after", "new")] {
+        let (resp, body) = c.get(path).await;
+        assert_eq!(
+            (resp.status().as_u16(), &body[..]),
+            (200, want.as_bytes()),
+            "{path}"
+        );
+    }
+    let on: Vec<_> = r.received().iter().map(|g| (g.conn, g.nth)).collect();
+    assert_eq!(on, [(0, 0), (1, 0), (1, 1)]);
+    assert_eq!(r.accepted(), 2);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_past_the_response_are_never_taken_for_the_next_one() {
+    let spoof = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nspoof";
+    let r = Scripted::start(move |req| match req.path() {
+        // Surplus in the same write as the response...
+        "/same-write" => Reply::keep(format!("{}{spoof}", ok("one"))),
+        // ... or a little after it, while the connection sits in the pool.
+        "/later" => Reply::keep(ok("two")).then(Duration::from_millis(30), spoof),
+        _ => Reply::keep(ok("real")),
+    })
+    .await;
+    let p = proxy_for(&r).await;
+    let mut c = p.h1().await;
+    for (path, want) in [
+        ("/same-write", "one"),
+        ("/after", "real"),
+        ("/later", "two"),
+    ] {
+        let (resp, body) = c.get(path).await;
+        assert_eq!(
+            (resp.status().as_u16(), &body[..]),
+            (200, want.as_bytes()),
+            "{path}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (resp, body) = c.get("/after").await;
+    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"real"[..]));
+    let on: Vec<_> = r.received().iter().map(|g| (g.conn, g.nth)).collect();
+    // /after reuses the clean connection /same-write's successor opened; /later's surplus
+    // makes its connection unusable.
+    assert_eq!(on, [(0, 0), (1, 0), (1, 1), (2, 0)]);
+    assert_eq!(r.accepted(), 3);
+    p.stop().await;
+}
