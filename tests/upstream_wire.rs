@@ -890,3 +890,209 @@ async fn bytes_past_the_response_are_never_taken_for_the_next_one() {
     assert_eq!(r.accepted(), 3);
     p.stop().await;
 }
+
+// ---------------------------------------------------------------- uploads the replica cut short
+
+/// A client body that fails is the client's error (400), never a reason to send the request
+/// again on another connection: the body's first bytes are gone by then, and a retry would
+/// send the replica a shorter (here: empty) body as if it were the whole one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_request_body_is_never_sent_again_as_an_empty_one() {
+    let r = Scripted::start(|_| Reply::keep(ok("fine"))).await;
+    let p = proxy_for(&r).await;
+    // A pooled connection first, so that a failure could look like a dead pooled one.
+    let (resp, _) = p.get("/warm").await;
+    assert_eq!(resp.status(), 200);
+    // The first chunk-size line is not hex: the client's body fails before any of it.
+    let answer = raw_exchange(
+        p.addrs.plain.unwrap(),
+        b"POST /broken HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    // The replica saw the GET and no complete POST: never an empty body in its place.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got = r.received.lock().unwrap().clone();
+    let posts: Vec<_> = got
+        .iter()
+        .filter(|q| q.request_line().starts_with("POST") && q.error.is_none())
+        .collect();
+    assert!(
+        posts.is_empty(),
+        "a POST reached the replica whole: {posts:?}"
+    );
+    assert_eq!(got[0].request_line(), "GET /warm HTTP/1.1");
+    p.stop().await;
+}
+
+/// A replica that answers `answer` as soon as it has a request head, then closes without
+/// reading the body (the kernel then resets the connection: unread data).
+async fn refusing_replica(answer: &'static [u8]) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while find(&buf, b"\r\n\r\n").is_none() {
+                    if !fill(&mut tcp, &mut buf).await {
+                        return;
+                    }
+                }
+                let _ = tcp.write_all(answer).await;
+                // Some of the body has arrived unread: dropping the socket sends a reset.
+            });
+        }
+    });
+    addr
+}
+
+/// Read one response (head and Content-Length body) off a raw connection.
+async fn read_response(rd: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = find(&out, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&out[..end + 4 + len]).into_owned();
+            }
+        }
+        match within("response bytes", rd.read(&mut chunk)).await {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&out).into_owned(),
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The replica refuses a large upload at once and resets the connection. doorman reads
+/// what the replica sent before it fails a write: the 413 reaches the client, not a 502.
+/// (Which of the two doorman meets first depends on timing; the client must get the 413
+/// either way.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_early_refusal_reaches_the_client_though_the_replica_resets_the_upload() {
+    const LEN: usize = 16 << 20;
+    let replica = refusing_replica(
+        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!",
+    )
+    .await;
+    let p = TestProxy::start(
+        "max_body_bytes = 67108864",
+        &(group_toml("api", &[replica], "") + &route_toml("/", "api")),
+    )
+    .await;
+    for _ in 0..3 {
+        let tcp = TcpStream::connect(p.addrs.plain.unwrap()).await.unwrap();
+        let (mut rd, mut wr) = tcp.into_split();
+        let upload = tokio::spawn(async move {
+            let head = format!("POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: {LEN}\r\n\r\n");
+            let _ = wr.write_all(head.as_bytes()).await;
+            let chunk = vec![b'u'; 64 * 1024];
+            for _ in 0..LEN / chunk.len() {
+                if wr.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let answer = read_response(&mut rd).await;
+        // The replica's own answer, not a 502 for the write that failed after it.
+        assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+        assert!(answer.ends_with("\r\n\r\ntoo big!"), "{answer}");
+        upload.abort();
+    }
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_finished_after_an_early_answer_does_not_half_close_the_replica() {
+    // Over the 64 KiB held for retries: streamed, so the answer can come before its end.
+    const BODY: usize = 256 * 1024;
+    const ANSWER: usize = 10 * 32 * 1024;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let eof_early = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body_read = Arc::new(AtomicUsize::new(0));
+    let (eof, read) = (eof_early.clone(), body_read.clone());
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (mut rd, mut wr) = tcp.into_split();
+        let mut buf = Vec::new();
+        while find(&buf, b"\r\n\r\n").is_none() {
+            let mut chunk = [0u8; 4096];
+            let n = rd.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the head");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        // Body bytes that came with the head.
+        let head_end = find(&buf, b"\r\n\r\n").unwrap() + 4;
+        read.fetch_add(buf.len() - head_end, Ordering::SeqCst);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writing_done = done.clone();
+        // Read the body alongside; an end of stream while the answer is still being
+        // written is the client going away, to most servers.
+        let reader = tokio::spawn(async move {
+            let mut chunk = vec![0u8; 65536];
+            loop {
+                match rd.read(&mut chunk).await {
+                    Ok(0) | Err(_) => {
+                        if !writing_done.load(Ordering::SeqCst) {
+                            eof.store(true, Ordering::SeqCst);
+                        }
+                        return;
+                    }
+                    Ok(n) => {
+                        read.fetch_add(n, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {ANSWER}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await.unwrap();
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            wr.write_all(&[b'a'; 32 * 1024]).await.unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reader.abort();
+    });
+    let p = TestProxy::start(
+        "",
+        &(group_toml("api", &[addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+    let tcp = TcpStream::connect(p.addrs.plain.unwrap()).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let head = format!("POST /stream HTTP/1.1\r\nhost: x\r\ncontent-length: {BODY}\r\n\r\n");
+    wr.write_all(head.as_bytes()).await.unwrap();
+    // The body comes after the replica has begun its answer.
+    let upload = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        wr.write_all(&vec![b'b'; BODY]).await.unwrap();
+        wr
+    });
+    let answer = read_response(&mut rd).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200 "),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    let body_start = find(answer.as_bytes(), b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(answer.len() - body_start, ANSWER);
+    let _wr = upload.await.unwrap();
+    assert_eq!(
+        body_read.load(Ordering::SeqCst),
+        BODY,
+        "the whole body reached the replica"
+    );
+    assert!(
+        !eof_early.load(Ordering::SeqCst),
+        "the replica saw its request stream end while it was still answering"
+    );
+    p.stop().await;
+}

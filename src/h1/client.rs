@@ -127,7 +127,7 @@ pub(crate) fn parse_response(
 
     let mut headers = HeaderMap::with_capacity(fields.len());
     let mut length: Option<u64> = None;
-    let (mut chunked_last, mut transfer_encoding) = (false, false);
+    let (mut chunked_last, mut transfer_encoding, mut codings) = (false, false, 0u32);
     let (mut close, mut keep_alive_token) = (false, false);
     for (name, range) in fields {
         let value = HeaderValue::from_maybe_shared(head.slice(range))
@@ -143,6 +143,7 @@ pub(crate) fn parse_response(
             for coding in value.as_bytes().split(|&b| b == b',') {
                 let coding = coding.trim_ascii();
                 if !coding.is_empty() {
+                    codings += 1;
                     chunked_last = coding.eq_ignore_ascii_case(b"chunked");
                 }
             }
@@ -180,16 +181,19 @@ pub(crate) fn parse_response(
     let framing = if bodiless {
         ResponseFraming::Empty
     } else if transfer_encoding {
-        // Transfer-Encoding overrides Content-Length, and a message with both may be an
-        // attempt at smuggling: the connection is not reused after it (RFC 9112 §6.3).
+        // A coding besides chunked (gzip, chunked) would have to be undone here, or passed
+        // on with its header: refused, as nginx does ("unknown Transfer-Encoding").
+        if codings != 1 || !chunked_last {
+            return Err("unsupported Transfer-Encoding");
+        }
+        // Transfer-Encoding overrides Content-Length, which must then go (RFC 9112 §6.3),
+        // and a message with both may be an attempt at smuggling: the connection is not
+        // reused after it.
         if length.is_some() {
+            headers.remove(header::CONTENT_LENGTH);
             keep_alive = false;
         }
-        if chunked_last {
-            ResponseFraming::Chunked
-        } else {
-            ResponseFraming::Close
-        }
+        ResponseFraming::Chunked
     } else {
         match length {
             Some(0) => ResponseFraming::Empty,
@@ -265,16 +269,26 @@ mod tests {
             (both.framing, both.keep_alive),
             (ResponseFraming::Chunked, false)
         );
+        let (r, _) = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(r.headers().get("content-length").is_none());
         let until_close = framing("HTTP/1.1 200 OK\r\n\r\n", false);
         assert_eq!(
             (until_close.framing, until_close.keep_alive),
             (ResponseFraming::Close, false)
         );
-        let gzip = framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false);
-        assert_eq!(
-            (gzip.framing, gzip.keep_alive),
-            (ResponseFraming::Close, false)
-        );
+        for te in ["gzip", "gzip, chunked", "chunked, chunked"] {
+            let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert_eq!(
+                parse(&raw, false).err(),
+                Some("unsupported Transfer-Encoding"),
+                "{te}"
+            );
+        }
         for status in ["204 No Content", "304 Not Modified", "100 Continue"] {
             let m = framing(
                 &format!("HTTP/1.1 {status}\r\nContent-Length: 9\r\n\r\n"),

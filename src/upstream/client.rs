@@ -255,6 +255,7 @@ impl ConnPool {
                 Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
             );
         let mut retried = false;
+        let mut x = Exchange::new(head(), framing);
         loop {
             // A retry goes on a new connection, not another pooled one of the same age.
             let pooled = if retried { None } else { self.checkout() };
@@ -264,7 +265,6 @@ impl ConnPool {
                 // request's.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            let mut x = Exchange::new(head(), framing);
             let outcome =
                 std::future::poll_fn(|cx| x.poll(cx, &mut conn, &mut body, head_request)).await;
             match outcome {
@@ -275,17 +275,26 @@ impl ConnPool {
                     } else {
                         finish_upload(conn, x, body)
                     };
-                    let mut resp = self.respond(conn, resp, meta, uploaded);
-                    resp.body_mut().upload = upload;
-                    return Ok(resp);
+                    return Ok(self.respond(conn, resp, meta, uploaded, upload));
                 }
+                // Only the socket failing, on a connection that had been idle, and only when
+                // nothing can have been acted on.
                 Err(e)
                     if reused
                         && !retried
+                        && x.socket_failed
                         && (x.nothing_written() || (resendable && x.nothing_read())) =>
                 {
                     debug!(upstream = %self.address, error = %e.detail(), "pooled connection closed; sending on a new one");
                     retried = true;
+                    // Nothing written: what was gathered (the head, body bytes already taken
+                    // from the client) is all still there to send. Otherwise a bodiless
+                    // request's head is written again.
+                    x = if x.nothing_written() {
+                        x.again()
+                    } else {
+                        Exchange::new(head(), framing)
+                    };
                 }
                 Err(e) => return Err(e),
             }
@@ -299,6 +308,7 @@ impl ConnPool {
         resp: Response<()>,
         meta: crate::h1::client::ResponseMeta,
         uploaded: bool,
+        upload: Option<tokio::task::AbortHandle>,
     ) -> Response<UpstreamBody> {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         // Reused only when the request went out whole and the response says it may be.
@@ -314,7 +324,7 @@ impl ConnPool {
             conn: Some(conn),
             reading,
             pool: reusable.then(|| self.clone()),
-            upload: None,
+            upload,
         };
         if body.finished() {
             body.finish();
@@ -338,6 +348,12 @@ struct Exchange {
     body_done: bool,
     upload_done: bool,
     read_any: bool,
+    /// Reading or writing the connection failed (not the request body, not a bad answer):
+    /// what a dead pooled connection looks like.
+    socket_failed: bool,
+    /// Writing failed: kept while whatever the replica already sent is read, since a replica
+    /// that refuses a request (413, 401) often closes as it answers, before the body's end.
+    write_error: Option<SendError>,
 }
 
 impl Exchange {
@@ -351,6 +367,18 @@ impl Exchange {
             body_done: framing == RequestFraming::None,
             upload_done: false,
             read_any: false,
+            socket_failed: false,
+            write_error: None,
+        }
+    }
+
+    /// The same exchange for a new connection, when nothing of it was written.
+    fn again(self) -> Self {
+        Exchange {
+            socket_failed: false,
+            write_error: None,
+            read_any: false,
+            ..self
         }
     }
 
@@ -374,10 +402,16 @@ impl Exchange {
         head_request: bool,
     ) -> Poll<Result<(Response<()>, crate::h1::client::ResponseMeta), SendError>> {
         if !self.upload_done
+            && self.write_error.is_none()
             && let Stream::Whole(io) = &mut conn.io
             && let Poll::Ready(Err(e)) = self.poll_upload(cx, io, body)
         {
-            return Poll::Ready(Err(e));
+            match e {
+                // The client's body failed, or is over the limit: nothing more to do here.
+                SendError::Body(_) => return Poll::Ready(Err(e)),
+                // The replica may have answered already: read what it sent first.
+                e => self.write_error = Some(e),
+            }
         }
         loop {
             // What has arrived may already hold the answer (or interim 1xx ones before it).
@@ -394,20 +428,24 @@ impl Exchange {
                     Err(e) => return Poll::Ready(Err(SendError::Request(e.to_string()))),
                 }
             }
-            match ready!(conn.poll_fill(cx)) {
-                Ok(0) => {
-                    return Poll::Ready(Err(SendError::Request(
-                        if self.read_any {
-                            "connection closed in the middle of the response head"
-                        } else {
-                            "connection closed before a response"
-                        }
-                        .into(),
-                    )));
+            let failed = match ready!(conn.poll_fill(cx)) {
+                Ok(0) => SendError::Request(
+                    if self.read_any {
+                        "connection closed in the middle of the response head"
+                    } else {
+                        "connection closed before a response"
+                    }
+                    .into(),
+                ),
+                Ok(_) => {
+                    self.read_any = true;
+                    continue;
                 }
-                Ok(_) => self.read_any = true,
-                Err(e) => return Poll::Ready(Err(SendError::Request(format!("read: {e}")))),
-            }
+                Err(e) => SendError::Request(format!("read: {e}")),
+            };
+            self.socket_failed = true;
+            // A failed write says more than the close that follows it.
+            return Poll::Ready(Err(self.write_error.take().unwrap_or(failed)));
         }
     }
 
@@ -421,7 +459,9 @@ impl Exchange {
     ) -> Poll<Result<(), SendError>> {
         loop {
             // Gather what the body has ready behind what waits to be written.
-            while !self.body_done && self.out.len() - self.written < WRITE_BATCH {
+            // Bounded by what the buffer holds in all, written or not: it is cleared only once
+            // written out, so topping up the unwritten part would let it grow without end.
+            while !self.body_done && self.out.len() < WRITE_BATCH {
                 match Pin::new(&mut *body).poll_frame(cx) {
                     Poll::Pending => break,
                     Poll::Ready(None) => {
@@ -460,6 +500,7 @@ impl Exchange {
             match Pin::new(&mut *io).poll_write(cx, &self.out[self.written..]) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
+                    self.socket_failed = true;
                     return Poll::Ready(Err(SendError::Request("write: connection closed".into())));
                 }
                 Poll::Ready(Ok(n)) => {
@@ -471,6 +512,7 @@ impl Exchange {
                     }
                 }
                 Poll::Ready(Err(e)) => {
+                    self.socket_failed = true;
                     return Poll::Ready(Err(SendError::Request(format!("write: {e}"))));
                 }
             }
@@ -631,6 +673,10 @@ fn finish_upload(
         if let Err(e) = done {
             debug!(error = %e.detail(), "request body after an early response: not sent whole");
         }
+        // Dropped, the write half would shut down its side: a FIN in the middle of the
+        // response, which many servers take for the client going away. The connection
+        // closes with the read half instead, when the response ends.
+        write.forget();
     });
     (conn, Some(task.abort_handle()))
 }
@@ -676,6 +722,9 @@ impl Body for UpstreamBody {
             match ready!(conn.poll_fill(cx)) {
                 Ok(0) if matches!(this.reading, Reading::Close) => {
                     this.conn = None;
+                    if let Some(upload) = this.upload.take() {
+                        upload.abort();
+                    }
                     return Poll::Ready(None);
                 }
                 Ok(0) => return this.fail("connection closed before the body's end".into()),

@@ -326,15 +326,21 @@ impl UpstreamGroup {
         );
         // No Host of its own: the replica's authority is written as Host.
         let host = Some(s.authority.as_str());
-        match tokio::time::timeout(self.health.timeout, s.pool.send(&parts, host, body)).await {
-            Ok(Ok(resp)) => {
-                let ok = resp.status().is_success() || resp.status().is_redirection();
-                // Drain so the pooled connection can be reused.
-                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-                ok
-            }
-            _ => false,
-        }
+        // The whole check, the body included, within the timeout: checks run one replica
+        // after another, so one stalled body would stop them all.
+        let check = async {
+            let resp = s.pool.send(&parts, host, body).await.ok()?;
+            let ok = resp.status().is_success() || resp.status().is_redirection();
+            // Read to the end, so the pooled connection can be reused.
+            http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .ok()?;
+            Some(ok)
+        };
+        matches!(
+            tokio::time::timeout(self.health.timeout, check).await,
+            Ok(Some(true))
+        )
     }
 
     /// The replica for a request whose sticky key hashes to `key` (None: no key, or not a
