@@ -196,12 +196,15 @@ pub(super) fn prepare(
     conn: &ConnInfo,
 ) {
     // Host is kept: the client's, or (HTTP/2) the :authority it asked for.
-    let host = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    let (host, has_host) = match parts.headers.get(header::HOST) {
+        Some(h) => (Some(h.clone()), true),
+        None => (
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            false,
+        ),
     };
 
     let headers = &mut parts.headers;
@@ -213,8 +216,10 @@ pub(super) fn prepare(
     // Never pass a client's own X-Forwarded-Host: it would poison links built from it.
     match host {
         Some(h) => {
-            headers.insert(X_FORWARDED_HOST, h.clone());
-            headers.insert(header::HOST, h);
+            if !has_host {
+                headers.insert(header::HOST, h.clone());
+            }
+            headers.insert(X_FORWARDED_HOST, h);
         }
         None => {
             headers.remove(X_FORWARDED_HOST);
