@@ -10,26 +10,6 @@ use http::{Method, Request};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Asserts a JSON error response and returns its request id.
-fn assert_json_error(status: u16, resp: &http::Response<()>, body: &[u8], want: (u16, &str)) {
-    assert_eq!(
-        status,
-        want.0,
-        "status; body: {}",
-        String::from_utf8_lossy(body)
-    );
-    assert_eq!(resp.headers()["content-type"], "application/json");
-    let json: serde_json::Value = serde_json::from_slice(body).unwrap();
-    let rid = resp.headers()["x-request-id"].to_str().unwrap();
-    assert_eq!(
-        json,
-        serde_json::json!({"error": want.1, "request_id": rid}),
-        "error body"
-    );
-    let text = String::from_utf8_lossy(body);
-    assert!(!text.contains("127.0.0.1"), "address leaked: {text}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_connect_is_502() {
     let dead = closed_port().await;

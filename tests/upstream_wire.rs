@@ -320,6 +320,17 @@ async fn proxy_for(r: &Scripted) -> TestProxy {
     .await
 }
 
+/// GET `path` and assert a 200 whose body is `want`.
+async fn expect_ok(c: &mut Client, path: &str, want: &str) -> Response<()> {
+    let (resp, body) = c.get(path).await;
+    assert_eq!(
+        (resp.status().as_u16(), &body[..]),
+        (200, want.as_bytes()),
+        "{path}"
+    );
+    resp
+}
+
 /// A 200 with a Content-Length body.
 fn ok(body: &str) -> String {
     format!(
@@ -330,18 +341,11 @@ fn ok(body: &str) -> String {
 
 /// doorman's JSON 502 for a replica that broke the exchange (`ProxyError::UpstreamBroken`).
 fn assert_bad_gateway(resp: &Response<()>, body: &[u8]) {
-    assert_eq!(
-        resp.status(),
-        502,
-        "status; body: {}",
-        String::from_utf8_lossy(body)
-    );
-    assert_eq!(resp.headers()["content-type"], "application/json");
-    let json: serde_json::Value = serde_json::from_slice(body).unwrap();
-    let rid = resp.headers()["x-request-id"].to_str().unwrap();
-    assert_eq!(
-        json,
-        serde_json::json!({"error": "upstream closed the connection", "request_id": rid}),
+    assert_json_error(
+        resp.status().as_u16(),
+        resp,
+        body,
+        (502, "upstream closed the connection"),
     );
 }
 
@@ -353,8 +357,7 @@ async fn requests_arrive_in_origin_form_with_host_and_the_framing_doorman_chose(
     let p = proxy_for(&r).await;
     let mut c = p.h1().await;
 
-    let (resp, body) = c.get("/path?q").await;
-    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"ok"[..]));
+    expect_ok(&mut c, "/path?q", "ok").await;
     let req = c.request(Method::POST, "/empty").body(empty()).unwrap();
     let (resp, body) = c.send_collect(req).await;
     assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"ok"[..]));
@@ -486,11 +489,8 @@ async fn a_chunked_response_with_trailers_is_relayed_and_its_connection_reused()
     .await;
     let p = proxy_for(&r).await;
     let mut c = p.h1().await;
-    let (resp, body) = c.get("/chunked").await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(&body[..], b"hello world0123456789");
-    let (resp, body) = c.get("/after").await;
-    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"next"[..]));
+    expect_ok(&mut c, "/chunked", "hello world0123456789").await;
+    expect_ok(&mut c, "/after", "next").await;
 
     let got = r.received();
     assert_eq!(got.len(), 2);
@@ -515,11 +515,8 @@ async fn a_close_delimited_response_is_relayed_whole_and_not_reused() {
     .await;
     let p = proxy_for(&r).await;
     let mut c = p.h1().await;
-    let (resp, body) = c.get("/until-close").await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(&body[..], b"until-the-close");
-    let (resp, body) = c.get("/after").await;
-    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"next"[..]));
+    expect_ok(&mut c, "/until-close", "until-the-close").await;
+    expect_ok(&mut c, "/after", "next").await;
 
     let got = r.received();
     assert_eq!(got.len(), 2);
@@ -550,11 +547,9 @@ async fn interim_responses_are_skipped() {
     .await;
     let p = proxy_for(&r).await;
     let mut c = p.h1().await;
-    let (resp, body) = c.get("/apart").await;
-    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"final"[..]));
+    let resp = expect_ok(&mut c, "/apart", "final").await;
     assert!(resp.headers().get("link").is_none(), "103's header leaked");
-    let (resp, body) = c.get("/together").await;
-    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"second"[..]));
+    let resp = expect_ok(&mut c, "/together", "second").await;
     assert!(resp.headers().get("link").is_none(), "103's header leaked");
 
     assert_eq!(r.received().len(), 2);
@@ -579,17 +574,14 @@ async fn content_length_with_chunked_is_decoded_as_chunked_and_not_reused() {
     .await;
     let p = proxy_for(&r).await;
     let mut c = p.h1().await;
-    let (resp, body) = c.get("/both").await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(&body[..], b"hello world");
+    let resp = expect_ok(&mut c, "/both", "hello world").await;
     if let Some(len) = resp.headers().get("content-length") {
         assert_eq!(
             len, "11",
             "the replica's Content-Length must not be relayed"
         );
     }
-    let (resp, body) = c.get("/after").await;
-    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"next"[..]));
+    expect_ok(&mut c, "/after", "next").await;
 
     let got = r.received();
     assert_eq!(got.len(), 2);
@@ -621,8 +613,7 @@ async fn head_204_and_304_responses_have_no_body_and_keep_the_connection() {
         assert_eq!(resp.status(), status);
         assert!(body.is_empty());
     }
-    let (resp, body) = c.get("/last").await;
-    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"last"[..]));
+    expect_ok(&mut c, "/last", "last").await;
 
     let got = r.received();
     assert_eq!(got.len(), 4);
@@ -732,12 +723,10 @@ async fn a_kept_alive_connection_the_replica_closed_is_not_a_502() {
     .await;
     let p = proxy_for(&r).await;
     let mut c = p.h1().await;
-    let (resp, body) = c.get("/first").await;
-    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"first"[..]));
+    expect_ok(&mut c, "/first", "first").await;
     r.ended(1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (resp, body) = c.get("/second").await;
-    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"second"[..]));
+    expect_ok(&mut c, "/second", "second").await;
 
     let got = r.received();
     assert_eq!(got.len(), 2, "the second GET reached the replica once");
@@ -758,10 +747,8 @@ async fn a_pooled_connection_closed_as_a_request_arrives_resends_only_safe_reque
     .await;
     let p = proxy_for(&r).await;
     let mut c = p.h1().await;
-    let (resp, body) = c.get("/warm").await;
-    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"fine"[..]));
-    let (resp, body) = c.get("/raced").await;
-    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"fine"[..]));
+    expect_ok(&mut c, "/warm", "fine").await;
+    expect_ok(&mut c, "/raced", "fine").await;
     let got = r.received();
     let paths: Vec<_> = got
         .iter()
@@ -807,12 +794,7 @@ async fn connection_close_from_the_replica_is_honoured() {
         ("/tokens", "second"),
         ("/after", "third"),
     ] {
-        let (resp, body) = c.get(path).await;
-        assert_eq!(
-            (resp.status().as_u16(), &body[..]),
-            (200, want.as_bytes()),
-            "{path}"
-        );
+        let resp = expect_ok(&mut c, path, want).await;
         // Connection is hop-by-hop: the replica's close is not the client's.
         assert!(resp.headers().get("connection").is_none(), "{path}");
     }
@@ -842,12 +824,7 @@ async fn an_http_1_0_response_is_reused_only_with_keep_alive() {
     let p = proxy_for(&r).await;
     let mut c = p.h1().await;
     for (path, want) in [("/old", "old"), ("/old-kept", "kept"), ("/after", "new")] {
-        let (resp, body) = c.get(path).await;
-        assert_eq!(
-            (resp.status().as_u16(), &body[..]),
-            (200, want.as_bytes()),
-            "{path}"
-        );
+        expect_ok(&mut c, path, want).await;
     }
     let on: Vec<_> = r.received().iter().map(|g| (g.conn, g.nth)).collect();
     assert_eq!(on, [(0, 0), (1, 0), (1, 1)]);
@@ -873,16 +850,10 @@ async fn bytes_past_the_response_are_never_taken_for_the_next_one() {
         ("/after", "real"),
         ("/later", "two"),
     ] {
-        let (resp, body) = c.get(path).await;
-        assert_eq!(
-            (resp.status().as_u16(), &body[..]),
-            (200, want.as_bytes()),
-            "{path}"
-        );
+        expect_ok(&mut c, path, want).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (resp, body) = c.get("/after").await;
-    assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"real"[..]));
+    expect_ok(&mut c, "/after", "real").await;
     let on: Vec<_> = r.received().iter().map(|g| (g.conn, g.nth)).collect();
     // /after reuses the clean connection /same-write's successor opened; /later's surplus
     // makes its connection unusable.

@@ -8,7 +8,7 @@ use std::ops::Range;
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
 
-use super::head::{MAX_HEADERS, content_length};
+use super::head::{MAX_HEADERS, content_length, count_codings};
 
 /// How the request body is delimited on the way to the replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,13 +140,7 @@ pub(crate) fn parse_response(
             length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
-            for coding in value.as_bytes().split(|&b| b == b',') {
-                let coding = coding.trim_ascii();
-                if !coding.is_empty() {
-                    codings += 1;
-                    chunked_last = coding.eq_ignore_ascii_case(b"chunked");
-                }
-            }
+            count_codings(value.as_bytes(), &mut codings, &mut chunked_last);
             // This hop's framing, decided again on the next.
             continue;
         } else if name == header::CONNECTION {

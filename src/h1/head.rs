@@ -98,13 +98,7 @@ pub(super) fn parse(
             lengths += 1;
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
-            for coding in value.as_bytes().split(|&b| b == b',') {
-                let coding = coding.trim_ascii();
-                if !coding.is_empty() {
-                    codings += 1;
-                    chunked_last = coding.eq_ignore_ascii_case(b"chunked");
-                }
-            }
+            count_codings(value.as_bytes(), &mut codings, &mut chunked_last);
         } else if name == header::HOST {
             hosts += 1;
         } else if name == header::CONNECTION {
@@ -169,6 +163,18 @@ pub(super) fn parse(
     *req.version_mut() = version;
     *req.headers_mut() = headers;
     Ok(Some((req, meta)))
+}
+
+/// Count the codings a Transfer-Encoding value lists (over all its lines, called once per
+/// line) and note whether the last one seen is chunked.
+pub(super) fn count_codings(value: &[u8], codings: &mut u32, chunked_last: &mut bool) {
+    for coding in value.split(|&b| b == b',') {
+        let coding = coding.trim_ascii();
+        if !coding.is_empty() {
+            *codings += 1;
+            *chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+        }
+    }
 }
 
 /// A Content-Length value: ASCII digits only (no sign, no list), at most 19 of them.

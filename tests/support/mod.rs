@@ -834,6 +834,27 @@ impl Client {
 
 /// Send raw bytes on a plain TCP connection and read until the server closes or `limit`
 /// bytes arrive.
+/// Asserts a JSON error response: its status, error text and request id, and that it names
+/// no address.
+pub fn assert_json_error(status: u16, resp: &http::Response<()>, body: &[u8], want: (u16, &str)) {
+    assert_eq!(
+        status,
+        want.0,
+        "status; body: {}",
+        String::from_utf8_lossy(body)
+    );
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let rid = resp.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"error": want.1, "request_id": rid}),
+        "error body"
+    );
+    let text = String::from_utf8_lossy(body);
+    assert!(!text.contains("127.0.0.1"), "address leaked: {text}");
+}
+
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(request).await.unwrap();
