@@ -21,14 +21,15 @@ pub(crate) enum RequestFraming {
 }
 
 /// Write a request head: the request line (origin-form target), `host` when given (a request
-/// that came without one), the request's headers less the framing ones, then the framing
-/// this side decided.
+/// that came without one), the request's headers less the framing ones, the `extra` lines
+/// (what the proxy adds), then the framing this side decided.
 pub(crate) fn encode_request(
     dst: &mut Vec<u8>,
     method: &Method,
     target: &str,
-    host: Option<&str>,
+    host: Option<&[u8]>,
     headers: &HeaderMap,
+    extra: &[(&str, &[u8])],
     framing: RequestFraming,
 ) {
     dst.extend_from_slice(method.as_str().as_bytes());
@@ -36,13 +37,16 @@ pub(crate) fn encode_request(
     dst.extend_from_slice(target.as_bytes());
     dst.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = host {
-        super::head::line(dst, b"host", host.as_bytes());
+        super::head::line(dst, b"host", host);
     }
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
         super::head::line(dst, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in extra {
+        super::head::line(dst, name.as_bytes(), value);
     }
     match framing {
         RequestFraming::None => {
@@ -365,21 +369,34 @@ mod tests {
             "/a?b",
             None,
             &h,
+            &[("x-request-id", b"r1")],
             RequestFraming::None,
         );
-        assert_eq!(out, b"GET /a?b HTTP/1.1\r\nhost: app\r\n\r\n");
+        assert_eq!(
+            out,
+            b"GET /a?b HTTP/1.1\r\nhost: app\r\nx-request-id: r1\r\n\r\n"
+        );
         out.clear();
         encode_request(
             &mut out,
             &Method::GET,
             "/",
-            Some("10.0.0.1:80"),
+            Some(b"10.0.0.1:80"),
             &HeaderMap::new(),
+            &[],
             RequestFraming::None,
         );
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: 10.0.0.1:80\r\n\r\n");
         out.clear();
-        encode_request(&mut out, &Method::POST, "/", None, &h, RequestFraming::None);
+        encode_request(
+            &mut out,
+            &Method::POST,
+            "/",
+            None,
+            &h,
+            &[],
+            RequestFraming::None,
+        );
         assert_eq!(
             out,
             b"POST / HTTP/1.1\r\nhost: app\r\ncontent-length: 0\r\n\r\n"
@@ -391,6 +408,7 @@ mod tests {
             "/",
             None,
             &h,
+            &[],
             RequestFraming::Length(12),
         );
         assert_eq!(
@@ -404,6 +422,7 @@ mod tests {
             "/",
             None,
             &h,
+            &[],
             RequestFraming::Chunked,
         );
         assert_eq!(

@@ -144,9 +144,10 @@ pub(super) async fn send(
         Some((proto, on)) => (Some(proto), Some(on)),
         None => (None, None),
     };
-    prepare(&mut parts, upgrade, request_id, conn);
+    let forwarded = prepare(&mut parts, upgrade, request_id, conn);
     relay(
         &parts,
+        &forwarded,
         body,
         uploaded,
         downstream_upgrade,
@@ -166,14 +167,15 @@ pub(super) async fn send_buffered(
     group: &UpstreamGroup,
     upstream: &Upstream,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    prepare(&mut parts, None, request_id, conn);
-    send_prepared(&parts, body, conn, group, upstream).await
+    let forwarded = prepare(&mut parts, None, request_id, conn);
+    send_prepared(&parts, &forwarded, body, conn, group, upstream).await
 }
 
 /// Forward a request already `prepare`d, whose body was already read: what each attempt
 /// of a retried request sends, the same head every time.
 pub(super) async fn send_prepared(
     parts: &http::request::Parts,
+    forwarded: &Forwarded,
     body: bytes::Bytes,
     conn: &std::sync::Arc<ConnInfo>,
     group: &UpstreamGroup,
@@ -181,20 +183,62 @@ pub(super) async fn send_prepared(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (uploaded_tx, uploaded) = oneshot::channel();
     let body = LimitedBody::buffered(body, uploaded_tx);
-    relay(parts, body, uploaded, None, conn, group, upstream).await
+    relay(
+        parts, forwarded, body, uploaded, None, conn, group, upstream,
+    )
+    .await
+}
+
+/// A header line written as it is: name, value.
+type Line<'a> = (&'static str, &'a [u8]);
+
+/// The headers doorman sets on every forwarded request. They are not inserted into the
+/// request's header map (a hash and a probe each, on every request) but written after it
+/// when the head is encoded; the client's own values of these names are taken out of the
+/// map (X-Forwarded-For's are merged in front of the peer's address).
+#[derive(Debug)]
+pub(super) struct Forwarded {
+    /// The Host the request is for: the client's, or (HTTP/2) its :authority.
+    host: Option<HeaderValue>,
+    /// Whether the request carries its own Host header (else `host` is written as one).
+    has_host: bool,
+    for_: HeaderValue,
+    proto: &'static str,
+    request_id: HeaderValue,
+}
+
+impl Forwarded {
+    /// The lines written after the request's own headers, and the Host to write when the
+    /// request has none (the replica's authority as a last resort: HTTP/1.1 requires one).
+    fn lines<'a>(&'a self, upstream: &'a Upstream) -> (Option<&'a [u8]>, [Line<'a>; 4], usize) {
+        let host = match (&self.host, self.has_host) {
+            (_, true) => None,
+            (Some(h), false) => Some(h.as_bytes()),
+            (None, false) => Some(upstream.authority.as_str().as_bytes()),
+        };
+        let mut lines = [("", &b""[..]); 4];
+        let mut n = 0;
+        // Never a client's own X-Forwarded-Host: it would poison links built from it.
+        if let Some(h) = &self.host {
+            lines[n] = ("x-forwarded-host", h.as_bytes());
+            n += 1;
+        }
+        lines[n] = ("x-forwarded-for", self.for_.as_bytes());
+        lines[n + 1] = ("x-forwarded-proto", self.proto.as_bytes());
+        lines[n + 2] = ("x-request-id", self.request_id.as_bytes());
+        (host, lines, n + 3)
+    }
 }
 
 /// The request's head as every replica gets it: hop-by-hop headers out (the upgrade ones
-/// back in when it upgrades), Host kept, X-Forwarded-For appended, X-Forwarded-Proto and
-/// X-Forwarded-Host set, the request id on. Done once per request, however many replicas
-/// are tried. A request with no host at all (HTTP/1.0 without Host) gets the replica's
-/// authority as Host when it is written (`ConnPool::send`).
+/// back in when it upgrades), Host kept, and what `Forwarded` adds. Done once per request,
+/// however many replicas are tried.
 pub(super) fn prepare(
     parts: &mut http::request::Parts,
     upgrade: Option<HeaderValue>,
     request_id: &HeaderValue,
     conn: &ConnInfo,
-) {
+) -> Forwarded {
     // Host is kept: the client's, or (HTTP/2) the :authority it asked for.
     let (host, has_host) = match parts.headers.get(header::HOST) {
         Some(h) => (Some(h.clone()), true),
@@ -213,28 +257,45 @@ pub(super) fn prepare(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto);
     }
-    // Never pass a client's own X-Forwarded-Host: it would poison links built from it.
-    match host {
-        Some(h) => {
-            if !has_host {
-                headers.insert(header::HOST, h.clone());
-            }
-            headers.insert(X_FORWARDED_HOST, h);
-        }
-        None => {
-            headers.remove(X_FORWARDED_HOST);
+    // The client's own values of the names doorman sets: rare, so found in one pass over
+    // the names present and removed only then.
+    let (mut forwarded_for, mut own) = (false, false);
+    for name in headers.keys() {
+        if *name == X_FORWARDED_FOR {
+            forwarded_for = true;
+        } else if *name == X_FORWARDED_HOST || *name == X_FORWARDED_PROTO || *name == X_REQUEST_ID {
+            own = true;
         }
     }
-    append_forwarded_for(headers, &conn.peer_ip);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
-    headers.insert(X_REQUEST_ID, request_id.clone());
+    let for_ = if forwarded_for {
+        forwarded_for_value(headers, &conn.peer_ip)
+    } else {
+        conn.peer_ip.clone()
+    };
+    if forwarded_for {
+        headers.remove(X_FORWARDED_FOR);
+    }
+    if own {
+        headers.remove(X_FORWARDED_HOST);
+        headers.remove(X_FORWARDED_PROTO);
+        headers.remove(X_REQUEST_ID);
+    }
     // Written in origin-form (`/path?query`) whatever the client sent: the replica is
     // reached directly, never through a proxy.
     parts.version = Version::HTTP_11;
+    Forwarded {
+        host,
+        has_host,
+        for_,
+        proto: conn.scheme,
+        request_id: request_id.clone(),
+    }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     parts: &http::request::Parts,
+    forwarded: &Forwarded,
     body: LimitedBody,
     uploaded: oneshot::Receiver<()>,
     downstream_upgrade: Option<OnUpgrade>,
@@ -243,15 +304,14 @@ async fn relay(
     upstream: &Upstream,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let progress = body.progress();
-    // HTTP/1.1 requires a Host: a request that came with none is given the replica's.
-    let host = (!parts.headers.contains_key(header::HOST)).then(|| upstream.authority.as_str());
+    let (host, lines, n) = forwarded.lines(upstream);
     // In flight until the response head: what bounded-load hashing balances.
     let in_flight = crate::upstream::InFlight::new(upstream);
     let m = &upstream.metrics;
     m.selections.inc();
     let sent = std::time::Instant::now();
     let result = tokio::select! {
-        r = upstream.pool.send(parts, host, body) => r.map_err(|e| classify(e, upstream)),
+        r = upstream.pool.send(parts, host, &lines[..n], body) => r.map_err(|e| classify(e, upstream)),
         e = deadlines(uploaded, progress, conn, group.response_timeout) => Err(e),
     };
     let upstream_time = sent.elapsed();
@@ -348,22 +408,15 @@ async fn deadlines(
     ProxyError::UpstreamTimeout
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
-    let mut prior = headers.get_all(X_FORWARDED_FOR).iter().peekable();
-    if prior.peek().is_none() {
-        headers.insert(X_FORWARDED_FOR, ip.clone());
-        return;
-    }
+/// The X-Forwarded-For value to send: the client's own values, in order, then the peer.
+fn forwarded_for_value(headers: &HeaderMap, ip: &HeaderValue) -> HeaderValue {
     let mut joined = Vec::with_capacity(64);
-    for v in prior {
+    for v in headers.get_all(X_FORWARDED_FOR) {
         joined.extend_from_slice(v.as_bytes());
         joined.extend_from_slice(b", ");
     }
     joined.extend_from_slice(ip.as_bytes());
-    match HeaderValue::from_bytes(&joined) {
-        Ok(v) => headers.insert(X_FORWARDED_FOR, v),
-        Err(_) => headers.insert(X_FORWARDED_FOR, ip.clone()),
-    };
+    HeaderValue::from_bytes(&joined).unwrap_or_else(|_| ip.clone())
 }
 
 /// Tell apart who failed: our own body limit, the client's body, or the replica.
@@ -485,9 +538,7 @@ mod tests {
     #[test]
     fn forwarded_for_is_appended() {
         let ip = HeaderValue::from_static("10.0.0.9");
-        let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, &ip);
-        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
+        assert_eq!(forwarded_for_value(&HeaderMap::new(), &ip), "10.0.0.9");
 
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
@@ -495,8 +546,9 @@ mod tests {
             X_FORWARDED_FOR,
             HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
         );
-        append_forwarded_for(&mut h, &ip);
-        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
-        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
+        assert_eq!(
+            forwarded_for_value(&h, &ip),
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"
+        );
     }
 }

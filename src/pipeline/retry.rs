@@ -48,7 +48,7 @@ pub(super) async fn forward_with_retries(
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     );
     // One head for every attempt.
-    forward::prepare(&mut parts, None, &ctx.request_id, conn);
+    let forwarded = forward::prepare(&mut parts, None, &ctx.request_id, conn);
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut attempts = 0;
     let mut current = first;
@@ -58,10 +58,13 @@ pub(super) async fn forward_with_retries(
         ctx.attempts = attempts as u32;
         let upstream = &group.servers[current];
         ctx.upstream = Some(upstream.address);
-        let err = match forward::send_prepared(&parts, body.clone(), conn, group, upstream).await {
-            Ok(resp) => return Ok(resp),
-            Err(e) => e,
-        };
+        let err =
+            match forward::send_prepared(&parts, &forwarded, body.clone(), conn, group, upstream)
+                .await
+            {
+                Ok(resp) => return Ok(resp),
+                Err(e) => e,
+            };
         let safe_to_retry = match &err {
             ProxyError::UpstreamConnect(_) => true,
             ProxyError::UpstreamBroken(_) | ProxyError::UpstreamTimeout => idempotent,

@@ -219,11 +219,13 @@ impl ConnPool {
 
     /// Send a request (written in origin-form) and wait for the response head. The response
     /// body hands the connection back to this pool once it has been read to the end.
-    /// `host` is written as the Host header when the request has none.
+    /// `host` is written as the Host header (for a request that has none), and `extra`'s
+    /// lines after the request's own headers.
     pub async fn send(
         self: &Arc<Self>,
         parts: &http::request::Parts,
-        host: Option<&str>,
+        host: Option<&[u8]>,
+        extra: &[(&str, &[u8])],
         mut body: UpstreamRequestBody,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let framing = if body.is_end_stream() {
@@ -236,13 +238,14 @@ impl ConnPool {
         };
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let head = || {
-            let mut head = Vec::with_capacity(256 + 64 * parts.headers.len());
+            let mut head = Vec::with_capacity(256 + 64 * (parts.headers.len() + extra.len()));
             encode_request(
                 &mut head,
                 &parts.method,
                 target,
                 host,
                 &parts.headers,
+                extra,
                 framing,
             );
             head

@@ -325,11 +325,11 @@ impl UpstreamGroup {
             http::HeaderValue::from_static("doorman-health"),
         );
         // No Host of its own: the replica's authority is written as Host.
-        let host = Some(s.authority.as_str());
+        let host = Some(s.authority.as_str().as_bytes());
         // The whole check, the body included, within the timeout: checks run one replica
         // after another, so one stalled body would stop them all.
         let check = async {
-            let resp = s.pool.send(&parts, host, body).await.ok()?;
+            let resp = s.pool.send(&parts, host, &[], body).await.ok()?;
             let ok = resp.status().is_success() || resp.status().is_redirection();
             // Read to the end, so the pooled connection can be reused.
             http_body_util::BodyExt::collect(resp.into_body())
