@@ -357,77 +357,53 @@ mod tests {
         );
     }
 
+    /// A request head encoded for `method` on `/` (or `target`), as the client writes it.
+    fn head(
+        method: Method,
+        target: &str,
+        host: Option<&[u8]>,
+        headers: &HeaderMap,
+        extra: &[(&str, &[u8])],
+        framing: RequestFraming,
+    ) -> String {
+        let mut out = Vec::new();
+        encode_request(&mut out, &method, target, host, headers, extra, framing);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn request_heads_carry_the_framing_decided_here() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("app"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
-        let mut out = Vec::new();
-        encode_request(
-            &mut out,
-            &Method::GET,
-            "/a?b",
-            None,
-            &h,
-            &[("x-request-id", b"r1")],
-            RequestFraming::None,
+        let rid: &[(&str, &[u8])] = &[("x-request-id", b"r1")];
+        assert_eq!(
+            head(Method::GET, "/a?b", None, &h, rid, RequestFraming::None),
+            "GET /a?b HTTP/1.1\r\nhost: app\r\nx-request-id: r1\r\n\r\n"
+        );
+        let no_headers = HeaderMap::new();
+        assert_eq!(
+            head(
+                Method::GET,
+                "/",
+                Some(b"10.0.0.1:80"),
+                &no_headers,
+                &[],
+                RequestFraming::None
+            ),
+            "GET / HTTP/1.1\r\nhost: 10.0.0.1:80\r\n\r\n"
         );
         assert_eq!(
-            out,
-            b"GET /a?b HTTP/1.1\r\nhost: app\r\nx-request-id: r1\r\n\r\n"
-        );
-        out.clear();
-        encode_request(
-            &mut out,
-            &Method::GET,
-            "/",
-            Some(b"10.0.0.1:80"),
-            &HeaderMap::new(),
-            &[],
-            RequestFraming::None,
-        );
-        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: 10.0.0.1:80\r\n\r\n");
-        out.clear();
-        encode_request(
-            &mut out,
-            &Method::POST,
-            "/",
-            None,
-            &h,
-            &[],
-            RequestFraming::None,
+            head(Method::POST, "/", None, &h, &[], RequestFraming::None),
+            "POST / HTTP/1.1\r\nhost: app\r\ncontent-length: 0\r\n\r\n"
         );
         assert_eq!(
-            out,
-            b"POST / HTTP/1.1\r\nhost: app\r\ncontent-length: 0\r\n\r\n"
-        );
-        out.clear();
-        encode_request(
-            &mut out,
-            &Method::PUT,
-            "/",
-            None,
-            &h,
-            &[],
-            RequestFraming::Length(12),
+            head(Method::PUT, "/", None, &h, &[], RequestFraming::Length(12)),
+            "PUT / HTTP/1.1\r\nhost: app\r\ncontent-length: 12\r\n\r\n"
         );
         assert_eq!(
-            out,
-            b"PUT / HTTP/1.1\r\nhost: app\r\ncontent-length: 12\r\n\r\n"
-        );
-        out.clear();
-        encode_request(
-            &mut out,
-            &Method::POST,
-            "/",
-            None,
-            &h,
-            &[],
-            RequestFraming::Chunked,
-        );
-        assert_eq!(
-            out,
-            b"POST / HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n"
+            head(Method::POST, "/", None, &h, &[], RequestFraming::Chunked),
+            "POST / HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
 }
