@@ -8,7 +8,7 @@ number of requests, and the counters are dumped: instructions ÷ requests. Kerne
 counted (callgrind sees user space only), so this measures exactly the part of the CPU cost
 that doorman's own code decides. Only 127.0.0.1 is used; every load is a fixed count.
 
-Usage: scripts/instructions.py [--binary PATH] [--baseline PATH] [--kinds plain,tls,h2,jwt]
+Usage: scripts/instructions.py [--binary PATH] [--baseline PATH] [--kinds plain,tls,h2,jwt,handshake]
                                [--requests N]
 Writes target/bench/instructions.md.
 """
@@ -16,6 +16,7 @@ import argparse
 import glob
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -30,10 +31,37 @@ URLS = {  # kind -> (url, h2load flags)
     "h2": ("https://127.0.0.1:{tls}/", ["-c", "32", "-m", "10"]),
     # TLS keep-alive with an ES256 token checked (verified-token cache, revocation view).
     "jwt": ("https://127.0.0.1:{tls}/auth/es", ["--h1", "-c", "32", "-H", "Authorization: Bearer {es}"]),
+    # A new TLS 1.3 connection per request (full handshake, no resumption), one at a time.
+    "handshake": ("https://127.0.0.1:{tls}/", None),
 }
+# A handshake costs about ten keep-alive requests: fewer of them give as steady a count.
+HANDSHAKE_SHARE = 20
+
+
+def handshakes(url, n, strict=True):
+    """`n` requests, each on a new TLS connection closed after its response."""
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    ctx = peers.insecure()
+    ctx.set_alpn_protocols(["http/1.1"])
+    ok = 0
+    for _ in range(n):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                reply = b""
+                while chunk := s.recv(4096):
+                    reply += chunk
+            ok += reply.startswith(b"HTTP/1.1 200")
+        except OSError:
+            pass
+    if strict and ok != n:
+        raise SystemExit(f"only {ok} of {n} handshake requests to {url} succeeded")
 
 
 def load(url, flags, n, strict=True):
+    if flags is None:
+        return handshakes(url, n, strict)
     out = subprocess.run(["taskset", "-c", peers.CLIENT_CPU, "h2load", *flags, "-n", str(n), url],
                          capture_output=True, text=True, timeout=600).stdout
     done = [line for line in out.splitlines() if line.startswith("requests:")]
@@ -59,10 +87,13 @@ def count(binary, kind, n, key, crt):
         plain, tls = peers.PORTS["doorman"]
         url, flags = URLS[kind]
         url = url.format(plain=plain, tls=tls)
-        flags = [f.format(es=peers.JWT.es) for f in flags]
+        if flags is None:
+            n = max(n // HANDSHAKE_SHARE, 100)
+        else:
+            flags = [f.format(es=peers.JWT.es) for f in flags]
         # Warm-up: pools, caches, session state, the revocation view's first sync (under
         # valgrind the first requests may outlast the store timeout: not counted).
-        load(url, flags, max(n // 10, 500), strict=False)
+        load(url, flags, max(n // 10, 500 if flags else 20), strict=False)
         pid = str(proc.p.pid)
         subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
         load(url, flags, n)

@@ -9,6 +9,8 @@ use rustls::sign::CertifiedKey;
 
 use crate::config::CertificateSpec;
 
+mod hkdf;
+
 /// ALPN protocols we offer, in order of preference.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
@@ -16,11 +18,17 @@ pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 pub fn cipher_suites() -> [(&'static str, rustls::SupportedCipherSuite); 3] {
     use rustls::crypto::aws_lc_rs::cipher_suite as cs;
     [
-        ("TLS_AES_128_GCM_SHA256", cs::TLS13_AES_128_GCM_SHA256),
-        ("TLS_AES_256_GCM_SHA384", cs::TLS13_AES_256_GCM_SHA384),
+        (
+            "TLS_AES_128_GCM_SHA256",
+            hkdf::suite(cs::TLS13_AES_128_GCM_SHA256),
+        ),
+        (
+            "TLS_AES_256_GCM_SHA384",
+            hkdf::suite(cs::TLS13_AES_256_GCM_SHA384),
+        ),
         (
             "TLS_CHACHA20_POLY1305_SHA256",
-            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            hkdf::suite(cs::TLS13_CHACHA20_POLY1305_SHA256),
         ),
     ]
 }
@@ -34,9 +42,15 @@ pub fn server_config(
     suites: &[rustls::SupportedCipherSuite],
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    if !suites.is_empty() {
-        provider.cipher_suites = suites.to_vec();
-    }
+    provider.cipher_suites = if suites.is_empty() {
+        provider
+            .cipher_suites
+            .into_iter()
+            .map(hkdf::suite)
+            .collect()
+    } else {
+        suites.iter().copied().map(hkdf::suite).collect()
+    };
     let resolver = SniResolver::new(certs)
         .ok_or_else(|| rustls::Error::General("no certificate configured".into()))?;
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
