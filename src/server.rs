@@ -32,6 +32,7 @@ use crate::metrics::{GaugeGuard, Metrics, ProtocolLabels};
 use crate::pipeline::{self, ConnInfo, DownstreamBody, Phase, reached};
 use crate::reload::{self, ReloadRequests, Reloader};
 use crate::snapshot::SharedSnapshot;
+use crate::tls::Corked;
 
 /// The sockets doorman serves, bound before `run` so callers (tests, `demo`) can bind port 0
 /// and learn the real addresses, and so a bind failure is reported before anything starts.
@@ -382,18 +383,31 @@ async fn connection(
             let serving = {
                 // Boxed: the handshake's state (a TLS stream, 1.2 KiB) is needed only until
                 // the stream moves into its HTTP connection, not for the task's whole life.
-                let handshake = Box::pin(tokio::time::timeout(
-                    limits.header_timeout,
-                    acceptor.accept(tcp),
+                // The socket is corked during the handshake (`tls::Corked`): the session
+                // tickets leave with the first response.
+                let deadline = tokio::time::Instant::now() + limits.header_timeout;
+                let handshake = Box::pin(tokio::time::timeout_at(
+                    deadline,
+                    acceptor.accept(Corked::new(tcp)).into_fallible(),
                 ));
                 let tls = match handshake.await {
-                    Ok(Ok(tls)) => {
+                    Ok(Ok(mut tls)) => {
                         Metrics::count(&metrics.tls_handshakes, "ok");
+                        let (tcp, session) = tls.get_mut();
+                        // Did the first request come with the client's Finished? (Processing
+                        // again only reads what rustls holds; an error stays for the read.)
+                        let request_read = session
+                            .process_new_packets()
+                            .is_ok_and(|state| state.plaintext_bytes_to_read() > 0);
+                        tcp.handshake_done(request_read);
                         tls
                     }
-                    Ok(Err(e)) => {
+                    Ok(Err((e, mut io))) => {
                         Metrics::count(&metrics.tls_handshakes, handshake_failure(&e));
                         debug!(error = %e, "TLS handshake failed");
+                        // The alert that says why, within what is left of the deadline.
+                        let alert = std::future::poll_fn(|cx| io.poll_send_held(cx));
+                        let _ = tokio::time::timeout_at(deadline, alert).await;
                         return;
                     }
                     Err(_) => {

@@ -9,7 +9,10 @@ use rustls::sign::CertifiedKey;
 
 use crate::config::CertificateSpec;
 
+mod corked;
 mod hkdf;
+
+pub use corked::Corked;
 
 /// ALPN protocols we offer, in order of preference.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
