@@ -219,11 +219,9 @@ async fn two_instances_share_revocations_through_redis() {
                 _ => cli_revoke(&b.text, &jti, exp).await,
             }
             waits.push(until_status(&mut cb, &token, 401, "B refuses the revoked token").await);
-            assert_eq!(
-                status(&mut ca, &token).await,
-                401,
-                "A refuses it too ({how})"
-            );
+            // A learns of it the same way, but not necessarily before B: it must refuse too,
+            // within the same bound (asserting it at once raced under a loaded machine).
+            until_status(&mut ca, &token, 401, &format!("A refuses it too ({how})")).await;
         }
     }
     // The key written by the CLI and the endpoint carries a TTL (remaining life + leeway).

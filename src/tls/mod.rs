@@ -1,4 +1,5 @@
-//! rustls server configuration: TLS 1.3 only, SNI certificate choice, ALPN h2 + http/1.1.
+//! rustls server configuration: TLS 1.3 only, SNI certificate choice, ALPN h2 + http/1.1;
+//! the suites' key schedule (`hkdf`) and the socket under a TLS stream (`corked`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
