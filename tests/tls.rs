@@ -239,3 +239,59 @@ async fn cipher_suites_set_the_servers_order_and_the_default_follows_the_client(
     assert!(tls_connect(p.addrs.tls, cfg, "localhost").await.is_err());
     p.stop().await;
 }
+
+/// A response after which the connection closes (the client asked) arrives whole, and the
+/// TLS stream then ends with a close_notify (a clean end of stream, not a truncation): doorman
+/// leaves that response's end for the close to flush, with the close_notify, in one write.
+/// Small and large bodies, chunked from the replica, over new connections with tickets.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closing_response_arrives_whole_then_a_close_notify() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (p, _r) = proxy().await;
+    for n in [0usize, 10, 20_000, 300_000] {
+        let cfg = p.pki.client_config(&[b"http/1.1"], &[&TLS13]);
+        let mut tls = tls_connect(p.addrs.tls, cfg, "localhost").await.unwrap();
+        let req =
+            format!("GET /bytes/{n} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        within(
+            "the response and the end of the stream",
+            tls.read_to_end(&mut got),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{n} bytes: the stream did not end cleanly: {e}"));
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{n}: {text:.200}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{n}: {text:.300}"
+        );
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let body = decode_chunked(&got[head_end..]);
+        assert_eq!(body.len(), n, "{n}: body length");
+    }
+    p.stop().await;
+}
+
+/// The body of a chunked HTTP/1.1 message (no trailers).
+fn decode_chunked(mut data: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap(), 16).unwrap();
+        data = &data[line_end + 2..];
+        if size == 0 {
+            assert_eq!(data, b"\r\n", "the message ends after the last chunk");
+            return body;
+        }
+        body.extend_from_slice(&data[..size]);
+        assert_eq!(&data[size..size + 2], b"\r\n");
+        data = &data[size + 2..];
+    }
+}

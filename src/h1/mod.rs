@@ -454,23 +454,28 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
             sent: 0,
             ended: false,
         };
+        // The connection closes after this response: its end is left for the close to flush.
+        let closes = !keep_alive && !upgrading;
         let mut ended = framing == BodyFraming::None || body.is_end_stream();
         if !ended {
             // The replica's head and body usually arrive together: one write for both.
             if let Some(frame) = futures_util::FutureExt::now_or_never(body.frame()) {
-                if let Some(data) = writer.frame(frame, &mut out)? {
+                let data = writer.frame(frame, &mut out)?;
+                ended = writer.ended || body.is_end_stream();
+                if let Some(data) = data {
                     let suffix = writer.suffix();
-                    self.send([&out, &data, suffix], &mut feeder, &mut unfinished)
+                    let last = closes && ended;
+                    self.send([&out, &data, suffix], &mut feeder, &mut unfinished, last)
                         .await?;
                     out.clear();
                 }
-                ended = writer.ended || body.is_end_stream();
             }
         }
         if ended {
             writer.finish(&mut out);
         }
-        self.send([&out, &[], &[]], &mut feeder, &mut unfinished)
+        let last = closes && ended;
+        self.send([&out, &[], &[]], &mut feeder, &mut unfinished, last)
             .await?;
         while !ended {
             out.clear();
@@ -494,15 +499,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
             };
             let data = writer.frame(frame, &mut out)?;
             ended = writer.ended || body.is_end_stream();
+            let last = closes && ended;
             match data {
                 Some(data) => {
                     let suffix = writer.suffix();
-                    self.send([&out, &data, suffix], &mut feeder, &mut unfinished)
+                    self.send([&out, &data, suffix], &mut feeder, &mut unfinished, last)
                         .await?;
                     out.clear();
                     if ended {
                         writer.finish(&mut out);
-                        self.send([&out, &[], &[]], &mut feeder, &mut unfinished)
+                        self.send([&out, &[], &[]], &mut feeder, &mut unfinished, last)
                             .await?;
                     }
                 }
@@ -510,7 +516,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
                     if ended {
                         writer.finish(&mut out);
                     }
-                    self.send([&out, &[], &[]], &mut feeder, &mut unfinished)
+                    self.send([&out, &[], &[]], &mut feeder, &mut unfinished, last)
                         .await?;
                 }
             }
@@ -539,14 +545,22 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
     /// Write `parts` and flush. While a request body is still arriving, it keeps being read
     /// meanwhile: a client that sends its whole body before reading would otherwise
     /// deadlock against a response larger than the socket buffers.
+    ///
+    /// `last`: the end of a response after which the connection closes. It is not flushed
+    /// here: the close flushes it, and over TLS its close_notify then leaves in the same
+    /// write (`tls::Corked` holds writes until a flush).
     async fn send(
         &mut self,
         parts: [&[u8]; 3],
         feeder: &mut Option<Feeder>,
         unfinished: &mut bool,
+        last: bool,
     ) -> io::Result<()> {
         if feeder.is_none() {
             write_all_vectored(&mut self.io, parts).await?;
+            if last {
+                return Ok(());
+            }
             return self.io.flush().await;
         }
         let (io, buf) = (&mut self.io, &mut self.buf);

@@ -1,18 +1,19 @@
-//! The TCP stream under a downstream TLS connection: the session tickets leave with the
-//! first response instead of in a packet of their own.
+//! The TCP stream under a downstream TLS connection: fewer, fuller writes.
 //!
 //! A TLS 1.3 server sends its session tickets once it has read the client's Finished, and
-//! tokio-rustls writes them straight away. A client sends its first request with its
-//! Finished, so the response follows a moment later, in a second write: two packets where
-//! one would do, on every new connection (a tenth of a short connection's writes).
+//! tokio-rustls writes them straight away; a client sends its first request with its
+//! Finished, so the response follows a moment later in a second write. A connection that
+//! closes after its response then writes its close_notify in a third. Three packets where
+//! one would do, on every short connection.
 //!
 //! [`Corked`] holds what is written during the handshake and sends it when the handshake
 //! must wait for the client — just before a read that would block — so the server's
-//! flight leaves exactly when it did. What is still held when the handshake ends (the
-//! tickets) goes out in the same system call as the connection's next write, its flush or
-//! its shutdown, whichever comes first, when the first request has already come (most
-//! clients send it with their Finished); otherwise also before the first read that would
-//! block, as before (see [`Corked::handshake_done`]).
+//! flight leaves exactly when it did. After the handshake, writes wait for a flush (up to
+//! 16 KiB; more goes straight out, the held bytes first): the tickets leave with the first
+//! response, and a closing connection's last response with its close_notify, when the
+//! shutdown flushes them (`h1` does not flush the end of such a response itself). A client
+//! whose first request has not come yet gets the tickets on the first read that would
+//! block instead (see [`Corked::handshake_done`]).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -23,6 +24,10 @@ use tokio::net::TcpStream;
 
 /// How many of the caller's slices go in one vectored write beside the held bytes.
 const SLICES: usize = 15;
+
+/// After the handshake, writes wait for a flush while they add up to no more than this
+/// (the records of a response; then, on a connection that closes, its close_notify).
+const HOLD: usize = 16 * 1024;
 
 pub struct Corked {
     tcp: TcpStream,
@@ -112,13 +117,12 @@ impl AsyncWrite for Corked {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.handshaking {
-            let mut n = 0;
+        let incoming: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.handshaking || this.held.len() + incoming <= HOLD {
             for b in bufs {
                 this.held.extend_from_slice(b);
-                n += b.len();
             }
-            return Poll::Ready(Ok(n));
+            return Poll::Ready(Ok(incoming));
         }
         while !this.held.is_empty() {
             let mut slices = [IoSlice::new(&[]); SLICES + 1];
@@ -215,16 +219,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bytes_held_at_the_handshakes_end_leave_with_the_next_write() {
+    async fn bytes_held_at_the_handshakes_end_leave_with_the_next_flushed_write() {
         let (mut corked, mut peer) = pair().await;
         corked.write_all(b"tickets|").await.unwrap();
         corked.flush().await.unwrap();
         corked.handshake_done(true);
         assert_eq!(arrived(&mut peer).await, b"");
         corked.write_all(b"response").await.unwrap();
+        assert_eq!(arrived(&mut peer).await, b"", "a write waits for its flush");
+        corked.flush().await.unwrap();
         assert_eq!(arrived(&mut peer).await, b"tickets|response");
-        corked.write_all(b"|next").await.unwrap();
-        assert_eq!(arrived(&mut peer).await, b"|next");
+        corked.write_all(b"|last").await.unwrap();
+        corked.write_all(b"|close_notify").await.unwrap();
+        corked.shutdown().await.unwrap();
+        assert_eq!(arrived(&mut peer).await, b"|last|close_notify");
+    }
+
+    #[tokio::test]
+    async fn a_write_past_the_hold_limit_goes_out_at_once_after_the_held_bytes() {
+        let (mut corked, mut peer) = pair().await;
+        corked.handshake_done(true);
+        corked.write_all(b"head|").await.unwrap();
+        let big = vec![b'x'; HOLD];
+        corked.write_all(&big).await.unwrap();
+        let got = arrived(&mut peer).await;
+        assert_eq!(got.len(), 5 + HOLD, "sent without a flush");
+        assert!(got.starts_with(b"head|x"));
     }
 
     #[tokio::test]
@@ -258,6 +278,7 @@ mod tests {
             "a read ahead does not send the tickets"
         );
         corked.write_all(b"d").await.unwrap();
+        corked.flush().await.unwrap();
         assert_eq!(arrived(&mut peer).await, b"cd");
     }
 
