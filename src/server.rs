@@ -383,8 +383,8 @@ async fn connection(
             let serving = {
                 // Boxed: the handshake's state (a TLS stream, 1.2 KiB) is needed only until
                 // the stream moves into its HTTP connection, not for the task's whole life.
-                // The socket is corked during the handshake (`tls::Corked`): the session
-                // tickets leave with the first response.
+                // The socket holds writes for a flush (`tls::Corked`): fewer, fuller
+                // writes, such as a closing response with its close_notify.
                 let deadline = tokio::time::Instant::now() + limits.header_timeout;
                 let handshake = Box::pin(tokio::time::timeout_at(
                     deadline,
@@ -393,13 +393,7 @@ async fn connection(
                 let tls = match handshake.await {
                     Ok(Ok(mut tls)) => {
                         Metrics::count(&metrics.tls_handshakes, "ok");
-                        let (tcp, session) = tls.get_mut();
-                        // Did the first request come with the client's Finished? (Processing
-                        // again only reads what rustls holds; an error stays for the read.)
-                        let request_read = session
-                            .process_new_packets()
-                            .is_ok_and(|state| state.plaintext_bytes_to_read() > 0);
-                        tcp.handshake_done(request_read);
+                        tls.get_mut().0.handshake_done();
                         tls
                     }
                     Ok(Err((e, mut io))) => {

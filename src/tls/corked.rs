@@ -1,19 +1,21 @@
 //! The TCP stream under a downstream TLS connection: fewer, fuller writes.
 //!
-//! A TLS 1.3 server sends its session tickets once it has read the client's Finished, and
-//! tokio-rustls writes them straight away; a client sends its first request with its
-//! Finished, so the response follows a moment later in a second write. A connection that
-//! closes after its response then writes its close_notify in a third. Three packets where
-//! one would do, on every short connection.
+//! tokio-rustls writes each TLS flight as it is produced. [`Corked`] holds writes instead:
+//! - during the handshake, until the handshake must wait for the client (a read that would
+//!   block), so the server's flight leaves exactly when it did, in one write;
+//! - after it, until a flush, a shutdown or a read that would block (up to 16 KiB; more goes
+//!   straight out, the held bytes first). A connection that closes after its response
+//!   leaves the response unflushed (`h1`), and the shutdown sends it together with the TLS
+//!   close_notify: one write where there were two, on every short connection.
 //!
-//! [`Corked`] holds what is written during the handshake and sends it when the handshake
-//! must wait for the client — just before a read that would block — so the server's
-//! flight leaves exactly when it did. After the handshake, writes wait for a flush (up to
-//! 16 KiB; more goes straight out, the held bytes first): the tickets leave with the first
-//! response, and a closing connection's last response with its close_notify, when the
-//! shutdown flushes them (`h1` does not flush the end of such a response itself). A client
-//! whose first request has not come yet gets the tickets on the first read that would
-//! block instead (see [`Corked::handshake_done`]).
+//! A read that would block always sends what is held, because the client may be waiting
+//! for it: the session tickets, written at the handshake's end, go before the connection
+//! first waits for the client. Holding them for the first response would save another
+//! write, but a client with Nagle's algorithm on holds a small write until its last one is
+//! acknowledged, and without a packet from us that acknowledgement waits for the
+//! delayed-ACK timer: measured, a Python client's first request waited 44 ms. Bytes still
+//! held when the stream is dropped (an alert after a failed record) are sent if the socket
+//! takes them at once.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -35,9 +37,6 @@ pub struct Corked {
     /// Until [`Corked::handshake_done`]: every write is held, and flushes wait for a read
     /// that would block.
     handshaking: bool,
-    /// A read that would block sends what is held: during the handshake, and after it
-    /// until the first request's bytes are read.
-    send_on_wait: bool,
 }
 
 impl Corked {
@@ -46,18 +45,12 @@ impl Corked {
             tcp,
             held: Vec::new(),
             handshaking: true,
-            send_on_wait: true,
         }
     }
 
-    /// The handshake is over: writes go to the socket, the held bytes first. When the
-    /// first request has not come with the client's Finished (`request_read` false), the
-    /// held bytes also go as soon as a read would block: a client with Nagle's algorithm on
-    /// holds its request back until its Finished is acknowledged, and without a packet
-    /// from us that acknowledgement waits for the delayed-ACK timer (40 ms).
-    pub fn handshake_done(&mut self, request_read: bool) {
+    /// The handshake is over: flushes send what is held from now on.
+    pub fn handshake_done(&mut self) {
         self.handshaking = false;
-        self.send_on_wait = !request_read;
     }
 
     /// Send what is held (a failed handshake's alert, before the socket is dropped).
@@ -81,22 +74,12 @@ impl AsyncRead for Corked {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
         match Pin::new(&mut this.tcp).poll_read(cx, buf) {
             // About to wait for the client, which may be waiting for what is held.
-            Poll::Pending if this.send_on_wait && !this.held.is_empty() => {
-                match this.poll_send_held(cx) {
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    _ => Poll::Pending,
-                }
-            }
-            Poll::Ready(Ok(())) if !this.handshaking && buf.filled().len() > before => {
-                // The request is here: what is held (tickets, which the client needs
-                // nothing from to go on) waits for its response, even while the
-                // connection reads ahead.
-                this.send_on_wait = false;
-                Poll::Ready(Ok(()))
-            }
+            Poll::Pending if !this.held.is_empty() => match this.poll_send_held(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                _ => Poll::Pending,
+            },
             other => other,
         }
     }
@@ -168,8 +151,26 @@ impl AsyncWrite for Corked {
     }
 }
 
+impl Drop for Corked {
+    fn drop(&mut self) {
+        // What the connection wrote last and never flushed (an alert tokio-rustls wrote
+        // before giving up on a bad record): sent if the socket takes it now, as it would
+        // have been without the hold.
+        while !self.held.is_empty() {
+            match self.tcp.try_write(&self.held) {
+                Ok(n) if n > 0 => {
+                    self.held.drain(..n);
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -187,7 +188,7 @@ mod tests {
         let mut got = Vec::new();
         let mut buf = [0u8; 256];
         while let Ok(Ok(n)) =
-            tokio::time::timeout(std::time::Duration::from_millis(100), peer.read(&mut buf)).await
+            tokio::time::timeout(Duration::from_millis(100), peer.read(&mut buf)).await
         {
             if n == 0 {
                 break;
@@ -195,6 +196,13 @@ mod tests {
             got.extend_from_slice(&buf[..n]);
         }
         got
+    }
+
+    /// A read finds nothing (the peer has sent nothing) and waits: it is given up on.
+    async fn nothing_to_read(corked: &mut Corked) {
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(Duration::from_millis(50), corked.read(&mut buf));
+        assert!(read.await.is_err(), "the read should have found nothing");
     }
 
     #[tokio::test]
@@ -209,9 +217,7 @@ mod tests {
         );
         // The handshake reads: nothing has come, so the flight goes out before it waits.
         let mut buf = [0u8; 16];
-        let read =
-            tokio::time::timeout(std::time::Duration::from_millis(50), corked.read(&mut buf));
-        assert!(read.await.is_err(), "nothing to read yet");
+        nothing_to_read(&mut corked).await;
         assert_eq!(arrived(&mut peer).await, b"flight");
         peer.write_all(b"finished").await.unwrap();
         let n = corked.read(&mut buf).await.unwrap();
@@ -223,7 +229,7 @@ mod tests {
         let (mut corked, mut peer) = pair().await;
         corked.write_all(b"tickets|").await.unwrap();
         corked.flush().await.unwrap();
-        corked.handshake_done(true);
+        corked.handshake_done();
         assert_eq!(arrived(&mut peer).await, b"");
         corked.write_all(b"response").await.unwrap();
         assert_eq!(arrived(&mut peer).await, b"", "a write waits for its flush");
@@ -238,7 +244,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_past_the_hold_limit_goes_out_at_once_after_the_held_bytes() {
         let (mut corked, mut peer) = pair().await;
-        corked.handshake_done(true);
+        corked.handshake_done();
         corked.write_all(b"head|").await.unwrap();
         let big = vec![b'x'; HOLD];
         corked.write_all(&big).await.unwrap();
@@ -248,16 +254,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn held_bytes_go_on_flush_or_shutdown_but_not_a_read_after_the_handshake() {
+    async fn after_the_handshake_held_bytes_go_on_flush_shutdown_a_blocked_read_or_drop() {
         let (mut corked, mut peer) = pair().await;
+        corked.handshake_done();
         corked.write_all(b"a").await.unwrap();
-        corked.handshake_done(true);
+        assert_eq!(arrived(&mut peer).await, b"", "held for a flush");
         corked.flush().await.unwrap();
         assert_eq!(arrived(&mut peer).await, b"a");
 
         let (mut corked, mut peer) = pair().await;
         corked.write_all(b"b").await.unwrap();
-        corked.handshake_done(true);
+        corked.handshake_done();
         corked.shutdown().await.unwrap();
         assert_eq!(
             arrived(&mut peer).await,
@@ -265,52 +272,19 @@ mod tests {
             "sent, then the end of the stream"
         );
 
-        let (mut corked, mut peer) = pair().await;
-        corked.write_all(b"c").await.unwrap();
-        corked.handshake_done(true);
-        let mut buf = [0u8; 4];
-        let read =
-            tokio::time::timeout(std::time::Duration::from_millis(50), corked.read(&mut buf));
-        assert!(read.await.is_err());
-        assert_eq!(
-            arrived(&mut peer).await,
-            b"",
-            "a read ahead does not send the tickets"
-        );
-        corked.write_all(b"d").await.unwrap();
-        corked.flush().await.unwrap();
-        assert_eq!(arrived(&mut peer).await, b"cd");
-    }
-
-    #[tokio::test]
-    async fn without_a_request_yet_held_bytes_go_when_the_first_read_would_block() {
+        // The tickets, held at the handshake's end: the client may wait for a packet.
         let (mut corked, mut peer) = pair().await;
         corked.write_all(b"tickets").await.unwrap();
-        corked.handshake_done(false);
-        let mut buf = [0u8; 8];
-        let read =
-            tokio::time::timeout(std::time::Duration::from_millis(50), corked.read(&mut buf));
-        assert!(read.await.is_err());
-        assert_eq!(
-            arrived(&mut peer).await,
-            b"tickets",
-            "the client's Finished acknowledged"
-        );
-        // Once the request is read, later held bytes wait for a write again.
-        peer.write_all(b"GET").await.unwrap();
-        let n = corked.read(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"GET");
-        corked.held.extend_from_slice(b"more");
-        let read =
-            tokio::time::timeout(std::time::Duration::from_millis(50), corked.read(&mut buf));
-        assert!(read.await.is_err());
-        assert_eq!(
-            arrived(&mut peer).await,
-            b"",
-            "a read ahead does not send them"
-        );
-        corked.flush().await.unwrap();
-        assert_eq!(arrived(&mut peer).await, b"more");
+        corked.handshake_done();
+        nothing_to_read(&mut corked).await;
+        assert_eq!(arrived(&mut peer).await, b"tickets");
+
+        // Dropped unflushed: sent if the socket takes it at once.
+        let (mut corked, mut peer) = pair().await;
+        corked.handshake_done();
+        corked.write_all(b"alert").await.unwrap();
+        drop(corked);
+        assert_eq!(arrived(&mut peer).await, b"alert");
     }
 
     #[tokio::test]
@@ -318,7 +292,7 @@ mod tests {
         let (mut corked, mut peer) = pair().await;
         let held: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         corked.write_all(&held).await.unwrap();
-        corked.handshake_done(true);
+        corked.handshake_done();
         let parts: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 1000]).collect();
         let reader = tokio::spawn(async move {
             let mut all = Vec::new();
