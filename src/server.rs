@@ -383,14 +383,14 @@ async fn connection(
             let serving = {
                 // Boxed: the handshake's state (a TLS stream, 1.2 KiB) is needed only until
                 // the stream moves into its HTTP connection, not for the task's whole life.
-                // The socket holds writes for a flush (`tls::Corked`): fewer, fuller
-                // writes, such as a closing response with its close_notify.
+                // The socket can hold writes (`tls::Corked`): a closing response leaves
+                // with its close_notify.
                 let deadline = tokio::time::Instant::now() + limits.header_timeout;
                 let handshake = Box::pin(tokio::time::timeout_at(
                     deadline,
                     acceptor.accept(Corked::new(tcp)).into_fallible(),
                 ));
-                let tls = match handshake.await {
+                let mut tls = match handshake.await {
                     Ok(Ok(mut tls)) => {
                         Metrics::count(&metrics.tls_handshakes, "ok");
                         tls.get_mut().0.handshake_done();
@@ -423,6 +423,7 @@ async fn connection(
                     limits.idle_timeout,
                     Some(open(if http == Http::H2 { "h2" } else { "h1" })),
                 ));
+                tls.get_mut().0.hold_when(conn.hold_writes.clone());
                 serve(tls, http, conn, limits, snapshot)
             };
             serving.await
@@ -551,7 +552,14 @@ where
         // counts them as it does HTTP/2's; both get the same JSON 431.
         max_head: (settings.max_header_bytes * 2).max(16 * 1024),
     };
-    h1::Connection::new(io, read, service, limits, conn.linger.clone())
+    h1::Connection::new(
+        io,
+        read,
+        service,
+        limits,
+        conn.linger.clone(),
+        conn.hold_writes.clone(),
+    )
 }
 
 /// One request through the pipeline, under the snapshot current when it starts (kept to

@@ -114,13 +114,15 @@ impl fmt::Debug for Connection {
 
 impl Connection {
     /// Serve `io`, whose first bytes (already read, e.g. to sniff the protocol) are `read`.
-    /// `linger` is set when the connection closes with a request body unread.
+    /// `linger` is set when the connection closes with a request body unread; `hold` just
+    /// before the last write of a response after which it closes (see `send`).
     pub fn new<I, S, F, B>(
         io: I,
         read: BytesMut,
         service: S,
         limits: Limits,
         linger: Arc<AtomicBool>,
+        hold: Arc<AtomicBool>,
     ) -> Self
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -137,6 +139,7 @@ impl Connection {
             limits,
             closing: closing.clone(),
             linger,
+            hold,
         };
         Connection {
             serving: Box::pin(state.run(service)),
@@ -171,6 +174,7 @@ struct Serving<I> {
     limits: Limits,
     closing: Arc<AtomicBool>,
     linger: Arc<AtomicBool>,
+    hold: Arc<AtomicBool>,
 }
 
 /// How the exchange of one request ended, for the connection.
@@ -547,8 +551,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
     /// deadlock against a response larger than the socket buffers.
     ///
     /// `last`: the end of a response after which the connection closes. It is not flushed
-    /// here: the close flushes it, and over TLS its close_notify then leaves in the same
-    /// write (`tls::Corked` holds writes until a flush).
+    /// here, and `hold` asks a TLS socket (`tls::Corked`) to keep it: the close sends it
+    /// and the close_notify in one write.
     async fn send(
         &mut self,
         parts: [&[u8]; 3],
@@ -557,10 +561,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         last: bool,
     ) -> io::Result<()> {
         if feeder.is_none() {
-            write_all_vectored(&mut self.io, parts).await?;
             if last {
-                return Ok(());
+                self.hold.store(true, Ordering::Relaxed);
+                return write_all_vectored(&mut self.io, parts).await;
             }
+            write_all_vectored(&mut self.io, parts).await?;
             return self.io.flush().await;
         }
         let (io, buf) = (&mut self.io, &mut self.buf);

@@ -1,12 +1,15 @@
 //! The TCP stream under a downstream TLS connection: fewer, fuller writes.
 //!
-//! tokio-rustls writes each TLS flight as it is produced. [`Corked`] holds writes instead:
+//! tokio-rustls writes each TLS flight as it is produced. [`Corked`] holds writes when
+//! holding saves one:
 //! - during the handshake, until the handshake must wait for the client (a read that would
 //!   block), so the server's flight leaves exactly when it did, in one write;
-//! - after it, until a flush, a shutdown or a read that would block (up to 16 KiB; more goes
-//!   straight out, the held bytes first). A connection that closes after its response
-//!   leaves the response unflushed (`h1`), and the shutdown sends it together with the TLS
-//!   close_notify: one write where there were two, on every short connection.
+//! - after it, while the connection asks (`h1` sets the flag given to
+//!   [`Corked::hold_when`] before the last write of a response after which it closes),
+//!   until a flush, a shutdown or a read that would block (up to 16 KiB; more goes straight
+//!   out, the held bytes first). The shutdown then sends that response and the TLS
+//!   close_notify in one write, where there were two, on every short connection. Any other
+//!   write goes straight to the socket, after whatever is still held.
 //!
 //! A read that would block always sends what is held, because the client may be waiting
 //! for it: the session tickets, written at the handshake's end, go before the connection
@@ -14,11 +17,12 @@
 //! write, but a client with Nagle's algorithm on holds a small write until its last one is
 //! acknowledged, and without a packet from us that acknowledgement waits for the
 //! delayed-ACK timer: measured, a Python client's first request waited 44 ms. Bytes still
-//! held when the stream is dropped (an alert after a failed record) are sent if the socket
-//! takes them at once.
+//! held when the stream is dropped are sent if the socket takes them at once.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -27,8 +31,8 @@ use tokio::net::TcpStream;
 /// How many of the caller's slices go in one vectored write beside the held bytes.
 const SLICES: usize = 15;
 
-/// After the handshake, writes wait for a flush while they add up to no more than this
-/// (the records of a response; then, on a connection that closes, its close_notify).
+/// After the handshake, held writes wait for a flush while they add up to no more than
+/// this (the records of a closing response, then its close_notify).
 const HOLD: usize = 16 * 1024;
 
 pub struct Corked {
@@ -37,6 +41,8 @@ pub struct Corked {
     /// Until [`Corked::handshake_done`]: every write is held, and flushes wait for a read
     /// that would block.
     handshaking: bool,
+    /// After the handshake, writes are held while this is set (see the module's doc).
+    hold: Option<Arc<AtomicBool>>,
 }
 
 impl Corked {
@@ -45,12 +51,26 @@ impl Corked {
             tcp,
             held: Vec::new(),
             handshaking: true,
+            hold: None,
         }
     }
 
     /// The handshake is over: flushes send what is held from now on.
     pub fn handshake_done(&mut self) {
         self.handshaking = false;
+    }
+
+    /// After the handshake, hold writes for a flush while `flag` is set.
+    pub fn hold_when(&mut self, flag: Arc<AtomicBool>) {
+        self.hold = Some(flag);
+    }
+
+    fn holding(&self) -> bool {
+        self.handshaking
+            || self
+                .hold
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
     /// Send what is held (a failed handshake's alert, before the socket is dropped).
@@ -101,7 +121,7 @@ impl AsyncWrite for Corked {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let incoming: usize = bufs.iter().map(|b| b.len()).sum();
-        if this.handshaking || this.held.len() + incoming <= HOLD {
+        if this.holding() && (this.handshaking || this.held.len() + incoming <= HOLD) {
             for b in bufs {
                 this.held.extend_from_slice(b);
             }
@@ -198,6 +218,13 @@ mod tests {
         got
     }
 
+    /// Gives `corked` a hold flag, unset, and returns it.
+    fn flagged(corked: &mut Corked) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        corked.hold_when(flag.clone());
+        flag
+    }
+
     /// A read finds nothing (the peer has sent nothing) and waits: it is given up on.
     async fn nothing_to_read(corked: &mut Corked) {
         let mut buf = [0u8; 8];
@@ -225,18 +252,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bytes_held_at_the_handshakes_end_leave_with_the_next_flushed_write() {
+    async fn after_the_handshake_writes_go_at_once_unless_the_connection_asks_to_hold() {
         let (mut corked, mut peer) = pair().await;
+        let hold = flagged(&mut corked);
         corked.write_all(b"tickets|").await.unwrap();
         corked.flush().await.unwrap();
         corked.handshake_done();
         assert_eq!(arrived(&mut peer).await, b"");
+        // Not asked to hold: a write goes at once, what is still held first.
         corked.write_all(b"response").await.unwrap();
-        assert_eq!(arrived(&mut peer).await, b"", "a write waits for its flush");
-        corked.flush().await.unwrap();
         assert_eq!(arrived(&mut peer).await, b"tickets|response");
+        // Asked to hold (a closing response): held until the shutdown, with what follows.
+        hold.store(true, Ordering::Relaxed);
         corked.write_all(b"|last").await.unwrap();
         corked.write_all(b"|close_notify").await.unwrap();
+        assert_eq!(arrived(&mut peer).await, b"");
         corked.shutdown().await.unwrap();
         assert_eq!(arrived(&mut peer).await, b"|last|close_notify");
     }
@@ -244,6 +274,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_past_the_hold_limit_goes_out_at_once_after_the_held_bytes() {
         let (mut corked, mut peer) = pair().await;
+        flagged(&mut corked).store(true, Ordering::Relaxed);
         corked.handshake_done();
         corked.write_all(b"head|").await.unwrap();
         let big = vec![b'x'; HOLD];
@@ -256,6 +287,7 @@ mod tests {
     #[tokio::test]
     async fn after_the_handshake_held_bytes_go_on_flush_shutdown_a_blocked_read_or_drop() {
         let (mut corked, mut peer) = pair().await;
+        flagged(&mut corked).store(true, Ordering::Relaxed);
         corked.handshake_done();
         corked.write_all(b"a").await.unwrap();
         assert_eq!(arrived(&mut peer).await, b"", "held for a flush");
@@ -281,6 +313,7 @@ mod tests {
 
         // Dropped unflushed: sent if the socket takes it at once.
         let (mut corked, mut peer) = pair().await;
+        flagged(&mut corked).store(true, Ordering::Relaxed);
         corked.handshake_done();
         corked.write_all(b"alert").await.unwrap();
         drop(corked);
