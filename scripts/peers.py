@@ -8,7 +8,7 @@ proxy's CPU time per request (utime + stime from /proc over the run / completed 
 Every run is bounded in time and aimed at 127.0.0.1 only. Writes target/bench/report.md.
 
 Scenarios (--only takes a comma-separated subset): plain, tls, handshake, h2, jwt_es,
-jwt_hs, idem_first, idem_replay, sticky, rate, rate_h1, idle. A redis-server on port 16379 (CPU 1)
+jwt_hs, idem_first, idem_replay, sticky, rate, rate_tls, rate_h1, idle. A redis-server on port 16379 (CPU 1)
 holds doorman's revocation list and idempotency records; JWT keys are generated per run.
 
 Usage: scripts/peers.py [--runs N] [--seconds S] [--connections C] [--only SCENARIO,...]
@@ -450,15 +450,32 @@ def wrk(url, seconds, connections, close=False, headers=(), script=None, script_
     return {"requests": requests, "p50": lat(50), "p90": lat(90), "p99": lat(99), "errors": errors}
 
 
+# The fixed-rate scenarios: 4,000 requests/s from 64 connections at 62.5 each. h2load's
+# --rps timer fires every max(10 ms, 1/rps) from the moment its connection is ready, and
+# with one stream per connection releases one request per firing: at 250/s per connection
+# a connection sends a chain of 2-3 requests every 10 ms, and the 16 connections' chains
+# line up as tightly as the proxy finished their handshakes -- a proxy with faster
+# handshakes got a burstier load. Below 100/s per connection the timer fires once per
+# request, and `-r 2 --rate-period 1ms` starts the connections two per millisecond (faster
+# than any proxy here completes two handshakes), so their timers' phases, and the load, are
+# the same for every proxy: four requests in each millisecond of the 16 ms period.
+RATE_CONNECTIONS, RATE_PER_CONNECTION = 64, 62.5
+
+
 def h2load(url, seconds, connections, rps=None, h1=False):
-    """h2load over TLS (h2). With `rps`, each connection sends at that fixed rate (one
-    stream at a time); otherwise 10 concurrent streams per connection, as fast as it can.
-    Latency percentiles come from its per-request log."""
+    """h2load over TLS (h2). With `rps` (the total rate), RATE_CONNECTIONS connections each
+    send at an equal share of it, one stream at a time, for `seconds`; otherwise 10
+    concurrent streams per connection, as fast as it can, for `seconds`. Latency
+    percentiles come from its per-request log."""
     log = WORK / "h2load.log"
     log.unlink(missing_ok=True)
-    args = ["taskset", "-c", CLIENT_CPU, "h2load", "-D", str(seconds), "-c", str(connections),
-            "-t", "1", f"--log-file={log}"]
-    args += ["--rps", str(rps), "-m", "1"] if rps else ["-m", "10"]
+    args = ["taskset", "-c", CLIENT_CPU, "h2load", "-t", "1", f"--log-file={log}"]
+    if rps:
+        assert rps == RATE_CONNECTIONS * RATE_PER_CONNECTION
+        args += ["-n", str(int(rps * seconds)), "-c", str(RATE_CONNECTIONS),
+                 "--rps", str(RATE_PER_CONNECTION), "-r", "2", "--rate-period", "1ms", "-m", "1"]
+    else:
+        args += ["-D", str(seconds), "-c", str(connections), "-m", "10"]
     if h1:
         args.append("--h1")
     out = subprocess.run([*args, url], check=True, capture_output=True, text=True,
@@ -587,10 +604,13 @@ SCENARIOS = {
     "sticky": ("plain HTTP/1.1 GET, consistent hash on a header (1,000 keys)", None,
                lambda proxy, s, c: wrk(f"http://127.0.0.1:{PORTS[proxy][0]}/sticky", s, c,
                                        script=lua("sticky", STICKY_LUA))),
-    "rate": ("HTTP/2 over TLS at a fixed 4,000 req/s (16 connections × 250)", None,
-             lambda proxy, s, c: h2load(f"https://127.0.0.1:{PORTS[proxy][1]}/", s, 16, rps=250)),
-    "rate_h1": ("plain HTTP/1.1 at a fixed 4,000 req/s (16 connections × 250)", None,
-                lambda proxy, s, c: h2load(f"http://127.0.0.1:{PORTS[proxy][0]}/", s, 16, rps=250,
+    "rate": ("HTTP/2 over TLS at a fixed 4,000 req/s (64 connections × 62.5)", None,
+             lambda proxy, s, c: h2load(f"https://127.0.0.1:{PORTS[proxy][1]}/", s, c, rps=4000)),
+    "rate_tls": ("TLS HTTP/1.1 at a fixed 4,000 req/s (64 connections × 62.5)", None,
+                 lambda proxy, s, c: h2load(f"https://127.0.0.1:{PORTS[proxy][1]}/", s, c, rps=4000,
+                                            h1=True)),
+    "rate_h1": ("plain HTTP/1.1 at a fixed 4,000 req/s (64 connections × 62.5)", None,
+                lambda proxy, s, c: h2load(f"http://127.0.0.1:{PORTS[proxy][0]}/", s, c, rps=4000,
                                            h1=True)),
 }
 JWT = None
