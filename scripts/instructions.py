@@ -8,7 +8,7 @@ number of requests, and the counters are dumped: instructions ÷ requests. Kerne
 counted (callgrind sees user space only), so this measures exactly the part of the CPU cost
 that doorman's own code decides. Only 127.0.0.1 is used; every load is a fixed count.
 
-Usage: scripts/instructions.py [--binary PATH] [--baseline PATH] [--kinds plain,tls,h2,jwt,handshake]
+Usage: scripts/instructions.py [--binary PATH] [--baseline PATH] [--kinds plain,tls,h2,jwt,handshake,h2_rate,tls_rate]
                                [--requests N]
 Writes target/bench/instructions.md.
 """
@@ -33,9 +33,14 @@ URLS = {  # kind -> (url, h2load flags)
     "jwt": ("https://127.0.0.1:{tls}/auth/es", ["--h1", "-c", "32", "-H", "Authorization: Bearer {es}"]),
     # A new TLS 1.3 connection per request (full handshake, no resumption), one at a time.
     "handshake": ("https://127.0.0.1:{tls}/", None),
+    # A low fixed rate (16 connections x 10/s, one stream each): doorman wakes for almost
+    # every request, as in peers.py's fixed-rate rows, so the cost of waking is counted.
+    "h2_rate": ("https://127.0.0.1:{tls}/", ["-c", "16", "--rps", "10", "-m", "1"]),
+    "tls_rate": ("https://127.0.0.1:{tls}/", ["--h1", "-c", "16", "--rps", "10", "-m", "1"]),
 }
-# A handshake costs about ten keep-alive requests: fewer of them give as steady a count.
-HANDSHAKE_SHARE = 20
+# Fewer requests where each costs more time: a handshake costs about ten keep-alive
+# requests; the fixed-rate kinds run at 160 requests/s.
+SHARE = {"handshake": 20, "h2_rate": 10, "tls_rate": 10}
 
 
 def handshakes(url, n, strict=True):
@@ -87,9 +92,8 @@ def count(binary, kind, n, key, crt):
         plain, tls = peers.PORTS["doorman"]
         url, flags = URLS[kind]
         url = url.format(plain=plain, tls=tls)
-        if flags is None:
-            n = max(n // HANDSHAKE_SHARE, 100)
-        else:
+        n = max(n // SHARE.get(kind, 1), 100)
+        if flags is not None:
             flags = [f.format(es=peers.JWT.es) for f in flags]
         # Warm-up: pools, caches, session state, the revocation view's first sync (under
         # valgrind the first requests may outlast the store timeout: not counted).

@@ -451,14 +451,14 @@ def wrk(url, seconds, connections, close=False, headers=(), script=None, script_
 
 
 # The fixed-rate scenarios: 4,000 requests/s from 64 connections at 62.5 each. h2load's
-# --rps timer fires every max(10 ms, 1/rps) from the moment its connection is ready, and
-# with one stream per connection releases one request per firing: at 250/s per connection
-# a connection sends a chain of 2-3 requests every 10 ms, and the 16 connections' chains
-# line up as tightly as the proxy finished their handshakes -- a proxy with faster
-# handshakes got a burstier load. Below 100/s per connection the timer fires once per
-# request, and `-r 2 --rate-period 1ms` starts the connections two per millisecond (faster
-# than any proxy here completes two handshakes), so their timers' phases, and the load, are
-# the same for every proxy: four requests in each millisecond of the 16 ms period.
+# --rps timer fires every max(10 ms, 1/rps) from the moment its connection is ready and,
+# with one stream per connection, releases one request per firing: at 250/s per connection
+# (this harness until now) a connection sent a chain of 2-3 requests back to back every
+# 10 ms, each waiting for the one before, with the chains' phases set by the order in which
+# h2load finished its own handshakes. Below 100/s per connection the timer fires once per
+# request, and `-r 2 --rate-period 1ms` starts the connections two per millisecond, so the
+# load is the same smooth one for every proxy and every run: four requests in each
+# millisecond of the 16 ms period.
 RATE_CONNECTIONS, RATE_PER_CONNECTION = 64, 62.5
 
 
