@@ -7,9 +7,10 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Resolves once `activity` has not changed for `idle` while `busy()` was false, checked
@@ -30,6 +31,66 @@ pub async fn quiet(activity: &AtomicU64, idle: Duration, busy: impl Fn() -> bool
         if quiet_for >= idle {
             return;
         }
+    }
+}
+
+/// Polls `inner` only when it asked to be: on the first poll and after a waker it was
+/// given fired. A connection's watchdog (drain, deadlines, idle) shares the connection's
+/// task, which wakes several times per request for its IO; polled on every one of those
+/// wakes, the watchdog's timers and its watch channel cost more than a request's routing.
+/// Wrapped, a wake that was not the watchdog's costs an atomic swap.
+pub struct Rarely<'a, F> {
+    inner: Pin<&'a mut F>,
+    signal: Arc<Signal>,
+    waker: Waker,
+}
+
+/// Set by `inner`'s waker; wakes the task that polls the [`Rarely`].
+struct Signal {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<'a, F: Future> Rarely<'a, F> {
+    pub fn new(inner: Pin<&'a mut F>) -> Self {
+        let signal = Arc::new(Signal {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let waker = Waker::from(signal.clone());
+        Rarely {
+            inner,
+            signal,
+            waker,
+        }
+    }
+}
+
+impl<F: Future> Future for Rarely<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // The task's waker first: a wake after this point reaches it, one before it is
+        // seen in the flag.
+        self.signal.task.register(cx.waker());
+        if !self.signal.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let this = &mut *self;
+        this.inner
+            .as_mut()
+            .poll(&mut Context::from_waker(&this.waker))
     }
 }
 
@@ -172,6 +233,74 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A future that counts its polls and keeps the last waker it was given.
+    struct Probe {
+        polls: usize,
+        waker: Option<Waker>,
+        ready: bool,
+    }
+
+    impl Future for Probe {
+        type Output = usize;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            self.polls += 1;
+            self.waker = Some(cx.waker().clone());
+            if self.ready {
+                Poll::Ready(self.polls)
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn rarely_polls_its_future_first_and_then_only_after_its_own_wake() {
+        let mut probe = std::pin::pin!(Probe {
+            polls: 0,
+            waker: None,
+            ready: false,
+        });
+        let task = Arc::new(CountWakes(std::sync::atomic::AtomicUsize::new(0)));
+        let task_waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&task_waker);
+        let mut rarely = Rarely::new(probe.as_mut());
+        assert!(Pin::new(&mut rarely).poll(&mut cx).is_pending());
+        // The task wakes for other reasons: the wrapped future is left alone.
+        for _ in 0..5 {
+            assert!(Pin::new(&mut rarely).poll(&mut cx).is_pending());
+        }
+        assert_eq!(rarely.inner.polls, 1);
+        // Its own waker fires: the task is woken and the next poll reaches it.
+        let inner_waker = rarely.inner.waker.take().unwrap();
+        inner_waker.wake_by_ref();
+        assert_eq!(task.0.load(Ordering::Relaxed), 1);
+        rarely.inner.ready = true;
+        assert_eq!(Pin::new(&mut rarely).poll(&mut cx), Poll::Ready(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rarely_wrapped_timers_and_channels_still_fire() {
+        let start = tokio::time::Instant::now();
+        let mut sleep = std::pin::pin!(tokio::time::sleep(Duration::from_millis(30)));
+        Rarely::new(sleep.as_mut()).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(30));
+        let (tx, mut rx) = tokio::sync::watch::channel(0);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tx.send(7).unwrap();
+        });
+        let mut changed = std::pin::pin!(rx.wait_for(|v| *v == 7));
+        let seen = *Rarely::new(changed.as_mut()).await.unwrap();
+        assert_eq!(seen, 7);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn quiet_waits_for_a_full_idle_period_without_activity() {

@@ -612,34 +612,54 @@ async fn drive<C: Graceful>(http: C, conn: Arc<ConnInfo>, settings: ConnLimits) 
     // The first quiet period closes gracefully; a second one in a row drops the connection.
     let mut idle_closed = false;
     loop {
-        tokio::select! {
-            // The connection first, and no random branch order: the other branches are
-            // rare events, and polling them in a fixed order costs no random number per wake.
-            biased;
-            res = http.as_mut() => {
-                if let Err(e) = res {
-                    debug!(error = %e, "connection ended with error");
+        let event = {
+            // The rare events, polled only when one of them woke (`idle::Rarely`): the
+            // connection's task wakes several times per request for its IO.
+            let watchdog = async {
+                tokio::select! {
+                    // A fixed order: no random number per poll.
+                    biased;
+                    seen = reached(&mut phase, if closing { Phase::Closing } else { Phase::Draining }) => {
+                        Watch::Phase(seen)
+                    }
+                    _ = tokio::time::sleep_until(first_request_by), if !first_checked => {
+                        Watch::FirstRequestDue
+                    }
+                    _ = idle::quiet(&conn.activity, conn.idle_timeout, || {
+                        conn.awaiting_upstream.load(Ordering::Relaxed) > 0
+                    }) => Watch::Quiet,
                 }
-                return;
-            }
-            seen = reached(&mut phase, if closing { Phase::Closing } else { Phase::Draining }) => {
-                if seen == Phase::Closing {
-                    debug!("shutdown grace expired: closing connection");
+            };
+            let mut watchdog = std::pin::pin!(watchdog);
+            tokio::select! {
+                // The connection first.
+                biased;
+                res = http.as_mut() => {
+                    if let Err(e) = res {
+                        debug!(error = %e, "connection ended with error");
+                    }
                     return;
                 }
+                event = idle::Rarely::new(watchdog.as_mut()) => event,
+            }
+        };
+        match event {
+            Watch::Phase(Phase::Closing) => {
+                debug!("shutdown grace expired: closing connection");
+                return;
+            }
+            Watch::Phase(_) => {
                 http.as_mut().graceful();
                 closing = true;
             }
-            _ = tokio::time::sleep_until(first_request_by), if !first_checked => {
+            Watch::FirstRequestDue => {
                 first_checked = true;
                 if conn.requests.load(Ordering::Relaxed) == 0 {
                     debug!("no request within header_timeout: closing connection");
                     return;
                 }
             }
-            _ = idle::quiet(&conn.activity, conn.idle_timeout, || {
-                conn.awaiting_upstream.load(Ordering::Relaxed) > 0
-            }) => {
+            Watch::Quiet => {
                 if idle_closed {
                     debug!("idle timeout: dropping connection");
                     return;
@@ -651,6 +671,16 @@ async fn drive<C: Graceful>(http: C, conn: Arc<ConnInfo>, settings: ConnLimits) 
             }
         }
     }
+}
+
+/// What ended a wait in [`drive`], other than the connection itself.
+enum Watch {
+    /// The server's phase reached the one waited for (draining, or closing once draining).
+    Phase(Phase),
+    /// header_timeout after the connection began (whether a request has started is checked).
+    FirstRequestDue,
+    /// A whole idle period with no IO and no request waiting for a replica.
+    Quiet,
 }
 
 #[cfg(test)]
