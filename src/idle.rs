@@ -38,7 +38,9 @@ pub async fn quiet(activity: &AtomicU64, idle: Duration, busy: impl Fn() -> bool
 /// given fired. A connection's watchdog (drain, deadlines, idle) shares the connection's
 /// task, which wakes several times per request for its IO; polled on every one of those
 /// wakes, the watchdog's timers and its watch channel cost more than a request's routing.
-/// Wrapped, a wake that was not the watchdog's costs an atomic swap.
+/// Wrapped, a wake that was not the watchdog's costs the task waker's registration (two
+/// compare-and-swaps, no clone while the task's waker stays the same) and an atomic swap.
+/// Like the future it wraps, it must not be polled again once it completed.
 pub struct Rarely<'a, F> {
     inner: Pin<&'a mut F>,
     signal: Arc<Signal>,
