@@ -6,10 +6,12 @@ doorman runs under `valgrind --tool=callgrind` with the same replicas, certifica
 config as scripts/peers.py; after a warm-up the counters are zeroed, h2load sends a fixed
 number of requests, and the counters are dumped: instructions ÷ requests. Kernel time is not
 counted (callgrind sees user space only), so this measures exactly the part of the CPU cost
-that doorman's own code decides. Only 127.0.0.1 is used; every load is a fixed count.
+that doorman's own code decides. With --nginx, nginx's one worker (no master, so valgrind
+wraps it) is counted the same way on the same loads: the peer's user-space work per request.
+Only 127.0.0.1 is used; every load is a fixed count.
 
 Usage: scripts/instructions.py [--binary PATH] [--baseline PATH] [--kinds plain,tls,h2,jwt,handshake,h2_rate,tls_rate]
-                               [--requests N]
+                               [--requests N] [--nginx]
 Writes target/bench/instructions.md.
 """
 import argparse
@@ -75,21 +77,25 @@ def load(url, flags, n, strict=True):
 
 
 def count(binary, kind, n, key, crt):
-    """Instructions per request for one binary and one kind of request."""
+    """Instructions per request for one binary (or nginx) and one kind of request."""
     out_dir = peers.WORK / "callgrind"
     out_dir.mkdir(parents=True, exist_ok=True)
-    wrapper = out_dir / f"run-{Path(binary).name}.sh"
-    wrapper.write_text("#!/bin/sh\nexec valgrind --tool=callgrind "
-                       f"--callgrind-out-file={out_dir}/cg.%p {binary} \"$@\"\n")
-    wrapper.chmod(0o755)
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p"]
     wait = peers.wait_port
     peers.wait_port = lambda port, timeout=10.0: wait(port, 120.0)  # valgrind starts slowly
     try:
-        proc = peers.start_doorman(key, crt, peers.JWT, binary=wrapper)
+        if binary == "nginx":
+            # Its one worker in the foreground, no master: valgrind wraps the worker.
+            proc = peers.start_nginx(key, crt, launcher=valgrind)
+        else:
+            wrapper = out_dir / f"run-{Path(binary).name}.sh"
+            wrapper.write_text(f"#!/bin/sh\nexec {' '.join(valgrind)} {binary} \"$@\"\n")
+            wrapper.chmod(0o755)
+            proc = peers.start_doorman(key, crt, peers.JWT, binary=wrapper)
     finally:
         peers.wait_port = wait
     try:
-        plain, tls = peers.PORTS["doorman"]
+        plain, tls = peers.PORTS["nginx" if binary == "nginx" else "doorman"]
         url, flags = URLS[kind]
         url = url.format(plain=plain, tls=tls)
         n = max(n // SHARE.get(kind, 1), 100)
@@ -120,6 +126,9 @@ def main():
     ap.add_argument("--baseline", type=Path, help="another doorman binary, counted alongside")
     ap.add_argument("--kinds", default="plain,tls,h2,jwt")
     ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--nginx", action="store_true",
+                    help="count nginx's worker too, on the same loads (not the jwt kind: "
+                         "nginx has no JWT verification)")
     a = ap.parse_args()
     for tool in ["valgrind", "callgrind_control", "callgrind_annotate", "h2load", "nginx",
                  "redis-server", "taskset", "openssl"]:
@@ -132,6 +141,8 @@ def main():
     binaries = [("doorman", a.binary.resolve())]
     if a.baseline:
         binaries.append(("baseline", a.baseline.resolve()))
+    if a.nginx:
+        binaries.append(("nginx", "nginx"))
     peers.WORK.mkdir(parents=True, exist_ok=True)
     key, crt, _ = peers.setup_certs()
     peers.JWT = peers.Jwt()
@@ -143,6 +154,8 @@ def main():
         for kind in kinds:
             got = {}
             for name, binary in binaries:
+                if name == "nginx" and kind == "jwt":
+                    continue
                 got[name] = count(binary, kind, a.requests, key, crt)
                 print(f"{kind:6} {name:9} {got[name]:9.0f} instructions/request", flush=True)
             rows.append((kind, got))
@@ -152,12 +165,16 @@ def main():
     lines = [f"User-space instructions per request (callgrind), {a.requests} requests after a "
              "warm-up, 32 connections.",
              f"Command: `scripts/instructions.py --kinds {a.kinds} --requests {a.requests}"
-             + (" --baseline BINARY`" if a.baseline else "`"), "",
-             "| request | doorman | baseline | doorman ÷ baseline |", "|---|---:|---:|---:|"]
+             + (" --baseline BINARY" if a.baseline else "") + (" --nginx" if a.nginx else "")
+             + "`", "",
+             "| request | doorman | baseline | doorman ÷ baseline | nginx | doorman ÷ nginx |",
+             "|---|---:|---:|---:|---:|---:|"]
+    def cell(got, name):
+        v = got.get(name)
+        return (f"{v:.0f}", f"{got['doorman'] / v:.3f}") if v else ("—", "—")
     for kind, got in rows:
-        base = got.get("baseline")
-        lines.append(f"| {kind} | {got['doorman']:.0f} | {base:.0f} | {got['doorman'] / base:.3f} |"
-                     if base else f"| {kind} | {got['doorman']:.0f} | — | — |")
+        lines.append(f"| {kind} | {got['doorman']:.0f} | " + " | ".join(
+            [*cell(got, "baseline"), *cell(got, "nginx")]) + " |")
     report = peers.WORK / "instructions.md"
     report.write_text("\n".join(lines) + "\n")
     print(f"wrote {report}")

@@ -227,12 +227,12 @@ def setup_certs():
     return key, crt, certs / "combined.pem"
 
 
-def nginx_conf(path, body):
+def nginx_conf(path, body, master=True):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"""
 worker_processes 1;
 daemon off;
-master_process on;
+master_process {"on" if master else "off"};
 pid {path.parent}/nginx.pid;
 error_log {path.parent}/error.log warn;
 events {{ worker_connections 20000; }}
@@ -327,7 +327,9 @@ auth = "off"
     return p
 
 
-def start_nginx(key, crt):
+def start_nginx(key, crt, launcher=()):
+    """The nginx proxy under test. With `launcher` (a command prefix, e.g. valgrind) its one
+    worker runs in the foreground without a master, so the prefix wraps the worker itself."""
     plain, tls = PORTS["nginx"]
     servers = "\n".join(f"    server 127.0.0.1:{p};" for p in REPLICA_PORTS)
     conf = WORK / "nginx" / "nginx.conf"
@@ -364,8 +366,8 @@ def start_nginx(key, crt):
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     }}
-  }}""")
-    p = Proc("nginx", ["nginx", "-c", str(conf), "-p", str(conf.parent)])
+  }}""", master=not launcher)
+    p = Proc("nginx", [*launcher, "nginx", "-c", str(conf), "-p", str(conf.parent)])
     wait_port(tls)
     return p
 
