@@ -20,6 +20,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import os
 import resource
 import secrets
@@ -95,6 +96,12 @@ def core_times(cpu):
             idle = v[3] + v[4]
             return sum(v), idle
     raise SystemExit(f"no cpu{cpu} in /proc/stat")
+
+
+def steal_ticks():
+    """Time the hypervisor ran something else on our two CPUs (the `steal` column)."""
+    return sum(int(line.split()[8]) for line in Path("/proc/stat").read_text().splitlines()
+               if line.startswith((f"cpu{PROXY_CPU} ", f"cpu{CLIENT_CPU} ")))
 
 
 def children(pid):
@@ -462,13 +469,19 @@ def wrk(url, seconds, connections, close=False, headers=(), script=None, script_
 # load is the same smooth one for every proxy and every run: four requests in each
 # millisecond of the 16 ms period.
 RATE_CONNECTIONS, RATE_PER_CONNECTION = 64, 62.5
+# At a fixed rate the latency percentiles leave out the requests started in a run's first
+# half second: while h2load opens its 64 connections every proxy also runs 64 TLS
+# handshakes (20-40 ms of its CPU), and the requests queued behind them (p50 3-5 ms, about
+# 300 of them) would otherwise be the p99 of a short run, and a handshake race, not the
+# steady-state latency the row is about.
+RATE_SETTLE_US = 500_000
 
 
 def h2load(url, seconds, connections, rps=None, h1=False):
     """h2load over TLS (h2). With `rps` (the total rate), RATE_CONNECTIONS connections each
     send at an equal share of it, one stream at a time, for `seconds`; otherwise 10
     concurrent streams per connection, as fast as it can, for `seconds`. Latency
-    percentiles come from its per-request log."""
+    percentiles come from its per-request log (at a fixed rate, after RATE_SETTLE_US)."""
     log = WORK / "h2load.log"
     log.unlink(missing_ok=True)
     args = ["taskset", "-c", CLIENT_CPU, "h2load", "-t", "1", f"--log-file={log}"]
@@ -484,8 +497,11 @@ def h2load(url, seconds, connections, rps=None, h1=False):
                          timeout=seconds + 30).stdout
     m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
     done, ok = int(m.group(1)), int(m.group(2))
-    lats = sorted(int(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines()
-                  if line.count("\t") >= 2)
+    logged = [(int(f[0]), int(f[2])) for f in
+              (line.split("\t") for line in log.read_text().splitlines()) if len(f) >= 3]
+    start = min((t for t, _ in logged), default=0)
+    settle = RATE_SETTLE_US if rps else 0
+    lats = sorted(d / 1000 for t, d in logged if t >= start + settle)
     def q(p):
         return lats[min(len(lats) - 1, int(p / 100 * len(lats)))] if lats else None
     return {"requests": ok, "p50": q(50), "p90": q(90), "p99": q(99), "errors": done - ok}
@@ -624,7 +640,9 @@ def measure(proc, scenario, seconds, connections):
     c0 = cpu_ticks(pids)
     calls0 = redis_calls()
     pk0 = loopback_packets()
+    s0 = steal_ticks()
     r = SCENARIOS[scenario][2](proc.name, seconds, connections)
+    r["steal_ms"] = (steal_ticks() - s0) / TICK * 1e3
     pk1 = loopback_packets()
     calls1 = redis_calls()
     r["packets_per_req"] = (pk1 - pk0) / max(r["requests"], 1)
@@ -705,7 +723,7 @@ def main():
                     print(f"{scenario:11} {proxy.name:8} run {run + 1}: {r['rps']:9.0f} req/s "
                           f"{r['cpu_us']:7.1f} µs/req ({r['sys_us']:.1f} system)  p99 {fmt(r['p99'], '.2f')} ms  "
                           f"errors {r['errors']}  redis/req {r['redis_per_req']:.2f}  "
-                          f"packets/req {r['packets_per_req']:.2f}", flush=True)
+                          f"packets/req {r['packets_per_req']:.2f}  steal {r['steal_ms']:.0f} ms", flush=True)
         idle_results = {}
         if "idle" in wanted:
             # A fresh process for every idle run: memory a process has touched once is not
@@ -780,8 +798,8 @@ def write_report(results, idle_results, a):
            if a.server_suites else ". TLS 1.3 suites: the client's order (AES-256-GCM first)."),
         "",
         "| scenario | proxy | CPU µs/request | doorman ÷ this | req/s | p50 ms | p90 ms | p99 ms "
-        "| p99 doorman ÷ this | errors | client core busy | RSS MiB | Redis calls/request |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| p99 doorman ÷ this | errors | client core busy | steal ms | RSS MiB | Redis calls/request |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario in dict.fromkeys(s for s, _ in results):
         base = results.get((scenario, "doorman"), [])
@@ -801,13 +819,17 @@ def write_report(results, idle_results, a):
                 f"{fmt(med(rs, 'p50'), '.2f')} | {fmt(med(rs, 'p90'), '.2f')} | {fmt(p99, '.2f')} | "
                 f"{'—' if doorman else fmt(p99_ratio, '.2f')} | "
                 f"{sum(r['errors'] for r in rs)} | {fmt(busy, '.0f')}%{' (client-bound)' if busy and busy > 95 else ''} | "
+                f"{fmt(med(rs, 'steal_ms'), '.0f')} | "
                 f"{fmt(med(rs, 'rss_mib'), '.1f')} | {fmt(med(rs, 'redis_per_req'), '.2f') if proxy.startswith('doorman') else '—'} |")
     lines += ["", "CPU µs/request: the proxy's utime+stime over the run divided by completed "
               "requests (lower is better); `doorman ÷ this` below 1.00 means doorman spends less "
               "CPU per request than that proxy. In the JWT rows nginx (open source, no JWT "
               "support) proxies the same request without verifying anything; HAProxy verifies "
               "with `jwt_verify` and checks exp (it has no revocation list). doorman's clients "
-              "reuse one token, so its verified-token cache answers after the first request."]
+              "reuse one token, so its verified-token cache answers after the first request. "
+              "steal ms: the median time, per run, the hypervisor gave the two CPUs to something "
+              "else (a run's slow requests come in bursts that follow it)."]
+    lines += paired_p99(results)
     if idle_results:
         base = med(idle_results.get("doorman", []), "kib_per_conn")
         lines += ["", f"## {IDLE_CONNECTIONS:,} idle TLS keep-alive connections", "",
@@ -827,6 +849,43 @@ def write_report(results, idle_results, a):
     out = WORK / "report.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"report written to {out}")
+
+
+def sign_test(wins, n):
+    """Two-sided binomial sign test: how likely `wins` of `n` or a split at least as uneven
+    is when each pair is a coin toss."""
+    k = min(wins, n - wins)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_p99(results):
+    """At a fixed rate, run i of doorman and run i of a peer were measured back to back, so
+    each pair saw nearly the same host; their p99 ratio is the comparison that survives the
+    host's drift. Returns report lines (none without fixed-rate rows)."""
+    lines = []
+    for scenario in dict.fromkeys(s for s, _ in results):
+        if not scenario.startswith("rate"):
+            continue
+        base = results.get((scenario, "doorman"), [])
+        for peer in ["doorman_b", "nginx", "haproxy"]:
+            rs = results.get((scenario, peer), [])
+            pairs = [(d["p99"], o["p99"]) for d, o in zip(base, rs) if d["p99"] and o["p99"]]
+            if not pairs:
+                continue
+            ratios = [d / o for d, o in pairs]
+            wins = sum(r <= 1 for r in ratios)
+            if not lines:
+                lines += ["", "## Fixed rate: p99 in back-to-back pairs", "",
+                          "| scenario | peer | pairs | doorman's p99 ≤ peer's | median of the "
+                          "pairs' ratios | sign test p |", "|---|---|---:|---:|---:|---:|"]
+            lines.append(f"| {SCENARIOS[scenario][0]} | {peer} | {len(pairs)} | {wins} | "
+                         f"{statistics.median(ratios):.2f} | {sign_test(wins, len(pairs)):.2f} |")
+    if lines:
+        lines += ["", "Latency at a fixed rate leaves out the requests started in each run's "
+                  f"first {RATE_SETTLE_US // 1000} ms (the connections' handshakes). A sign "
+                  "test p above 0.05 means the pairs cannot tell the two proxies apart."]
+    return lines
 
 
 def version(cmd):
