@@ -275,6 +275,48 @@ async fn a_closing_response_arrives_whole_then_a_close_notify() {
     p.stop().await;
 }
 
+/// A returning client resumes with a ticket from its first connection (a PSK with ECDHE,
+/// the key schedule's other start), on both hashes, and both connections carry a request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_returning_client_resumes_with_its_ticket_on_both_hashes() {
+    use rustls::HandshakeKind;
+    use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (p, _r) = proxy().await;
+    for suite in [cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384] {
+        let mut provider = default_provider();
+        provider.cipher_suites = vec![suite];
+        // One config, so one session store: the second connection offers the first's ticket.
+        let cfg = p
+            .pki
+            .client_config_with(&[b"http/1.1"], &[&TLS13], provider);
+        for want in [HandshakeKind::Full, HandshakeKind::Resumed] {
+            let mut tls = tls_connect(p.addrs.tls, cfg.clone(), "localhost")
+                .await
+                .unwrap();
+            let conn = tls.get_ref().1;
+            assert_eq!(conn.handshake_kind(), Some(want), "{:?}", suite.suite());
+            assert_eq!(
+                conn.negotiated_cipher_suite().map(|s| s.suite()),
+                Some(suite.suite())
+            );
+            let req = "GET /bytes/5 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+            tls.write_all(req.as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            within("the response", tls.read_to_end(&mut got))
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&got);
+            assert!(
+                text.starts_with("HTTP/1.1 200 OK\r\n"),
+                "{want:?} {:?}: {text:.200}",
+                suite.suite()
+            );
+        }
+    }
+    p.stop().await;
+}
+
 /// The body of a chunked HTTP/1.1 message (no trailers).
 fn decode_chunked(mut data: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();

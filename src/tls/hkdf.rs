@@ -118,6 +118,10 @@ impl Start {
 fn expand(key: &aws_lc_rs::hmac::Key, info: &[&[u8]], out: &mut [u8]) {
     let mut previous: Option<aws_lc_rs::hmac::Tag> = None;
     let block = key.algorithm().digest_algorithm().output_len();
+    debug_assert!(
+        out.len() <= 255 * block,
+        "HKDF-Expand's counter is one byte"
+    );
     for (n, chunk) in out.chunks_mut(block).enumerate() {
         let mut ctx = aws_lc_rs::hmac::Context::with_key(key);
         if let Some(t) = &previous {
@@ -193,15 +197,15 @@ impl Hkdf for Schedule {
     }
 
     fn extract_from_secret(&self, salt: Option<&[u8]>, secret: &[u8]) -> Box<dyn HkdfExpander> {
-        let start = LazyLock::force(self.start);
-        match salt {
+        if let Some(salt) = salt {
+            let start = LazyLock::force(self.start);
             // The Handshake Secret after a full handshake's Early Secret.
-            Some(salt) if same_secret(salt, &start.derived) => {
+            if same_secret(salt, &start.derived) {
                 let prk = aws_lc_rs::hmac::sign(&start.derived_key, secret);
-                self.general.expander_for_okm(&OkmBlock::new(prk.as_ref()))
+                return self.general.expander_for_okm(&OkmBlock::new(prk.as_ref()));
             }
-            _ => self.general.extract_from_secret(salt, secret),
         }
+        self.general.extract_from_secret(salt, secret)
     }
 
     fn expander_for_okm(&self, okm: &OkmBlock) -> Box<dyn HkdfExpander> {
@@ -335,7 +339,7 @@ mod tests {
 
     /// A full handshake's start, as rustls asks for it (the HkdfLabel in the pieces
     /// `hkdf_expand_label` passes), comes out of the precomputed values with the bytes of
-    /// the general path — and, for SHA-256, of RFC 8448's simple 1-RTT handshake.
+    /// the general path and the known values (RFC 8448's simple 1-RTT handshake for SHA-256).
     #[test]
     fn a_full_handshakes_start() {
         for (theirs, ours, len) in [
@@ -366,6 +370,8 @@ mod tests {
                 &*START_SHA384
             };
             assert_eq!(salt_ours.as_ref(), &start.derived[..]);
+            // rustls' pieces are what the shortcut recognises.
+            assert!(concatenates_to(&info, &start.derived_label));
             // Other expansions of the Early Secret take the general path, same bytes.
             let other: [&[u8]; 3] = [&out_len, b"tls13 c e traffic", b"context"];
             let a = theirs.extract_from_zero_ikm(None).expand_block(&other);
@@ -406,13 +412,15 @@ mod tests {
                 .extract_from_secret(Some(&salt), &shared)
                 .expand_block(&label);
             assert_eq!(a.as_ref(), b.as_ref());
-            if len == 32 {
-                // RFC 8448, section 3: "derive secret for handshake \"tls13 derived\"".
-                assert_eq!(
-                    hex(salt_ours.as_ref()),
-                    "6f2615a108c702c5678f54fc9dbab69716c076189c48250cebeac3576c3611ba"
-                );
-            }
+            // SHA-256: RFC 8448, section 3, "derive secret for handshake \"tls13 derived\"";
+            // SHA-384: the same computation in Python's hmac module.
+            let want = if len == 32 {
+                "6f2615a108c702c5678f54fc9dbab69716c076189c48250cebeac3576c3611ba"
+            } else {
+                "1591dac5cbbf0330a4a84de9c753330e92d01f0a88214b4464972fd668049e93\
+                 e52f2b16fad922fdc0584478428f282b"
+            };
+            assert_eq!(hex(salt_ours.as_ref()), want);
         }
     }
 
