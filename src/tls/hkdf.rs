@@ -279,8 +279,7 @@ mod tests {
             .unwrap();
         let want = "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf\
                     34007208d5b887185865";
-        let got: String = okm.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(got, want);
+        assert_eq!(hex(&okm), want);
     }
 
     /// Every operation rustls' key schedule uses gives aws-lc's own HKDF's bytes, for both
