@@ -61,6 +61,7 @@ fn settings(alg: Algorithm, key: DecodingKey) -> AuthSettings {
         forward_claims: vec![("sub".into(), http::HeaderName::from_static("x-user-id"))],
         strip_authorization: false,
         cache_entries: 16_384,
+        max_lifetime: None,
         keys: vec![JwtKey {
             kid: Some("k".into()),
             algorithm: alg,

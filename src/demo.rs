@@ -87,6 +87,7 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
                 upstream: "demo".into(),
                 auth: AuthMode::Required,
                 idempotency: IdempotencyMode::Off,
+                allow_methods: Vec::new(),
             },
             RouteSpec {
                 host: None,
@@ -94,6 +95,7 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
                 upstream: "demo".into(),
                 auth: AuthMode::Off,
                 idempotency: IdempotencyMode::Required,
+                allow_methods: Vec::new(),
             },
             RouteSpec {
                 host: None,
@@ -101,6 +103,7 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
                 upstream: "demo".into(),
                 auth: AuthMode::Off,
                 idempotency: IdempotencyMode::Off,
+                allow_methods: Vec::new(),
             },
         ],
         store: StoreSettings::default(),
@@ -174,6 +177,7 @@ fn demo_auth(secret: &[u8]) -> AuthSettings {
         forward_claims: vec![("sub".into(), http::HeaderName::from_static("x-user-id"))],
         strip_authorization: true,
         cache_entries: defaults::AUTH_CACHE_ENTRIES,
+        max_lifetime: None,
         keys: vec![JwtKey {
             kid: Some("demo".into()),
             algorithm: jsonwebtoken::Algorithm::HS256,

@@ -21,6 +21,7 @@
 //! - [`store`]    shared state: revocation view and idempotency records (Redis or embedded)
 //! - [`balance`]  load balancing as pure data (weighted round robin, consistent-hash ring)
 //! - [`upstream`] replica groups: keep-alive pools, health, in-flight counts, retry budget
+//! - [`message`]  HTTP vocabulary: the request target's normal form, host matching
 //! - [`error`]    the one error type and its one mapping to HTTP status
 //! - [`idle`]     idle detection: IO activity counting and the quiet-period watchdog
 //! - [`metrics`]  Prometheus metrics, one set per running proxy, carried across reloads
@@ -37,6 +38,7 @@ pub mod demo;
 pub mod error;
 pub mod h1;
 pub mod idle;
+pub mod message;
 pub mod metrics;
 pub mod pipeline;
 pub mod reload;

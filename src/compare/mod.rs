@@ -330,6 +330,7 @@ impl Proxy {
                 upstream: "compare".into(),
                 auth: AuthMode::Off,
                 idempotency: IdempotencyMode::Off,
+                allow_methods: Vec::new(),
             }],
             store: StoreSettings::default(),
             auth: None,

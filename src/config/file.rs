@@ -32,6 +32,11 @@ pub(crate) struct RawServer {
     pub(crate) idle_timeout: Option<String>,
     pub(crate) shutdown_grace: Option<String>,
     pub(crate) pid_file: Option<String>,
+    pub(crate) merge_slashes: Option<bool>,
+    pub(crate) escaped_slashes: Option<String>,
+    pub(crate) underscores_in_headers: Option<String>,
+    pub(crate) admin_hosts: Option<Vec<String>>,
+    pub(crate) admin_token_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +102,7 @@ pub(crate) struct RawRoute {
     pub(crate) host: Option<String>,
     pub(crate) auth: Option<String>,
     pub(crate) idempotency: Option<String>,
+    pub(crate) allow_methods: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +125,9 @@ pub(crate) struct RawStore {
     pub(crate) redis_url: Option<String>,
     pub(crate) timeout: Option<String>,
     pub(crate) on_error: Option<String>,
+    pub(crate) embedded_max_entries: Option<i64>,
+    pub(crate) embedded_max_bytes: Option<i64>,
+    pub(crate) embedded_max_revocations: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +141,7 @@ pub(crate) struct RawAuth {
     pub(crate) forward_claims: std::collections::BTreeMap<String, String>,
     pub(crate) strip_authorization: Option<bool>,
     pub(crate) cache_entries: Option<i64>,
+    pub(crate) max_lifetime: Option<String>,
     #[serde(default)]
     pub(crate) keys: Vec<RawKey>,
 }

@@ -42,6 +42,10 @@ pub mod defaults {
     pub const IDEMPOTENCY_BODY_BYTES: usize = 1024 * 1024;
     pub const IDEMPOTENCY_PREFIX: &str = "doorman:idem:";
     pub const MAX_WEIGHT: u32 = 1000;
+    /// Embedded store caps (one instance only; production uses Redis with `maxmemory`).
+    pub const EMBEDDED_MAX_ENTRIES: usize = 100_000;
+    pub const EMBEDDED_MAX_BYTES: usize = 256 * 1024 * 1024;
+    pub const EMBEDDED_MAX_REVOCATIONS: usize = 1_000_000;
 }
 
 /// A fully validated configuration.
@@ -110,6 +114,14 @@ pub struct StoreSettings {
     /// Budget for any store call on the request path.
     pub timeout: Duration,
     pub on_error: OnError,
+    /// Embedded store: most idempotency records kept (completed ones are evicted oldest
+    /// first beyond it; leases never are).
+    pub embedded_max_entries: usize,
+    /// Embedded store: most bytes of idempotency records kept (same eviction order).
+    pub embedded_max_bytes: usize,
+    /// Embedded store: most revocation entries kept; beyond it a new revocation is refused,
+    /// never an old one forgotten (forgetting would let a revoked token back in).
+    pub embedded_max_revocations: usize,
 }
 
 impl Default for StoreSettings {
@@ -118,6 +130,9 @@ impl Default for StoreSettings {
             redis_url: None,
             timeout: defaults::STORE_TIMEOUT,
             on_error: OnError::Closed,
+            embedded_max_entries: defaults::EMBEDDED_MAX_ENTRIES,
+            embedded_max_bytes: defaults::EMBEDDED_MAX_BYTES,
+            embedded_max_revocations: defaults::EMBEDDED_MAX_REVOCATIONS,
         }
     }
 }
@@ -141,6 +156,9 @@ pub struct AuthSettings {
     pub forward_claims: Vec<(String, http::HeaderName)>,
     pub strip_authorization: bool,
     pub cache_entries: usize,
+    /// Longest accepted token lifetime (`exp - iat`); a token over it, or without `iat`
+    /// when this is set, is refused. None: no cap.
+    pub max_lifetime: Option<Duration>,
     pub keys: Vec<JwtKey>,
 }
 
@@ -204,6 +222,48 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Where `run` writes its process id (for `doorman reload`); None: no pid file.
     pub pid_file: Option<PathBuf>,
+    /// Merge runs of `/` in request paths into one before routing (nginx `merge_slashes on`).
+    pub merge_slashes: bool,
+    /// What to do with `%2F`, `%5C` (encoded `/`, `\`) in a request path.
+    pub escaped_slashes: EscapedSlashes,
+    /// What to do with request header names containing `_`.
+    pub underscores_in_headers: Underscores,
+    /// Host names (besides IP literals and `localhost`) the admin listener answers to.
+    pub admin_hosts: Vec<String>,
+    /// Bearer token every admin request must carry, read from `admin_token_env` at load.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// `[server] escaped_slashes`, as Envoy's `path_with_escaped_slashes_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// 400: a path whose meaning depends on who decodes it is refused.
+    Reject,
+    /// Decode them into `/` and `\` (then normalised like any other separator).
+    Decode,
+    /// Forward them encoded; routing sees them as ordinary characters of a segment.
+    Keep,
+}
+
+/// `[server] underscores_in_headers`, as nginx's `underscores_in_headers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underscores {
+    /// Remove such headers before anything reads them (nginx's default).
+    Drop,
+    /// 400.
+    Reject,
+    /// Keep them (CGI-style backends then cannot tell `x_user_id` from `x-user-id`).
+    Allow,
+}
+
+/// A secret read from the environment: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub Arc<str>);
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 impl ServerSettings {
@@ -221,6 +281,11 @@ impl ServerSettings {
             idle_timeout: defaults::IDLE_TIMEOUT,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             pid_file: None,
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Reject,
+            underscores_in_headers: Underscores::Drop,
+            admin_hosts: Vec::new(),
+            admin_token: None,
         }
     }
 }
@@ -337,6 +402,8 @@ pub struct RouteSpec {
     pub upstream: String,
     pub auth: AuthMode,
     pub idempotency: IdempotencyMode,
+    /// Methods refused by default (TRACE, CONNECT) that this route lets through.
+    pub allow_methods: Vec<http::Method>,
 }
 
 /// One problem found in a config file: the key it sits under and why it is wrong.

@@ -19,10 +19,10 @@ use super::file::{
     RawServerEntry, RawStore, RawTls, RawUpstream, SECTIONS,
 };
 use super::{
-    AuthMode, AuthSettings, Balance, CertificateSpec, Config, ConfigError, ConfigErrors, HashKey,
-    HashSpec, HealthSpec, IdempotencyMode, IdempotencySettings, JwtKey, OnError,
-    RevocationSettings, RouteSpec, ServerSettings, ServerSpec, StoreSettings, UpstreamSpec,
-    default_workers, defaults,
+    AdminToken, AuthMode, AuthSettings, Balance, CertificateSpec, Config, ConfigError,
+    ConfigErrors, EscapedSlashes, HashKey, HashSpec, HealthSpec, IdempotencyMode,
+    IdempotencySettings, JwtKey, OnError, RevocationSettings, RouteSpec, ServerSettings,
+    ServerSpec, StoreSettings, Underscores, UpstreamSpec, default_workers, defaults,
 };
 
 const MIN_DURATION: Duration = Duration::from_millis(1);
@@ -239,6 +239,66 @@ impl Validator {
             }
             p => p.map(std::path::PathBuf::from),
         };
+        let escaped_slashes = match raw.escaped_slashes.as_deref() {
+            None | Some("reject") => EscapedSlashes::Reject,
+            Some("decode") => EscapedSlashes::Decode,
+            Some("keep") => EscapedSlashes::Keep,
+            Some(other) => {
+                self.err(
+                    "server.escaped_slashes",
+                    format!(
+                        "unknown action {other:?}, expected \"reject\", \"decode\" or \"keep\""
+                    ),
+                );
+                EscapedSlashes::Reject
+            }
+        };
+        let underscores_in_headers = match raw.underscores_in_headers.as_deref() {
+            None | Some("drop") => Underscores::Drop,
+            Some("reject") => Underscores::Reject,
+            Some("allow") => Underscores::Allow,
+            Some(other) => {
+                self.err(
+                    "server.underscores_in_headers",
+                    format!("unknown action {other:?}, expected \"drop\", \"reject\" or \"allow\""),
+                );
+                Underscores::Drop
+            }
+        };
+        let mut admin_hosts = Vec::new();
+        for h in raw.admin_hosts.unwrap_or_default() {
+            let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+            if valid_name(&h) && !h.starts_with('*') {
+                admin_hosts.push(h);
+            } else {
+                self.err(
+                    "server.admin_hosts",
+                    format!("invalid host {h:?} (a DNS name; no port, no wildcard)"),
+                );
+            }
+        }
+        let admin_token = match raw.admin_token_env.as_deref() {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(v) if v.len() >= 16 && v.bytes().all(|b| b.is_ascii_graphic()) => {
+                    Some(AdminToken(v.into()))
+                }
+                Ok(_) => {
+                    self.err(
+                        "server.admin_token_env",
+                        format!("{var} must hold at least 16 printable ASCII characters"),
+                    );
+                    None
+                }
+                Err(_) => {
+                    self.err(
+                        "server.admin_token_env",
+                        format!("environment variable {var} is not set"),
+                    );
+                    None
+                }
+            },
+        };
         let listen = listen?;
         let admin_listen = admin_listen?;
         // Port 0 asks the kernel for a free port, so only fixed ports can collide.
@@ -265,6 +325,11 @@ impl Validator {
             idle_timeout,
             shutdown_grace,
             pid_file,
+            merge_slashes: raw.merge_slashes.unwrap_or(true),
+            escaped_slashes,
+            underscores_in_headers,
+            admin_hosts,
+            admin_token,
         })
     }
 
@@ -767,12 +832,33 @@ impl Validator {
                     IdempotencyMode::Off
                 }
             };
+            let mut allow_methods = Vec::new();
+            for m in raw.allow_methods.unwrap_or_default() {
+                match m.as_str() {
+                    "TRACE" => allow_methods.push(http::Method::TRACE),
+                    "CONNECT" => allow_methods.push(http::Method::CONNECT),
+                    other => self.err(
+                        format!("{key}.allow_methods"),
+                        format!("{other:?}: only \"TRACE\" and \"CONNECT\" are refused by default (other methods need no allowing)"),
+                    ),
+                }
+            }
+            let p = raw.path_prefix.as_str();
+            if p.starts_with('/')
+                && crate::message::target::normalise_prefix(p).as_deref() != Some(p)
+            {
+                self.err(
+                    format!("{key}.path_prefix"),
+                    format!("{p:?} is not a normalised path (no dot segments, repeated or percent-encoded separators, or escapes of unreserved characters): requests are matched after normalisation, so it would never match"),
+                );
+            }
             out.push(RouteSpec {
                 host,
                 path_prefix: raw.path_prefix,
                 upstream: raw.upstream,
                 auth,
                 idempotency,
+                allow_methods,
             });
         }
         out
@@ -810,6 +896,27 @@ impl Validator {
             redis_url: raw.redis_url,
             timeout: self.duration("store.timeout", raw.timeout, defaults::STORE_TIMEOUT),
             on_error,
+            embedded_max_entries: self.count(
+                "store.embedded_max_entries",
+                raw.embedded_max_entries,
+                defaults::EMBEDDED_MAX_ENTRIES,
+                1,
+                1 << 30,
+            ),
+            embedded_max_bytes: self.count(
+                "store.embedded_max_bytes",
+                raw.embedded_max_bytes,
+                defaults::EMBEDDED_MAX_BYTES,
+                64 * 1024,
+                usize::MAX,
+            ),
+            embedded_max_revocations: self.count(
+                "store.embedded_max_revocations",
+                raw.embedded_max_revocations,
+                defaults::EMBEDDED_MAX_REVOCATIONS,
+                1,
+                1 << 30,
+            ),
         }
     }
 
@@ -940,6 +1047,9 @@ impl Validator {
             forward_claims,
             strip_authorization: raw.strip_authorization.unwrap_or(false),
             cache_entries,
+            max_lifetime: raw
+                .max_lifetime
+                .map(|s| self.duration("auth.max_lifetime", Some(s), defaults::LEEWAY)),
             keys,
         })
     }

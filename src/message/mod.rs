@@ -1,0 +1,4 @@
+//! HTTP vocabulary shared by every layer: the request target's normal form and host
+//! matching. Knows nothing of the pipeline, upstreams or errors.
+
+pub mod target;
