@@ -37,6 +37,8 @@ pub enum ProxyError {
     IdempotencyNotReplayable,
     /// No route matches the request's host and path.
     NoRoute,
+    /// CONNECT anywhere, TRACE where the route does not allow it (RFC 9110 §15.5.6).
+    MethodNotAllowed,
     /// The request head is larger than `server.max_header_bytes`.
     HeadTooLarge,
     /// The request body is larger than `server.max_body_bytes`.
@@ -71,6 +73,7 @@ impl ProxyError {
             ProxyError::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ProxyError::IdempotencyNotReplayable => StatusCode::CONFLICT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::DownstreamAborted(_) => StatusCode::BAD_REQUEST,
@@ -94,6 +97,7 @@ impl ProxyError {
             | ProxyError::IdempotencyMismatch
             | ProxyError::IdempotencyNotReplayable
             | ProxyError::NoRoute
+            | ProxyError::MethodNotAllowed
             | ProxyError::HeadTooLarge
             | ProxyError::BodyTooLarge
             | ProxyError::DownstreamAborted(_)
@@ -122,6 +126,7 @@ impl ProxyError {
                 "the original response to this idempotency key was too large to store and cannot be replayed"
             }
             ProxyError::NoRoute => "no route for this host and path",
+            ProxyError::MethodNotAllowed => "method not allowed",
             ProxyError::HeadTooLarge => "request header fields too large",
             ProxyError::BodyTooLarge => "request body too large",
             ProxyError::DownstreamAborted(_) => "request body could not be read",
@@ -151,6 +156,14 @@ impl ProxyError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, challenge);
         }
+        if let ProxyError::MethodNotAllowed = self {
+            // RFC 9110 §15.5.6: a 405 lists what the target supports. TRACE and CONNECT are
+            // the only methods doorman itself refuses; the rest are the replica's to judge.
+            resp.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+        }
         if let ProxyError::IdempotencyInFlight(secs) = self {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
@@ -176,6 +189,7 @@ impl fmt::Display for ProxyError {
             | ProxyError::IdempotencyMismatch
             | ProxyError::IdempotencyNotReplayable
             | ProxyError::NoRoute
+            | ProxyError::MethodNotAllowed
             | ProxyError::HeadTooLarge
             | ProxyError::BodyTooLarge
             | ProxyError::BodyTimeout
@@ -215,6 +229,17 @@ mod tests {
 
     fn status_of(e: ProxyError) -> u16 {
         e.status().as_u16()
+    }
+
+    #[test]
+    fn method_not_allowed_is_405_with_allow() {
+        let r = ProxyError::MethodNotAllowed.to_response(&HeaderValue::from_static("r"));
+        assert_eq!(r.status(), 405);
+        assert_eq!(
+            r.headers()[header::ALLOW],
+            "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+        );
+        assert_eq!(ProxyError::MethodNotAllowed.fault(), Fault::Downstream);
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Route {
     pub group: Arc<UpstreamGroup>,
     pub auth: AuthMode,
     pub idempotency: IdempotencyMode,
+    /// Methods refused by default (TRACE) that this route forwards.
+    pub allow_methods: Vec<http::Method>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -173,10 +175,11 @@ impl Snapshot {
         Arc::new(ArcSwap::from_pointee(self))
     }
 
-    /// First match wins: host (when the route has one) and path prefix.
+    /// First match wins: host (when the route has one) and path prefix, on segment
+    /// boundaries (`/api` matches `/api` and `/api/…`, not `/apiary`). `path` is normalised.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| {
-            path.starts_with(&*r.path_prefix)
+            crate::message::target::under_prefix(path, &r.path_prefix)
                 && match (&r.host, host) {
                     (None, _) => true,
                     (Some(m), Some(h)) => m.matches(h),
@@ -228,6 +231,7 @@ fn route(
         group: group.clone(),
         auth: spec.auth,
         idempotency: spec.idempotency,
+        allow_methods: spec.allow_methods.clone(),
     })
 }
 

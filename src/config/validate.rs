@@ -836,10 +836,13 @@ impl Validator {
             for m in raw.allow_methods.unwrap_or_default() {
                 match m.as_str() {
                     "TRACE" => allow_methods.push(http::Method::TRACE),
-                    "CONNECT" => allow_methods.push(http::Method::CONNECT),
+                    "CONNECT" => self.err(
+                        format!("{key}.allow_methods"),
+                        "CONNECT is always refused: doorman is a reverse proxy and opens no tunnels to a client's chosen authority",
+                    ),
                     other => self.err(
                         format!("{key}.allow_methods"),
-                        format!("{other:?}: only \"TRACE\" and \"CONNECT\" are refused by default (other methods need no allowing)"),
+                        format!("{other:?}: only \"TRACE\" is refused by default (other methods need no allowing)"),
                     ),
                 }
             }

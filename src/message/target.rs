@@ -147,14 +147,7 @@ fn normalise_path(path: &str, policy: PathPolicy) -> Result<Cow<'_, str>, Target
         }
         match b {
             b'/' => {
-                let removed = end_segment(&mut out, &seg, policy)?;
-                if !removed && !(policy.merge_slashes && out.last() == Some(&b'/')) {
-                    out.push(b'/');
-                }
-                seg = Segment {
-                    start: out.len(),
-                    escaped_dot: false,
-                };
+                seg = separator(&mut out, &seg, policy)?;
                 i += 1;
             }
             b'%' => {
@@ -175,14 +168,7 @@ fn normalise_path(path: &str, policy: PathPolicy) -> Result<Cow<'_, str>, Target
                         EscapedSlashes::Reject => return Err(TargetError::EscapedSlash),
                         EscapedSlashes::Decode => {
                             // A separator like any other, so `..%2f` is a dot segment.
-                            let removed = end_segment(&mut out, &seg, policy)?;
-                            if !removed && !(policy.merge_slashes && out.last() == Some(&b'/')) {
-                                out.push(b'/');
-                            }
-                            seg = Segment {
-                                start: out.len(),
-                                escaped_dot: false,
-                            };
+                            seg = separator(&mut out, &seg, policy)?;
                         }
                         EscapedSlashes::Keep => {
                             out.extend_from_slice(if c == b'/' { b"%2F" } else { b"%5C" })
@@ -212,6 +198,20 @@ fn normalise_path(path: &str, policy: PathPolicy) -> Result<Cow<'_, str>, Target
     Ok(Cow::Owned(
         String::from_utf8(out).expect("normalised path is ASCII"),
     ))
+}
+
+/// A '/' (or a decoded `%2F`): ends the segment, writes the separator unless the segment
+/// was a dot segment (its opening '/' serves) or slashes merge, and opens the next one.
+fn separator(out: &mut Vec<u8>, seg: &Segment, policy: PathPolicy) -> Result<Segment, TargetError> {
+    let removed = end_segment(out, seg, policy)?;
+    let merged = policy.merge_slashes && out.last() == Some(&b'/');
+    if !(removed || merged) {
+        out.push(b'/');
+    }
+    Ok(Segment {
+        start: out.len(),
+        escaped_dot: false,
+    })
 }
 
 /// At a segment's end: drop a `.` segment, pop for `..` (the '/' that opened it stays,

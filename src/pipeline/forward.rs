@@ -38,11 +38,42 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Remove hop-by-hop headers, including every header the Connection header names.
+/// Remove hop-by-hop headers, including every header the Connection header names (a
+/// replica's response; requests have the named ones removed by `strip_connection_named`
+/// before doorman adds headers of its own, then `strip_fixed_hop_by_hop` here).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the few names present finds which hop-by-hop ones are there (bit i:
-    // HOP_BY_HOP[i], bit 8: HTTP2-Settings); only those are removed. Most requests carry
-    // none, and most responses just `Connection: keep-alive`.
+    let present = hop_by_hop_present(headers);
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        remove_connection_named(headers, false);
+    }
+    remove_present(headers, present);
+}
+
+/// The fixed hop-by-hop headers only (the request's forwarded head): the headers its
+/// Connection names are already gone, and what doorman added since must stay even if a
+/// client's Connection names it.
+pub(super) fn strip_fixed_hop_by_hop(headers: &mut HeaderMap) {
+    let present = hop_by_hop_present(headers);
+    if present != 0 {
+        remove_present(headers, present);
+    }
+}
+
+/// Remove the headers a request's Connection names, before any stage reads or adds
+/// headers. Host is never removed (`Connection: host` would forward a request without one).
+pub(super) fn strip_connection_named(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        remove_connection_named(headers, true);
+    }
+}
+
+/// One pass over the few names present finds which hop-by-hop ones are there (bit i:
+/// HOP_BY_HOP[i], bit 8: HTTP2-Settings). Most requests carry none, and most responses
+/// just `Connection: keep-alive`.
+fn hop_by_hop_present(headers: &HeaderMap) -> u16 {
     let mut present = 0u16;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
@@ -51,34 +82,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             present |= 1 << 8;
         }
     }
-    if present == 0 {
-        return;
-    }
-    // HOP_BY_HOP[0] is Connection: the names it lists go too (those not removed anyway).
-    // Almost always a lone `keep-alive` or `close`, which name no header: nothing to scan.
-    // The usual tokens name no header to parse: `keep-alive` goes with HOP_BY_HOP, and
-    // `close` is an option, a field name RFC 9110 reserves for that reason.
-    let names_no_header =
-        |t: &[u8]| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close");
-    let names_headers = present & 1 != 0 && {
-        let mut values = headers.get_all(header::CONNECTION).iter();
-        !(values.next().is_some_and(|v| names_no_header(v.as_bytes())) && values.next().is_none())
-    };
-    if names_headers {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !names_no_header(t.as_bytes()))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .filter(|n| !HOP_BY_HOP.contains(n))
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
+    present
+}
+
+fn remove_present(headers: &mut HeaderMap, present: u16) {
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(name);
@@ -86,6 +93,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     if present & (1 << 8) != 0 {
         headers.remove(HTTP2_SETTINGS);
+    }
+}
+
+fn remove_connection_named(headers: &mut HeaderMap, keep_host: bool) {
+    // Almost always a lone `keep-alive` or `close`, which name no header: nothing to scan.
+    // `keep-alive` goes with HOP_BY_HOP, and `close` is an option, a field name RFC 9110
+    // reserves for that reason.
+    let names_no_header =
+        |t: &[u8]| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close");
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    if values.next().is_some_and(|v| names_no_header(v.as_bytes())) && values.next().is_none() {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !names_no_header(t.as_bytes()))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| !(HOP_BY_HOP.contains(n) || keep_host && *n == header::HOST))
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
 }
 
@@ -252,7 +284,7 @@ pub(super) fn prepare(
     };
 
     let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
+    strip_fixed_hop_by_hop(headers);
     if let Some(proto) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto);

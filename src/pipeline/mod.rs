@@ -1,7 +1,8 @@
 //! The request pipeline. `handle` is the one place where stage order is written:
 //!
+//! 0. normalise — target → (authority, normal path), forged-header removal (400, 405)
 //! 1. limits   — head size (431), declared body size (413), request id
-//! 2. route    — host + path prefix → route and its upstream group (404)
+//! 2. route    — host + path prefix on segment boundaries → route and its group (404, 405)
 //! 3. auth     — bearer JWT verified, revocation checked, claims forwarded (401 / 503)
 //! 4. idempotency — keyed writes: lease / replay / 409 / 422, result stored (400 / 409 / 422)
 //! 5. select   — the group's balancer picks a replica (503 when none may take traffic)
@@ -14,6 +15,7 @@ mod context;
 mod forward;
 mod idempotency;
 mod limits;
+mod normalise;
 mod retry;
 mod route;
 mod select;
@@ -137,7 +139,17 @@ async fn stages(
     conn: &Arc<ConnInfo>,
     snap: &Arc<Snapshot>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    // Limits first: an oversized or malformed request never reaches routing or a replica.
+    // Normalise first: every stage after it, and the replica, see the same request.
+    let is_claim_header = |name: &str| {
+        snap.auth
+            .as_ref()
+            .is_some_and(|v| v.forwarded_headers().any(|h| h.as_str() == name))
+    };
+    normalise::request(&mut req, &snap.settings, &is_claim_header)?;
+    if req.uri() != &ctx.uri {
+        ctx.uri = req.uri().clone();
+    }
+    // Limits next: an oversized or malformed request never reaches routing or a replica.
     limits::check(&req, &snap.settings)?;
     // Route before select: the route decides which group's balancer is asked.
     let host = route::host_of(&req)?;
@@ -145,6 +157,7 @@ async fn stages(
         .route(host.as_deref(), req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     ctx.route = Some(route.metrics.clone());
+    normalise::method_allowed(req.method(), &route.allow_methods)?;
     // Auth after route (the route says whether a token is needed), before any replica is
     // chosen: an unauthenticated request never costs upstream capacity.
     let token = auth::check(req.headers_mut(), route.auth, snap).await?;

@@ -1,4 +1,4 @@
-//! Stage 2 helper: which host the request is for.
+//! Stage 2 helper: which host the request is for (normalise has settled it in `Host`).
 
 use std::borrow::Cow;
 
@@ -6,7 +6,7 @@ use http::{Request, Version, header};
 
 use crate::error::ProxyError;
 
-/// The request's host, lower-cased and without port: Host header (HTTP/1.x) or :authority
+/// The request's host, lower-cased, without port or trailing dot: Host header (HTTP/1.x) or :authority
 /// (HTTP/2). HTTP/1.1 requires one Host header; HTTP/1.0 may omit it.
 pub(super) fn host_of<B>(req: &Request<B>) -> Result<Option<Cow<'_, str>>, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
@@ -23,24 +23,9 @@ pub(super) fn host_of<B>(req: &Request<B>) -> Result<Option<Cow<'_, str>>, Proxy
             None => return Ok(None),
         },
     };
-    let host = strip_port(raw).ok_or(ProxyError::BadRequest("invalid Host header"))?;
-    Ok(Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    }))
-}
-
-fn strip_port(h: &str) -> Option<&str> {
-    if h.is_empty() || h.bytes().any(|b| b <= b' ' || b == b'/' || b == b'@') {
-        return None;
-    }
-    if let Some(rest) = h.strip_prefix('[') {
-        // IPv6 literal: keep the brackets, drop the port.
-        let end = rest.find(']')?;
-        return Some(&h[..end + 2]);
-    }
-    Some(h.split_once(':').map_or(h, |(host, _)| host))
+    crate::message::target::host_for_matching(raw)
+        .map(Some)
+        .ok_or(ProxyError::BadRequest("invalid Host header"))
 }
 
 #[cfg(test)]
