@@ -6,6 +6,9 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -489,5 +492,101 @@ async fn a_request_after_a_refused_one_on_the_same_connection_is_never_forwarded
         assert_eq!(answers[0].0, 400, "{how:?}");
     }
     assert_eq!(r.count(), 0);
+    p.stop().await;
+}
+
+/// A replica answering each connection's one request with `answers[n]` for `GET /bad/{n}`,
+/// then waiting for doorman to close the connection. Counts connections accepted, and
+/// those doorman closed without sending anything more (never reused).
+struct RawReplica {
+    addr: std::net::SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    closed_unused: Arc<AtomicUsize>,
+}
+
+impl RawReplica {
+    async fn start(answers: &'static [&'static str]) -> RawReplica {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let r = RawReplica {
+            addr: listener.local_addr().unwrap(),
+            accepted: Arc::default(),
+            closed_unused: Arc::default(),
+        };
+        let (accepted, closed) = (r.accepted.clone(), r.closed_unused.clone());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let closed = closed.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // Bounded by doorman's request head (a GET without a body).
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&head).into_owned();
+                    let n: usize = line
+                        .strip_prefix("GET /bad/")
+                        .and_then(|rest| rest.split(' ').next())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap();
+                    tcp.write_all(answers[n].as_bytes()).await.unwrap();
+                    if let Ok(0) = tcp.read(&mut chunk).await {
+                        closed.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        r
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_response_with_bad_framing_is_a_502_and_its_connection_is_dropped() {
+    // The same Content-Length and Transfer-Encoding rules as for requests.
+    const ANSWERS: &[&str] = &[
+        "HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nContent-Length: 0 2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nContent-Length: 0x2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: ,chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,,\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ];
+    let r = RawReplica::start(ANSWERS).await;
+    // No retry and no ejection: every answer is judged on its own, on its own connection.
+    let group = "retries = 0\n[upstreams.api.health]\neject_after_failures = 0\n";
+    let p = TestProxy::start(
+        "",
+        &(group_toml("api", &[r.addr], group) + &route_toml("/", "api")),
+    )
+    .await;
+    for (i, answer) in ANSWERS.iter().enumerate() {
+        let got = exchange(
+            &p,
+            format!("GET /bad/{i} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+            Delivery::Whole,
+        )
+        .await;
+        let answers = responses(&got);
+        assert_eq!(answers.len(), 1, "{answer:?}");
+        assert_eq!(answers[0].0, 502, "{answer:?}");
+        // One connection per bad answer (no retry of it), closed by doorman unused.
+        within("doorman to drop the replica's connection", async {
+            while r.closed_unused.load(Ordering::SeqCst) < i + 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert_eq!(r.accepted.load(Ordering::SeqCst), i + 1, "{answer:?}");
+    }
     p.stop().await;
 }
