@@ -32,10 +32,12 @@ enum AtReplica {
     One(u64),
 }
 
+/// The bytes of a case's request to a given path.
+type Wire = Box<dyn Fn(&str) -> Vec<u8>>;
+
 struct Case {
     name: &'static str,
-    /// The bytes for a request to `path`.
-    wire: Box<dyn Fn(&str) -> Vec<u8>>,
+    wire: Wire,
     status: u16,
     /// The JSON `error` of doorman's own answer (None: the replica's answer).
     error: Option<&'static str>,
