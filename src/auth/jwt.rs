@@ -3,6 +3,12 @@
 //! with a public key) and algorithms a key does not allow are refused before any crypto.
 //! Header and claims rules are checked here rather than left to jsonwebtoken's defaults,
 //! which accept a missing `aud`/`iss` and ignore `crit`.
+//!
+//! The header and claims JSON are parsed strictly: an object that repeats a member, at any
+//! depth, refuses the token. serde_json keeps the last of two `"sub"`s; a replica (or an
+//! audit log) whose parser keeps the first would act for another identity than the one
+//! doorman checked. Member names are compared after JSON unescaping, so `"s\u0075b"`
+//! repeats `"sub"`.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,6 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::cache::TokenCache;
@@ -32,6 +39,12 @@ pub enum Reject {
     MissingJti,
     BadClaim,
     Revoked,
+    /// The header or claims JSON repeats a member.
+    DuplicateMember,
+    /// `exp - iat` is over `[auth] max_lifetime`.
+    Lifetime,
+    /// No `iat`, while `[auth] max_lifetime` is set (the lifetime cannot be checked).
+    MissingIat,
 }
 
 impl Reject {
@@ -51,6 +64,9 @@ impl Reject {
             Reject::MissingJti => "missing_jti",
             Reject::BadClaim => "bad_claim",
             Reject::Revoked => "revoked",
+            Reject::DuplicateMember => "duplicate_member",
+            Reject::Lifetime => "lifetime_too_long",
+            Reject::MissingIat => "missing_iat",
         }
     }
 
@@ -69,6 +85,9 @@ impl Reject {
             Reject::MissingJti => "missing jti",
             Reject::BadClaim => "invalid claims",
             Reject::Revoked => "token revoked",
+            Reject::DuplicateMember => "duplicate JSON member",
+            Reject::Lifetime => "token lifetime too long",
+            Reject::MissingIat => "missing iat",
         }
     }
 }
@@ -143,6 +162,8 @@ pub struct Verifier {
     audiences: Option<Vec<String>>,
     pub leeway: u64,
     require_jti: bool,
+    /// `[auth] max_lifetime` in seconds: the longest `exp - iat` accepted.
+    max_lifetime: Option<u64>,
     forward_claims: Vec<(String, HeaderName)>,
     pub strip_authorization: bool,
     cache: TokenCache,
@@ -156,6 +177,8 @@ impl Verifier {
             audiences: s.audiences.clone(),
             leeway: s.leeway.as_secs(),
             require_jti: s.require_jti,
+            // Whole seconds, as NumericDates are compared; a fraction only makes it stricter.
+            max_lifetime: s.max_lifetime.map(|d| d.as_secs()),
             forward_claims: s.forward_claims.clone(),
             strip_authorization: s.strip_authorization,
             cache: TokenCache::new(s.cache_entries),
@@ -261,6 +284,15 @@ impl Verifier {
         let exp = numeric_date(c.get("exp"))?.ok_or(Reject::BadClaim)?;
         let nbf = numeric_date(c.get("nbf"))?;
         let iat = numeric_date(c.get("iat"))?;
+        // Time-independent, so checked before the token can be cached: a token refused
+        // here is never cached.
+        if let Some(max) = self.max_lifetime {
+            let iat = iat.ok_or(Reject::MissingIat)?;
+            // exp before iat: no lifetime to speak of (the time check refuses it if expired).
+            if exp.saturating_sub(iat) > max {
+                return Err(Reject::Lifetime);
+            }
+        }
         if let Some(want) = &self.issuer
             && c.get("iss").and_then(Value::as_str) != Some(want.as_str())
         {
@@ -322,9 +354,83 @@ impl Verifier {
 
 fn json_object(b64: &str) -> Result<Map<String, Value>, Reject> {
     let bytes = URL_SAFE_NO_PAD.decode(b64).map_err(|_| Reject::Malformed)?;
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(m)) => Ok(m),
+    match serde_json::from_slice::<Strict>(&bytes) {
+        Ok(Strict(Value::Object(m))) => Ok(m),
+        Err(e) if e.is_data() && e.to_string().starts_with(DUPLICATE) => {
+            Err(Reject::DuplicateMember)
+        }
         _ => Err(Reject::Malformed),
+    }
+}
+
+/// The error a repeated member raises (found again in serde_json's message).
+const DUPLICATE: &str = "duplicate JSON member";
+
+/// A JSON value as serde_json's `Value`, built in the same single pass by serde_json's own
+/// parser, but refusing an object that repeats a member name, at any depth.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+
+    fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+        // JSON has no NaN or infinity, so this is always a number.
+        Ok(serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut members = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if members.insert(name, v).is_some() {
+                return Err(de::Error::custom(DUPLICATE));
+            }
+        }
+        Ok(Value::Object(members))
     }
 }
 
@@ -339,5 +445,67 @@ fn numeric_date(v: Option<&Value>) -> Result<Option<u64>, Reject> {
             _ => Err(Reject::BadClaim),
         },
         Some(_) => Err(Reject::BadClaim),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(json: &str) -> Result<Map<String, Value>, Reject> {
+        json_object(&URL_SAFE_NO_PAD.encode(json))
+    }
+
+    #[test]
+    fn a_repeated_member_at_any_depth_is_refused() {
+        for json in [
+            r#"{"sub":"alice","sub":"admin"}"#,
+            r#"{"sub":"alice","sub":"alice"}"#,
+            r#"{"sub":"alice","s\u0075b":"admin"}"#,
+            r#"{"a":{"role":"user","role":"admin"}}"#,
+            r#"{"a":[{"x":1},{"y":1,"y":2}]}"#,
+            r#"{"a":[[{"deep":{"k":1,"k":1}}]]}"#,
+        ] {
+            assert_eq!(parsed(json), Err(Reject::DuplicateMember), "{json}");
+        }
+    }
+
+    #[test]
+    fn distinct_members_parse_as_serde_json_would() {
+        let json = r#"{"sub":"alice","n":-3,"u":18446744073709551615,"f":1.5,"b":true,
+            "z":null,"a":[1,"x",{"k":{"sub":"nested is another object"}}],"sub2":"alice"}"#;
+        let strict = parsed(json).unwrap();
+        let Value::Object(plain) = serde_json::from_str::<Value>(json).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(strict, plain);
+        for bad in ["[1]", "\"s\"", "{\"a\":1", "{\"a\":1} x", "{\"a\":1,}"] {
+            assert_eq!(parsed(bad), Err(Reject::Malformed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_reject_has_its_own_label() {
+        let all = [
+            Reject::Malformed,
+            Reject::Algorithm,
+            Reject::UnknownKid,
+            Reject::Critical,
+            Reject::Signature,
+            Reject::Expired,
+            Reject::NotYetValid,
+            Reject::IssuedInFuture,
+            Reject::Issuer,
+            Reject::Audience,
+            Reject::MissingJti,
+            Reject::BadClaim,
+            Reject::Revoked,
+            Reject::DuplicateMember,
+            Reject::Lifetime,
+            Reject::MissingIat,
+        ];
+        let labels: std::collections::HashSet<_> = all.iter().map(Reject::label).collect();
+        let texts: std::collections::HashSet<_> = all.iter().map(Reject::description).collect();
+        assert_eq!((labels.len(), texts.len()), (all.len(), all.len()));
     }
 }

@@ -13,9 +13,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::head::Framing;
 
-/// A chunk-size line or a trailer line longer than this is refused.
+/// A chunk-size line (with its extensions) or a trailer line longer than this, CRLF not
+/// counted, is refused — however the line arrives: whole in one read or a byte at a time.
 const MAX_LINE: usize = 4096;
-/// Chunk extensions and trailer lines together, per body (they are read and dropped).
+/// Chunk extensions and the trailer section together, per body (they are read and dropped):
+/// the extension bytes of every chunk-size line, plus every trailer line with its CRLF.
 const MAX_OVERHEAD: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +103,7 @@ impl Decoder {
                     return Ok(Some(Decoded::Data));
                 }
                 State::ChunkSize => {
-                    let Some(line) = take_line(buf)? else {
+                    let Some(line) = take_line(buf, "chunk-size line too long")? else {
                         return Ok(None);
                     };
                     let (n, ext) = chunk_size_line(&line).ok_or("invalid chunk size")?;
@@ -123,13 +125,14 @@ impl Decoder {
                     self.state = State::ChunkSize;
                 }
                 State::Trailers => {
-                    let Some(line) = take_line(buf)? else {
+                    let Some(line) = take_line(buf, "trailer line too long")? else {
                         return Ok(None);
                     };
                     if line.is_empty() {
                         self.state = State::Done;
                     } else {
-                        self.add_overhead(line.len())?;
+                        // With its CRLF: a section of many empty-ish lines costs its bytes.
+                        self.add_overhead(line.len() + 2)?;
                     }
                 }
             }
@@ -146,9 +149,15 @@ impl Decoder {
 }
 
 /// One CRLF-terminated line off the front of `buf`, without its CRLF. A CR anywhere else,
-/// or an LF without its CR, is refused.
-fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, &'static str> {
-    match buf.iter().position(|&b| b == b'\n') {
+/// or an LF without its CR, is refused; so is a line over `MAX_LINE` (`too_long`).
+///
+/// Only the first `MAX_LINE + 2` bytes are looked at — room for the longest line allowed
+/// and its CRLF — so the verdict on a line is the same whether it came in one read, with
+/// what follows it, or a byte at a time; and a dripped line costs no rescans of a large
+/// buffer.
+fn take_line(buf: &mut BytesMut, too_long: &'static str) -> Result<Option<BytesMut>, &'static str> {
+    let window = &buf[..buf.len().min(MAX_LINE + 2)];
+    match window.iter().position(|&b| b == b'\n') {
         Some(i) if i == 0 || buf[i - 1] != b'\r' => Err("line not terminated by CRLF"),
         Some(i) if buf[..i - 1].contains(&b'\r') => Err("bare CR in a chunk line"),
         Some(i) => {
@@ -156,7 +165,8 @@ fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, &'static str> {
             line.truncate(i - 1);
             Ok(Some(line))
         }
-        None if buf.len() > MAX_LINE => Err("chunk line too long"),
+        // No LF among MAX_LINE + 2 bytes: the line is longer than MAX_LINE.
+        None if window.len() == MAX_LINE + 2 => Err(too_long),
         None => Ok(None),
     }
 }
@@ -405,11 +415,6 @@ mod tests {
                 "{wire:?}"
             );
         }
-        let long = vec![b'1'; MAX_LINE + 1];
-        assert_eq!(
-            decode_in_steps(Framing::Chunked, &long, long.len()).1,
-            Err("chunk line too long")
-        );
         let mut trailers = b"0\r\n".to_vec();
         for _ in 0..(MAX_OVERHEAD / 100 + 1) {
             trailers.extend_from_slice(&[b'x'; 100]);
@@ -426,6 +431,125 @@ mod tests {
             exts.extend_from_slice(format!("1;{}\r\nx\r\n", "e".repeat(1000)).as_bytes());
         }
         assert_eq!(decode_in_steps(Framing::Chunked, &exts, 4096).1, too_much);
+    }
+
+    /// Decode `wire` whole (one read) and a byte at a time: both must end the same way.
+    fn both_ways(wire: &[u8]) -> Result<Vec<u8>, &'static str> {
+        let (whole_data, whole) = decode_in_steps(Framing::Chunked, wire, wire.len());
+        let (byte_data, by_byte) = decode_in_steps(Framing::Chunked, wire, 1);
+        assert_eq!(whole, by_byte, "whole vs byte by byte");
+        assert_eq!(whole_data, byte_data);
+        whole.map(|_| whole_data)
+    }
+
+    /// A chunk-size line of exactly `len` bytes (CRLF not counted): `1;eeee…`.
+    fn size_line(len: usize) -> Vec<u8> {
+        let mut line = b"1;".to_vec();
+        line.resize(len, b'e');
+        line.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
+        line
+    }
+
+    /// The last chunk, then a trailer section whose lines (CRLFs included) are `total`
+    /// bytes, each line at most `line` bytes, then the empty line.
+    fn trailer_section(total: usize, line: usize) -> Vec<u8> {
+        let mut wire = b"1\r\nx\r\n0\r\n".to_vec();
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(line + 2);
+            assert!(n >= 5, "a trailer line needs a name");
+            wire.extend_from_slice(b"t:");
+            wire.extend(std::iter::repeat_n(b'v', n - 4));
+            wire.extend_from_slice(b"\r\n");
+            left -= n;
+        }
+        wire.extend_from_slice(b"\r\n");
+        wire
+    }
+
+    #[test]
+    fn a_chunk_size_line_over_its_limit_is_refused_however_it_arrives() {
+        assert_eq!(both_ways(&size_line(MAX_LINE)), Ok(b"x".to_vec()));
+        assert_eq!(
+            both_ways(&size_line(MAX_LINE + 1)),
+            Err("chunk-size line too long")
+        );
+        // Digits only, no extension: the same limit.
+        let mut digits = vec![b'0'; MAX_LINE + 1];
+        digits.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(both_ways(&digits), Err("chunk-size line too long"));
+        // No line end at all: refused once the limit is passed, not buffered on.
+        let endless = vec![b'1'; MAX_LINE + 2];
+        assert_eq!(both_ways(&endless), Err("chunk-size line too long"));
+    }
+
+    #[test]
+    fn a_trailer_line_over_its_limit_is_refused_however_it_arrives() {
+        assert_eq!(
+            both_ways(&trailer_section(MAX_LINE + 2, MAX_LINE)),
+            Ok(b"x".to_vec())
+        );
+        assert_eq!(
+            both_ways(&trailer_section(MAX_LINE + 3, MAX_LINE + 1)),
+            Err("trailer line too long")
+        );
+    }
+
+    #[test]
+    fn the_trailer_section_over_its_limit_is_refused_however_it_arrives() {
+        assert_eq!(
+            both_ways(&trailer_section(MAX_OVERHEAD, 1000)),
+            Ok(b"x".to_vec())
+        );
+        assert_eq!(
+            both_ways(&trailer_section(MAX_OVERHEAD + 1, 1000)),
+            Err("chunk extensions and trailers too large")
+        );
+    }
+
+    #[test]
+    fn extensions_over_their_budget_are_refused_however_they_arrive() {
+        // Chunk-size lines `1;eee…` whose extensions (from the `;`) total `total` bytes.
+        let exts = |total: usize| {
+            let mut wire = Vec::new();
+            let mut left = total;
+            while left > 0 {
+                let n = left.min(1000);
+                wire.push(b'1');
+                wire.push(b';');
+                wire.extend(std::iter::repeat_n(b'e', n - 1));
+                wire.extend_from_slice(b"\r\nx\r\n");
+                left -= n;
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            wire
+        };
+        assert!(both_ways(&exts(MAX_OVERHEAD)).is_ok());
+        assert_eq!(
+            both_ways(&exts(MAX_OVERHEAD + 1)),
+            Err("chunk extensions and trailers too large")
+        );
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_digits_only() {
+        for wire in [
+            &b"0x5\r\nhello\r\n0\r\n\r\n"[..],
+            b"+5\r\nhello\r\n0\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"5\t\r\nhello\r\n0\r\n\r\n",
+        ] {
+            assert_eq!(both_ways(wire), Err("invalid chunk size"), "{wire:?}");
+        }
+        // A bare LF ends no line.
+        assert_eq!(
+            both_ways(b"5\nhello\r\n0\r\n\r\n"),
+            Err("line not terminated by CRLF")
+        );
+        assert_eq!(
+            both_ways(b"0\r\nt: 1\n\r\n"),
+            Err("line not terminated by CRLF")
+        );
     }
 
     #[tokio::test]

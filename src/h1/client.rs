@@ -8,7 +8,8 @@ use std::ops::Range;
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
 
-use super::head::{MAX_HEADERS, content_length, count_codings};
+use super::head::{Codings, MAX_HEADERS};
+use crate::message::content_length::Lengths;
 
 /// How the request body is delimited on the way to the replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,21 +131,19 @@ pub(crate) fn parse_response(
     let head = buf.split_to(len).freeze();
 
     let mut headers = HeaderMap::with_capacity(fields.len());
-    let mut length: Option<u64> = None;
-    let (mut chunked_last, mut transfer_encoding, mut codings) = (false, false, 0u32);
+    let mut lengths = Lengths::default();
+    let (mut transfer_encoding, mut codings) = (false, Codings::default());
     let (mut close, mut keep_alive_token) = (false, false);
     for (name, range) in fields {
         let value = HeaderValue::from_maybe_shared(head.slice(range))
             .map_err(|_| "invalid header value")?;
         if name == header::CONTENT_LENGTH {
-            let n = content_length(value.as_bytes()).ok_or("invalid Content-Length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length headers");
-            }
-            length = Some(n);
+            // The same rules as for requests: a replica's framing is as untrusted as a
+            // client's (the caller answers 502 and does not reuse the connection).
+            lengths.add(value.as_bytes()).map_err(|e| e.reason())?;
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
-            count_codings(value.as_bytes(), &mut codings, &mut chunked_last);
+            codings.add(value.as_bytes())?;
             // This hop's framing, decided again on the next.
             continue;
         } else if name == header::CONNECTION {
@@ -181,19 +180,19 @@ pub(crate) fn parse_response(
     } else if transfer_encoding {
         // A coding besides chunked (gzip, chunked) would have to be undone here, or passed
         // on with its header: refused, as nginx does ("unknown Transfer-Encoding").
-        if codings != 1 || !chunked_last {
+        if codings.count != 1 || !codings.chunked_last {
             return Err("unsupported Transfer-Encoding");
         }
         // Transfer-Encoding overrides Content-Length, which must then go (RFC 9112 §6.3),
         // and a message with both may be an attempt at smuggling: the connection is not
         // reused after it.
-        if length.is_some() {
+        if lengths.value().is_some() {
             headers.remove(header::CONTENT_LENGTH);
             keep_alive = false;
         }
         ResponseFraming::Chunked
     } else {
-        match length {
+        match lengths.value() {
             Some(0) => ResponseFraming::Empty,
             Some(n) => ResponseFraming::Length(n),
             None => ResponseFraming::Close,
@@ -201,6 +200,14 @@ pub(crate) fn parse_response(
     };
     if framing == ResponseFraming::Close {
         keep_alive = false;
+    }
+    if lengths.repeated() && headers.contains_key(header::CONTENT_LENGTH) {
+        // Equal values ("5" and "05"): one canonical value goes on (HEAD and 304 answers
+        // keep theirs for the client).
+        headers.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(lengths.value().unwrap_or(0)),
+        );
     }
     let mut r = Response::new(());
     *r.status_mut() = status;
@@ -341,10 +348,47 @@ mod tests {
             .err(),
             Some("conflicting Content-Length headers")
         );
+        // The shared Content-Length rules (message::content_length), as for requests.
+        for cl in ["-1", "+5", "1 0", "0x5", "5, 5", "", "18446744073709551616"] {
+            let raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {cl}\r\n\r\n");
+            assert_eq!(
+                parse(&raw, false).err(),
+                Some("invalid Content-Length"),
+                "{cl:?}"
+            );
+        }
+        // Even where no body follows: the head itself is not to be trusted.
         assert_eq!(
-            parse("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false).err(),
+            parse(
+                "HTTP/1.1 204 No Content\r\nContent-Length: x\r\n\r\n",
+                false
+            )
+            .err(),
             Some("invalid Content-Length")
         );
+        let (r, m) = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 05\r\nContent-Length: 5\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(m.framing, ResponseFraming::Length(5));
+        let lengths: Vec<_> = r.headers().get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["5"]);
+        for te in [
+            "chunked,",
+            ",chunked",
+            "chunked,,",
+            "gzip,,chunked",
+            " , chunked",
+        ] {
+            let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert_eq!(
+                parse(&raw, false).err(),
+                Some("empty element in Transfer-Encoding"),
+                "{te:?}"
+            );
+        }
         assert_eq!(
             parse("SSH-2.0-OpenSSH\r\n\r\n", false).err(),
             Some("malformed response head")

@@ -9,6 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 
+use crate::message::content_length::Lengths;
+
 /// More header lines than this is a 431, as hyper's default.
 pub(super) const MAX_HEADERS: usize = 100;
 
@@ -76,10 +78,9 @@ pub(super) fn parse(
 
     // Room for what the pipeline adds (X-Forwarded-*, X-Request-Id) without a regrow.
     let mut headers = HeaderMap::with_capacity(req.headers.len() + 6);
-    let mut length: Option<u64> = None;
-    let (mut lengths, mut hosts) = (0u32, 0u32);
-    // Every coding named, over all Transfer-Encoding lines, and whether the last is chunked.
-    let (mut codings, mut chunked_last) = (0u32, false);
+    let mut lengths = Lengths::default();
+    let mut hosts = 0u32;
+    let mut codings = Codings::default();
     let mut transfer_encoding = false;
     let (mut close, mut keep_alive_token, mut expect_continue, mut upgrade) =
         (false, false, false, false);
@@ -89,16 +90,12 @@ pub(super) fn parse(
         let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
             .map_err(|_| HeadError::Bad("invalid header value"))?;
         if name == header::CONTENT_LENGTH {
-            let n =
-                content_length(value.as_bytes()).ok_or(HeadError::Bad("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(HeadError::Bad("conflicting Content-Length headers"));
-            }
-            length = Some(n);
-            lengths += 1;
+            lengths
+                .add(value.as_bytes())
+                .map_err(|e| HeadError::Bad(e.reason()))?;
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
-            count_codings(value.as_bytes(), &mut codings, &mut chunked_last);
+            codings.add(value.as_bytes()).map_err(HeadError::Bad)?;
         } else if name == header::HOST {
             hosts += 1;
         } else if name == header::CONNECTION {
@@ -118,19 +115,19 @@ pub(super) fn parse(
         // Two proxies could route the same request by different hosts.
         return Err(HeadError::Bad("repeated Host header"));
     }
-    let framing = match (transfer_encoding, length) {
+    let framing = match (transfer_encoding, lengths.value()) {
         // Both: a classic request-smuggling vector; refused rather than guessed.
         (true, Some(_)) => return Err(HeadError::Bad("both Content-Length and Transfer-Encoding")),
         (true, None) if version == Version::HTTP_10 => {
             return Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request"));
         }
         // The body's length cannot be known (RFC 9112 §6.3): 400, then close.
-        (true, None) if !chunked_last => {
+        (true, None) if !codings.chunked_last => {
             return Err(HeadError::Bad(
                 "Transfer-Encoding does not end with chunked",
             ));
         }
-        (true, None) if codings == 1 => Framing::Chunked,
+        (true, None) if codings.count == 1 => Framing::Chunked,
         // gzip, chunked (and chunked twice): a coding doorman would have to undo.
         (true, None) => {
             return Err(HeadError::Unsupported("unsupported Transfer-Encoding"));
@@ -138,17 +135,22 @@ pub(super) fn parse(
         (false, Some(0) | None) => Framing::Empty,
         (false, Some(n)) => Framing::Length(n),
     };
-    if lengths > 1 {
+    if lengths.repeated() {
         // Equal values ("5" and "05"): one canonical value goes on.
         headers.insert(
             header::CONTENT_LENGTH,
-            HeaderValue::from(length.unwrap_or(0)),
+            HeaderValue::from(lengths.value().unwrap_or(0)),
         );
     }
-    let keep_alive = match version {
-        Version::HTTP_11 => !close,
-        _ => keep_alive_token && !close,
-    };
+    // After a CONNECT, the client's next bytes are meant for a tunnel, not more requests:
+    // doorman opens no tunnels (the pipeline answers 405), and reading those bytes as
+    // requests would let a client smuggle past whatever saw them as opaque tunnel data.
+    // The connection ends after the answer.
+    let keep_alive = method != Method::CONNECT
+        && match version {
+            Version::HTTP_11 => !close,
+            _ => keep_alive_token && !close,
+        };
     let meta = Meta {
         framing,
         keep_alive,
@@ -165,26 +167,31 @@ pub(super) fn parse(
     Ok(Some((req, meta)))
 }
 
-/// Count the codings a Transfer-Encoding value lists (over all its lines, called once per
-/// line) and note whether the last one seen is chunked.
-pub(super) fn count_codings(value: &[u8], codings: &mut u32, chunked_last: &mut bool) {
-    for coding in value.split(|&b| b == b',') {
-        let coding = coding.trim_ascii();
-        if !coding.is_empty() {
-            *codings += 1;
-            *chunked_last = coding.eq_ignore_ascii_case(b"chunked");
-        }
-    }
+/// The codings a message's Transfer-Encoding field lines list, over all its lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Codings {
+    /// Codings named so far.
+    pub(super) count: u32,
+    /// Whether the last one named is `chunked`.
+    pub(super) chunked_last: bool,
 }
 
-/// A Content-Length value: ASCII digits only (no sign, no list), at most 19 of them.
-pub(super) fn content_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
+impl Codings {
+    /// Add one field line. An empty list element (`chunked,`, `,chunked`, `a,,b`, an empty
+    /// value) is refused: RFC 9110 §5.6.1 lets a recipient skip them, but a parser that
+    /// does not — or that reads `chunked,` as "not ending in chunked" — would frame the body
+    /// differently; refusing costs a well-behaved client nothing.
+    pub(super) fn add(&mut self, value: &[u8]) -> Result<(), &'static str> {
+        for coding in value.split(|&b| b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                return Err("empty element in Transfer-Encoding");
+            }
+            self.count = self.count.saturating_add(1);
+            self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+        }
+        Ok(())
     }
-    v.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
 }
 
 /// How a response body is delimited on the wire.
@@ -419,6 +426,71 @@ mod tests {
     }
 
     #[test]
+    fn content_length_follows_the_one_shared_parser() {
+        for cl in ["-1", "+5", "1 0", "0x5", "5,5", "", "18446744073709551616"] {
+            let raw = format!("POST / HTTP/1.1\r\ncontent-length: {cl}\r\n\r\n");
+            assert_eq!(
+                parsed(&raw),
+                Err(HeadError::Bad("invalid Content-Length")),
+                "{cl:?}"
+            );
+        }
+        // Leading and trailing whitespace is the field's OWS, not part of the value.
+        assert_eq!(
+            meta("POST / HTTP/1.1\r\ncontent-length:   7  \r\n\r\n").framing,
+            Framing::Length(7)
+        );
+        assert_eq!(
+            meta("POST / HTTP/1.1\r\ncontent-length: 18446744073709551615\r\n\r\n").framing,
+            Framing::Length(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn transfer_encoding_lists_with_empty_elements_are_400() {
+        for te in [
+            "chunked,",
+            ",chunked",
+            "chunked,,",
+            "chunked, ,",
+            "gzip,,chunked",
+            "",
+            " , ",
+        ] {
+            let raw = format!("POST / HTTP/1.1\r\ntransfer-encoding: {te}\r\n\r\n");
+            assert_eq!(
+                parsed(&raw),
+                Err(HeadError::Bad("empty element in Transfer-Encoding")),
+                "{te:?}"
+            );
+        }
+        // Over two lines, each must be a proper list.
+        let split = "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: \r\n\r\n";
+        assert_eq!(
+            parsed(split),
+            Err(HeadError::Bad("empty element in Transfer-Encoding"))
+        );
+        // Anything but exactly one final chunked stays refused as before.
+        for (te, want) in [
+            (
+                "identity",
+                HeadError::Bad("Transfer-Encoding does not end with chunked"),
+            ),
+            (
+                "chunked, identity",
+                HeadError::Bad("Transfer-Encoding does not end with chunked"),
+            ),
+            (
+                "chunked, chunked",
+                HeadError::Unsupported("unsupported Transfer-Encoding"),
+            ),
+        ] {
+            let raw = format!("POST / HTTP/1.1\r\ntransfer-encoding: {te}\r\n\r\n");
+            assert_eq!(parsed(&raw), Err(want), "{te:?}");
+        }
+    }
+
+    #[test]
     fn a_partial_head_leaves_its_input_and_repeated_lengths_go_on_as_one() {
         let mut input = Bytes::from_static(b"GET / HTTP/1.1\r\nhost: x\r\n");
         assert_eq!(parse(&mut input, 1024).map(|p| p.is_none()), Ok(true));
@@ -452,6 +524,18 @@ mod tests {
         );
         // Never with a body: its bytes would go down the tunnel.
         assert!(!meta("GET / HTTP/1.1\r\nupgrade: websocket\r\ncontent-length: 2\r\n\r\n").upgrade);
+    }
+
+    #[test]
+    fn a_connect_request_ends_its_connection() {
+        let mut input = Bytes::from_static(
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+        );
+        let (req, m) = parse(&mut input, 1024).unwrap().unwrap();
+        assert_eq!(req.method(), Method::CONNECT);
+        assert!(!m.keep_alive);
+        assert!(!meta("CONNECT a:443 HTTP/1.1\r\nconnection: keep-alive\r\n\r\n").keep_alive);
+        assert!(!meta("CONNECT a:443 HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").keep_alive);
     }
 
     fn encoded(

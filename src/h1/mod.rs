@@ -12,8 +12,12 @@
 //!   malformed one a 400, both as doorman's JSON errors, and the connection closes;
 //! - request bodies by Content-Length or chunked (trailers are read and dropped); the
 //!   request-smuggling shapes are refused and the connection closed: Content-Length
-//!   together with Transfer-Encoding, two different Content-Lengths, a Transfer-Encoding
-//!   not ending in chunked, a repeated Host (400), a coding besides chunked (501);
+//!   together with Transfer-Encoding, two different Content-Lengths, a Content-Length
+//!   that is not plain digits (`message::content_length`), a Transfer-Encoding not ending
+//!   in chunked or with an empty list element, a repeated Host (400), a coding besides
+//!   chunked (501); chunk-size and trailer lines are bounded however the reads split them;
+//! - a CONNECT request is answered (doorman opens no tunnels) and ends the connection: what
+//!   follows it is never read as further requests;
 //! - `Expect: 100-continue` is answered when the pipeline first reads the body;
 //! - a body the pipeline did not read is discarded when it has all arrived (the connection
 //!   stays usable); otherwise the response says `Connection: close` and the close lingers

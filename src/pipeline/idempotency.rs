@@ -144,10 +144,10 @@ pub(super) async fn run(
     // Bodies are buffered to fingerprint them, under the tighter of both limits; a declared
     // length over it fails fast.
     let limit = s.max_request_body_bytes.min(snap.settings.max_body_bytes);
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // `limits` refused a malformed length already.
+    let declared = crate::message::content_length::from_headers(&parts.headers)
+        .ok()
+        .flatten();
     if declared.is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge);
     }

@@ -1,9 +1,10 @@
 //! Stage 1: request limits and the request id.
 
-use http::{HeaderValue, Request, header};
+use http::{HeaderValue, Request};
 
 use crate::config::ServerSettings;
 use crate::error::ProxyError;
+use crate::message::content_length;
 
 /// Refuse heads over `max_header_bytes` (431) and declared bodies over `max_body_bytes` (413).
 /// Bodies without a declared length are counted as they stream (see `LimitedBody`).
@@ -11,20 +12,12 @@ pub(super) fn check<B>(req: &Request<B>, settings: &ServerSettings) -> Result<()
     if head_size(req) > settings.max_header_bytes {
         return Err(ProxyError::HeadTooLarge);
     }
-    let mut lengths = req.headers().get_all(header::CONTENT_LENGTH).iter();
-    if let Some(len) = lengths.next() {
-        // hyper already refuses conflicting Content-Length values; this guards the h2 path.
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or(ProxyError::BadRequest("invalid Content-Length"))?;
-        if lengths.next().is_some() {
-            return Err(ProxyError::BadRequest("repeated Content-Length"));
-        }
-        if len > settings.max_body_bytes {
-            return Err(ProxyError::BodyTooLarge);
-        }
+    // The h1 codec has applied the same parser already; this guards the h2 path, with the
+    // same rules (message::content_length), so both protocols read one length.
+    let declared = content_length::from_headers(req.headers())
+        .map_err(|e| ProxyError::BadRequest(e.reason()))?;
+    if declared.is_some_and(|len| len > settings.max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge);
     }
     Ok(())
 }
@@ -109,14 +102,42 @@ mod tests {
             .body(())
             .unwrap();
         assert!(check(&req, &settings()).is_ok());
+        for bad in [
+            "ten",
+            "+5",
+            " 5 ",
+            "0x5",
+            "5, 5",
+            "-1",
+            "99999999999999999999",
+        ] {
+            let req = Request::post("/")
+                .header("content-length", bad)
+                .body(())
+                .unwrap();
+            assert!(
+                matches!(
+                    check(&req, &settings()),
+                    Err(ProxyError::BadRequest("invalid Content-Length"))
+                ),
+                "{bad:?}"
+            );
+        }
         let req = Request::post("/")
-            .header("content-length", "ten")
+            .header("content-length", "5")
+            .header("content-length", "6")
             .body(())
             .unwrap();
         assert!(matches!(
             check(&req, &settings()),
-            Err(ProxyError::BadRequest(_))
+            Err(ProxyError::BadRequest("conflicting Content-Length headers"))
         ));
+        let req = Request::post("/")
+            .header("content-length", "5")
+            .header("content-length", "05")
+            .body(())
+            .unwrap();
+        assert!(check(&req, &settings()).is_ok());
     }
 
     #[test]

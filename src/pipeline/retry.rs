@@ -28,9 +28,10 @@ pub(super) const REPLAY_BODY_BYTES: u64 = 64 * 1024;
 
 /// Whether the request declares a body small enough to hold for a possible retry.
 pub(super) fn replayable_length<B>(req: &Request<B>, max_body_bytes: u64) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    // `limits` refused a malformed length already; none here means "not replayable".
+    crate::message::content_length::from_headers(req.headers())
+        .ok()
+        .flatten()
         .is_some_and(|n| n <= REPLAY_BODY_BYTES.min(max_body_bytes))
 }
 

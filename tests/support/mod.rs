@@ -145,6 +145,8 @@ pub struct Seen {
     pub version: Version,
     pub headers: HeaderMap,
     pub body_len: u64,
+    /// The body was read to its end (false: the request was cut off mid-body).
+    pub complete: bool,
 }
 
 /// A mock upstream replica on 127.0.0.1:0. It tags every response with `x-upstream-id` and
@@ -249,13 +251,28 @@ impl Replica {
     }
 
     fn record<B>(&self, req: &Request<B>, body_len: u64) {
+        self.record_as(req, body_len, true);
+    }
+
+    fn record_as<B>(&self, req: &Request<B>, body_len: u64, complete: bool) {
         self.seen.lock().unwrap().push(Seen {
             method: req.method().clone(),
             uri: req.uri().to_string(),
             version: req.version(),
             headers: req.headers().clone(),
             body_len,
+            complete,
         });
+    }
+
+    /// Requests whose body arrived whole.
+    pub fn complete_count(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.complete)
+            .count()
     }
 
     async fn answer(self, mut req: Request<Incoming>) -> Result<Response<TestBody>, BoxError> {
@@ -406,13 +423,17 @@ impl Replica {
             let (parts, body) = req.into_parts();
             let mut n = 0u64;
             let mut body = body;
+            let mut complete = true;
             while let Some(frame) = body.frame().await {
                 match frame {
                     Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
-                    Err(_) => break,
+                    Err(_) => {
+                        complete = false;
+                        break;
+                    }
                 }
             }
-            self.record(&Request::from_parts(parts, ()), n);
+            self.record_as(&Request::from_parts(parts, ()), n, complete);
             Response::new(full(format!("ok {n}")))
         };
         resp.headers_mut()
