@@ -155,10 +155,9 @@ impl RequestCtx {
             token: None,
             keyed: false,
             on_abandon: None,
-            bytes_in: req
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            bytes_in: crate::message::content_length::from_headers(req.headers())
+                .ok()
+                .flatten(),
         }
     }
 }
