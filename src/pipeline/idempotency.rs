@@ -321,8 +321,9 @@ impl Job {
     ///
     /// Until the replica's response head arrives (under the group's `response_timeout`, as
     /// for any request) nothing is committed, and a failure releases the key (or, with
-    /// `store_server_errors`, stores the error). A head `commits` accepts commits the key:
-    /// from then on it is never released, whatever becomes of the body (see `committed`).
+    /// `store_server_errors`, stores the error). A head whose status `commits` accepts
+    /// commits the key: from then on it is never released, whatever becomes of the body
+    /// (see `committed`).
     async fn run(
         self,
         parts: http::request::Parts,
