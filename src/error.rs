@@ -17,6 +17,16 @@ pub enum Fault {
     Internal,
 }
 
+/// Why a key whose request already ran has no response to replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReplayable {
+    /// The response was larger than `max_stored_body_bytes`.
+    TooLarge,
+    /// The replica sent a response head that commits the key, but the body did not arrive
+    /// whole (broken off, stalled, or still streaming when the lease ran out).
+    Incomplete,
+}
+
 /// Every way a proxied request can fail before the upstream's own response is relayed.
 #[derive(Debug)]
 pub enum ProxyError {
@@ -33,8 +43,9 @@ pub enum ProxyError {
     IdempotencyInFlight(u64),
     /// The same key was used for a different request.
     IdempotencyMismatch,
-    /// The original response was too large to store, so it cannot be replayed.
-    IdempotencyNotReplayable,
+    /// The key's request ran, but its response cannot be replayed: a retry is refused (409),
+    /// never run again.
+    IdempotencyNotReplayable(NotReplayable),
     /// No route matches the request's host and path.
     NoRoute,
     /// CONNECT anywhere, TRACE where the route does not allow it (RFC 9110 §15.5.6).
@@ -71,7 +82,7 @@ impl ProxyError {
             ProxyError::IdempotencyKey(_) => StatusCode::BAD_REQUEST,
             ProxyError::IdempotencyInFlight(_) => StatusCode::CONFLICT,
             ProxyError::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
-            ProxyError::IdempotencyNotReplayable => StatusCode::CONFLICT,
+            ProxyError::IdempotencyNotReplayable(_) => StatusCode::CONFLICT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -95,7 +106,7 @@ impl ProxyError {
             | ProxyError::IdempotencyKey(_)
             | ProxyError::IdempotencyInFlight(_)
             | ProxyError::IdempotencyMismatch
-            | ProxyError::IdempotencyNotReplayable
+            | ProxyError::IdempotencyNotReplayable(_)
             | ProxyError::NoRoute
             | ProxyError::MethodNotAllowed
             | ProxyError::HeadTooLarge
@@ -122,8 +133,11 @@ impl ProxyError {
                 "a request with this idempotency key is in progress"
             }
             ProxyError::IdempotencyMismatch => "idempotency key reused with a different request",
-            ProxyError::IdempotencyNotReplayable => {
+            ProxyError::IdempotencyNotReplayable(NotReplayable::TooLarge) => {
                 "the original response to this idempotency key was too large to store and cannot be replayed"
+            }
+            ProxyError::IdempotencyNotReplayable(NotReplayable::Incomplete) => {
+                "the original request with this idempotency key was processed, but its response did not arrive whole and cannot be replayed"
             }
             ProxyError::NoRoute => "no route for this host and path",
             ProxyError::MethodNotAllowed => "method not allowed",
@@ -187,7 +201,7 @@ impl fmt::Display for ProxyError {
             | ProxyError::IdempotencyKey(_)
             | ProxyError::IdempotencyInFlight(_)
             | ProxyError::IdempotencyMismatch
-            | ProxyError::IdempotencyNotReplayable
+            | ProxyError::IdempotencyNotReplayable(_)
             | ProxyError::NoRoute
             | ProxyError::MethodNotAllowed
             | ProxyError::HeadTooLarge
@@ -274,7 +288,14 @@ mod tests {
     fn idempotency_arms() {
         assert_eq!(status_of(ProxyError::IdempotencyKey("missing")), 400);
         assert_eq!(status_of(ProxyError::IdempotencyMismatch), 422);
-        assert_eq!(status_of(ProxyError::IdempotencyNotReplayable), 409);
+        for why in [NotReplayable::TooLarge, NotReplayable::Incomplete] {
+            let e = ProxyError::IdempotencyNotReplayable(why);
+            assert_eq!((e.status().as_u16(), e.fault()), (409, Fault::Downstream));
+        }
+        assert_ne!(
+            ProxyError::IdempotencyNotReplayable(NotReplayable::TooLarge).client_message(),
+            ProxyError::IdempotencyNotReplayable(NotReplayable::Incomplete).client_message()
+        );
         let r = ProxyError::IdempotencyInFlight(3).to_response(&HeaderValue::from_static("r"));
         assert_eq!(r.status(), 409);
         assert_eq!(r.headers()["retry-after"], "3");

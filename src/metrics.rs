@@ -184,6 +184,9 @@ pub struct Metrics {
     pub token_cache: Family<OutcomeLabels, Counter>,
     pub revocation_view: Family<OutcomeLabels, Counter>,
     pub idempotency: Family<OutcomeLabels, Counter>,
+    /// Idempotency FINISH scripts that failed or timed out (op `store`: a result; op
+    /// `release`: giving the key back): the key keeps its lease until `lock_ttl`.
+    pub idempotency_store_failures: Family<OpLabels, Counter>,
     pub store_duration: Histograms<OpLabels>,
     pub store_errors: Family<OpLabels, Counter>,
     pub store_open_passes: Family<OpLabels, Counter>,
@@ -380,6 +383,7 @@ impl Metrics {
             token_cache,
             revocation_view,
             idempotency: Family::default(),
+            idempotency_store_failures: Family::default(),
             store_duration: histograms(),
             store_errors: Family::default(),
             store_open_passes: Family::default(),
@@ -495,6 +499,11 @@ impl Metrics {
             self.revocation_view.clone(),
         );
         r.register("idempotency", "Keyed requests by outcome (first, replay, conflict, mismatch, not_replayable, bad_key, failed) and leases that expired before their result was stored (lease_expired)", self.idempotency.clone());
+        r.register(
+            "idempotency_store_failures",
+            "Idempotency results (op=store) or releases (op=release) the store did not take in time; the key stays leased until lock_ttl",
+            self.idempotency_store_failures.clone(),
+        );
         r.register(
             "store_duration_seconds",
             "State store operations on the request path",

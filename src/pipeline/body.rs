@@ -229,12 +229,16 @@ impl Drop for LimitedBody {
     }
 }
 
-/// The body relayed downstream: chunks already read (an oversized idempotent response that
-/// was partly buffered) followed by the rest of the replica's stream.
+/// The body relayed downstream: chunks already read (an idempotent response that was partly
+/// buffered) followed by the rest of the replica's stream — or by the failure that broke it.
 #[derive(Debug)]
 pub struct RelayBody {
     read: std::collections::VecDeque<Bytes>,
     rest: UpstreamBody,
+    /// Yielded once `read` is drained, in place of `rest`: the replica's body broke off while
+    /// doorman was reading it. A failed `UpstreamBody` reads as ended afterwards, so without
+    /// this the client would get a truncated body framed as a whole one.
+    cut: Option<UpstreamBodyError>,
 }
 
 impl RelayBody {
@@ -242,6 +246,7 @@ impl RelayBody {
         RelayBody {
             read: Default::default(),
             rest,
+            cut: None,
         }
     }
 
@@ -249,6 +254,18 @@ impl RelayBody {
         RelayBody {
             read: read.into(),
             rest,
+            cut: None,
+        }
+    }
+
+    /// The chunks read, then `why` as the body's error: the client sees the response broken
+    /// off where the replica broke it (HTTP/1.1: the connection closes short of the body's
+    /// end; HTTP/2: the stream is reset).
+    pub fn cut(read: Vec<Bytes>, rest: UpstreamBody, why: UpstreamBodyError) -> Self {
+        RelayBody {
+            read: read.into(),
+            rest,
+            cut: Some(why),
         }
     }
 
@@ -273,11 +290,14 @@ impl Body for RelayBody {
         if let Some(b) = self.read.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
+        if let Some(why) = self.cut.take() {
+            return Poll::Ready(Some(Err(why)));
+        }
         Pin::new(&mut self.rest).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.read.is_empty() && self.rest.is_end_stream()
+        self.read.is_empty() && self.cut.is_none() && self.rest.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -285,7 +305,10 @@ impl Body for RelayBody {
         let rest = self.rest.size_hint();
         let mut h = SizeHint::new();
         h.set_lower(rest.lower() + read);
-        if let Some(u) = rest.upper() {
+        // A cut body has no upper bound: a failed stream hints "exactly 0 more", and an exact
+        // hint would have the encoder frame what was read as the whole body
+        // (Content-Length) and never poll far enough to see the failure.
+        if let (Some(u), None) = (rest.upper(), &self.cut) {
             h.set_upper(u + read);
         }
         h

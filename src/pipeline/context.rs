@@ -45,8 +45,10 @@ pub struct ConnInfo {
     pub activity: Arc<AtomicU64>,
     /// Requests started on this connection.
     pub requests: AtomicU64,
-    /// Requests whose body is sent and which wait for the replica's response head. The
-    /// group's `response_timeout` bounds them, so the idle watchdog leaves them alone.
+    /// Requests whose body is sent and which wait for the replica's response head (the
+    /// group's `response_timeout` bounds them), or keyed requests reading a committed
+    /// response's body before answering (each read under `idle_timeout`): bounded on their
+    /// own, so the idle watchdog leaves them alone.
     pub awaiting_upstream: AtomicUsize,
     pub phase: watch::Receiver<Phase>,
     pub idle_timeout: Duration,

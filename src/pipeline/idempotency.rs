@@ -3,8 +3,17 @@
 //! response is stored for `ttl`; a retry gets the stored response, a concurrent duplicate
 //! 409, and the same key on a different request 422.
 //!
+//! The request is *committed* once the replica's response head arrives with a status that
+//! is stored rather than released (`commits`): from then on the key is never released, so
+//! the request never runs twice while doorman lives. `response_timeout` bounds the wait for
+//! that head only, as for any request; the body is then read under the connection's
+//! `idle_timeout` between chunks and within the lease. A body that cannot be stored leaves
+//! a not-replayable record (409 on retry). Before the head, a failure or a retryable status
+//! (408/425/429, and 5xx unless `store_server_errors`) releases the key for a retry.
+//!
 //! The guarantee is at-least-once across a proxy crash: a lease left by a dead instance
-//! expires after `lock_ttl`, then the key can be processed again.
+//! expires after `lock_ttl`, then the key can be processed again. docs/idempotency.md has
+//! the states of a key.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,13 +26,14 @@ use tracing::{info, warn};
 
 use super::body::DownstreamBody;
 use super::context::{ConnInfo, RequestCtx};
-use super::{ResponseBody, X_REQUEST_ID, forward};
+use super::{RelayBody, ResponseBody, X_REQUEST_ID, forward};
 use crate::auth::VerifiedToken;
 use crate::config::{IdempotencyMode, IdempotencySettings, OnError};
-use crate::error::ProxyError;
+use crate::error::{NotReplayable, ProxyError};
 use crate::metrics::Metrics;
 use crate::snapshot::{Route, Snapshot};
 use crate::store::{Begin, IdemRecord, StoredResponse};
+use crate::upstream::UpstreamBodyError;
 
 const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 const MAX_KEY_BYTES: usize = 255;
@@ -125,6 +135,13 @@ fn retryable(status: http::StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 425 | 429)
 }
 
+/// Whether a response head with this status commits the key: its outcome is stored (or,
+/// when the body cannot be, the key is recorded as not replayable), and the request never
+/// runs again under this key. Any other head releases the key for a retry.
+fn commits(status: http::StatusCode, s: &IdempotencySettings) -> bool {
+    !retryable(status) && (s.store_server_errors || !status.is_server_error())
+}
+
 /// Run a keyed request: begin (lease or record), then forward once and finish, or answer
 /// from the record.
 #[allow(clippy::too_many_arguments)]
@@ -198,10 +215,12 @@ pub(super) async fn run(
     }
     // A replica is chosen only once the lease is ours: replays and conflicts touch none.
     let Some(upstream) = route.group.select_for(sticky) else {
-        let _ = snap
+        let release = snap
             .store
-            .idem_finish(&store_key, &lease, None, Duration::ZERO)
-            .await;
+            .idem_finish(&store_key, &lease, None, Duration::ZERO);
+        if snap.metrics.store_op("idem_finish", release).await.is_err() {
+            Metrics::count_op(&snap.metrics.idempotency_store_failures, "release");
+        }
         return Err(ProxyError::NoUpstream);
     };
     ctx.upstream = Some(route.group.servers[upstream].address);
@@ -246,7 +265,12 @@ fn answer_from(
             let left = expires_ms.saturating_sub(now_ms()).div_ceil(1000).max(1);
             Err(ProxyError::IdempotencyInFlight(left))
         }
-        IdemRecord::TooLarge { .. } => Err(ProxyError::IdempotencyNotReplayable),
+        IdemRecord::TooLarge { .. } => Err(ProxyError::IdempotencyNotReplayable(
+            NotReplayable::TooLarge,
+        )),
+        IdemRecord::Committed { .. } => Err(ProxyError::IdempotencyNotReplayable(
+            NotReplayable::Incomplete,
+        )),
         IdemRecord::Done { response, .. } => {
             let body = response
                 .body_bytes()
@@ -277,41 +301,56 @@ struct Job {
     fingerprint: String,
 }
 
+/// How reading a committed response's body ended.
+enum BodyEnd {
+    /// Read to its end, within what may be stored.
+    Whole,
+    /// Past `max_stored_body_bytes`: the rest is relayed, not read.
+    TooLarge,
+    /// Still streaming when the lease budget ran out: the rest is relayed, not read.
+    OutOfLease,
+    /// The replica broke it off (reset, closed early, bad framing).
+    Broken(UpstreamBodyError),
+    /// No data for the connection's `idle_timeout`.
+    Stalled,
+}
+
 impl Job {
-    /// Forward and store within the lease: the whole job must end before `lock_ttl` does, or
+    /// Forward, read and store within the lease: the job must end before `lock_ttl` does, or
     /// a retry could take the key while this request still runs.
+    ///
+    /// Until the replica's response head arrives (under the group's `response_timeout`, as
+    /// for any request) nothing is committed, and a failure releases the key (or, with
+    /// `store_server_errors`, stores the error). A head whose status `commits` accepts
+    /// commits the key: from then on it is never released, whatever becomes of the body
+    /// (see `committed`).
     async fn run(
         self,
         parts: http::request::Parts,
         body: Bytes,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let budget = self.snap.idempotency.lock_ttl.mul_f64(0.9);
-        match tokio::time::timeout(budget, self.work(parts, body)).await {
-            Ok(r) => r,
-            Err(_) => {
-                warn!(request_id = ?self.request_id, "idempotent request ran past its lease budget");
-                self.finish(None).await;
-                Err(ProxyError::UpstreamTimeout)
-            }
-        }
-    }
-
-    async fn work(
-        &self,
-        parts: http::request::Parts,
-        body: Bytes,
-    ) -> Result<Response<ResponseBody>, ProxyError> {
         let s = &self.snap.idempotency;
+        // The last tenth of the lease is left for FINISH (itself under the store timeout).
+        let deadline = tokio::time::Instant::now() + s.lock_ttl.mul_f64(0.9);
         let upstream = &self.group.servers[self.upstream];
-        let result = forward::send_buffered(
+        let sent = forward::send_buffered(
             parts,
             body,
             &self.request_id,
             &self.conn,
             &self.group,
             upstream,
-        )
-        .await;
+        );
+        // lock_ttl > response_timeout is checked at load, but connecting and uploading the
+        // buffered body to a slow replica come before the response_timeout clock.
+        let result = match tokio::time::timeout_at(deadline, sent).await {
+            Ok(r) => r,
+            Err(_) => {
+                warn!(request_id = ?self.request_id, "idempotent request ran past its lease budget before a response head");
+                self.finish(None).await;
+                return Err(ProxyError::UpstreamTimeout);
+            }
+        };
         let resp = match result {
             Err(e) => {
                 // A refused connection never reached the replica: the key is always released.
@@ -330,10 +369,30 @@ impl Job {
             }
             Ok(resp) => resp,
         };
-        if retryable(resp.status()) || (resp.status().is_server_error() && !s.store_server_errors) {
+        if !commits(resp.status(), s) {
             self.finish(None).await;
             return Ok(resp);
         }
+        self.committed(resp, deadline).await
+    }
+
+    /// The replica sent a head that commits the key: read the body and store the outcome.
+    /// The body is read like any relayed body is bounded — no data for the connection's
+    /// `idle_timeout` ends it — never under `response_timeout`, which bounded the head only;
+    /// and within the lease budget. The key is never released from here: a body that cannot
+    /// be stored leaves a not-replayable record (`N` too large, `C` anything else), so a
+    /// retry gets 409 and the request never runs twice.
+    ///
+    /// The client gets the response as far as the replica sent it: whole; or, past what may
+    /// be stored or the lease budget, what was read followed by the rest as it streams; or,
+    /// broken off or stalled, what was read and then the body's failure (a truncated
+    /// response, as it would have had from the replica).
+    async fn committed(
+        &self,
+        resp: Response<ResponseBody>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let s = &self.snap.idempotency;
         let (parts, body) = resp.into_parts();
         let mut stream = match body {
             Either::Left(relay) => relay.into_stream(),
@@ -352,57 +411,79 @@ impl Job {
                 return Ok(Response::from_parts(parts, Either::Right(Full::new(bytes))));
             }
         };
-        // Read the response up to what may be stored; past that, deliver it anyway and
-        // record the key as completed-but-not-replayable — never a partial body.
         let mut chunks = Vec::new();
         let mut total = 0u64;
-        // Bytes are still coming from the replica, not the client: keep the connection's
-        // idle watchdog off this request while the response is read.
-        let _waiting = super::AwaitingUpstream::new(&self.conn.awaiting_upstream);
-        let read = async {
-            while let Some(frame) = stream.frame().await {
-                let frame = frame.map_err(|e| ProxyError::UpstreamBroken(e.to_string()))?;
-                if let Ok(data) = frame.into_data() {
-                    total += data.len() as u64;
-                    chunks.push(data);
-                    if total > s.max_stored_body_bytes {
-                        return Ok(false);
+        let idle = self.conn.idle_timeout;
+        // Bytes are still coming from the replica, not going to the client: keep the
+        // connection's idle watchdog off this request while the body is read (each read
+        // has its own idle bound here instead).
+        let waiting = super::AwaitingUpstream::new(&self.conn.awaiting_upstream);
+        let end = loop {
+            let wait = (tokio::time::Instant::now() + idle).min(deadline);
+            match tokio::time::timeout_at(wait, stream.frame()).await {
+                Ok(None) => break BodyEnd::Whole,
+                Ok(Some(Err(e))) => break BodyEnd::Broken(e),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        total += data.len() as u64;
+                        chunks.push(data);
+                        if total > s.max_stored_body_bytes {
+                            break BodyEnd::TooLarge;
+                        }
                     }
                 }
-            }
-            Ok(true)
-        };
-        let complete = match tokio::time::timeout(self.group.response_timeout, read).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                self.finish(None).await;
-                return Err(e);
-            }
-            Err(_) => {
-                self.finish(None).await;
-                return Err(ProxyError::UpstreamTimeout);
+                Err(_) if wait == deadline => break BodyEnd::OutOfLease,
+                Err(_) => break BodyEnd::Stalled,
             }
         };
-        if !complete {
-            let record = IdemRecord::TooLarge {
+        drop(waiting);
+        let not_replayable = |why: &str| {
+            warn!(request_id = ?self.request_id, why, "committed idempotent response not stored; the key answers 409 until its ttl");
+            IdemRecord::Committed {
                 fingerprint: self.fingerprint.clone(),
-            };
-            self.finish(Some(record.encode())).await;
-            let body = super::RelayBody::resume(chunks, stream);
-            return Ok(Response::from_parts(parts, Either::Left(body)));
-        }
-        let body: Bytes = if chunks.len() == 1 {
-            chunks.pop().unwrap_or_default()
-        } else {
-            chunks.concat().into()
+            }
+            .encode()
         };
-        self.finish(Some(self.done(
-            parts.status.as_u16(),
-            &parts.headers,
-            &body,
-        )))
-        .await;
-        Ok(Response::from_parts(parts, Either::Right(Full::new(body))))
+        let body = match end {
+            BodyEnd::Whole => {
+                let body: Bytes = if chunks.len() == 1 {
+                    chunks.pop().unwrap_or_default()
+                } else {
+                    chunks.concat().into()
+                };
+                self.finish(Some(self.done(
+                    parts.status.as_u16(),
+                    &parts.headers,
+                    &body,
+                )))
+                .await;
+                return Ok(Response::from_parts(parts, Either::Right(Full::new(body))));
+            }
+            BodyEnd::TooLarge => {
+                let record = IdemRecord::TooLarge {
+                    fingerprint: self.fingerprint.clone(),
+                };
+                self.finish(Some(record.encode())).await;
+                RelayBody::resume(chunks, stream)
+            }
+            BodyEnd::OutOfLease => {
+                self.finish(Some(not_replayable(
+                    "still streaming when the lease budget ran out",
+                )))
+                .await;
+                RelayBody::resume(chunks, stream)
+            }
+            BodyEnd::Broken(e) => {
+                self.finish(Some(not_replayable(&e.to_string()))).await;
+                RelayBody::cut(chunks, stream, e)
+            }
+            BodyEnd::Stalled => {
+                let why = format!("no data from the replica for {idle:?} (idle_timeout)");
+                self.finish(Some(not_replayable(&why))).await;
+                RelayBody::cut(chunks, stream, UpstreamBodyError::new(why))
+            }
+        };
+        Ok(Response::from_parts(parts, Either::Left(body)))
     }
 
     /// The record for a completed response: the headers that matter, never per-request or
@@ -427,7 +508,10 @@ impl Job {
         .encode()
     }
 
-    /// Replace our lease with the result (None: release the key so the client may retry).
+    /// Replace our lease with the result (None: release the key so the client may retry),
+    /// under the store timeout like every store call on the request path: the client waits
+    /// for it. Not done in time, the key keeps our lease until `lock_ttl` (a retry gets 409,
+    /// never a second run) and `doorman_idempotency_store_failures_total` counts it.
     async fn finish(&self, result: Option<String>) {
         let ttl: Duration = self.snap.idempotency.ttl;
         let finish =
@@ -443,11 +527,16 @@ impl Job {
                 "idempotency lease expired before the request finished; its result was not stored"
                 )
             }
-            Err(e) => warn!(
-                request_id = ?self.request_id,
-                error = %e,
-                "idempotency result not stored; the key stays leased until lock_ttl"
-            ),
+            Err(e) => {
+                let op = if result.is_some() { "store" } else { "release" };
+                Metrics::count_op(&self.snap.metrics.idempotency_store_failures, op);
+                warn!(
+                    request_id = ?self.request_id,
+                    error = %e,
+                    op,
+                    "idempotency result not stored; the key stays leased until lock_ttl"
+                )
+            }
         }
         if result.is_none() {
             info!(request_id = ?self.request_id, "idempotency key released for retry");

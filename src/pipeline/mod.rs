@@ -127,7 +127,7 @@ fn idempotency_outcome(result: &Result<Response<ResponseBody>, ProxyError>) -> &
         Ok(_) => "first",
         Err(ProxyError::IdempotencyInFlight(_)) => "conflict",
         Err(ProxyError::IdempotencyMismatch) => "mismatch",
-        Err(ProxyError::IdempotencyNotReplayable) => "not_replayable",
+        Err(ProxyError::IdempotencyNotReplayable(_)) => "not_replayable",
         Err(ProxyError::IdempotencyKey(_)) => "bad_key",
         Err(_) => "failed",
     }

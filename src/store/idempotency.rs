@@ -1,10 +1,17 @@
 //! Idempotency records and how they are kept (the same in Redis and the embedded store).
 //!
 //! One key per (route, subject, client key): `{idempotency.key_prefix}{sha256 hex}`. Its value
-//! is one of three records, as plain strings so an operator can read them with `redis-cli`:
+//! is one of four records, as plain strings so an operator can read them with `redis-cli`:
 //! - `L|{owner}|{fingerprint}|{expires unix ms}` — a lease on an in-flight request
 //! - `D|{fingerprint}|{json response}` — completed; the response to replay
 //! - `N|{fingerprint}` — completed, but the response was too large to store
+//! - `C|{fingerprint}` — committed (the replica sent a head doorman would store), but its
+//!   body did not arrive whole in time to be stored: the replica broke it off, it stalled
+//!   past `idle_timeout`, or it was still streaming when the lease budget ran out. The
+//!   request ran; it is never run again, nor replayed.
+//!
+//! A record kind an older doorman does not know decodes to nothing, which it answers as
+//! "in flight" (409): never as a free key, so adding a kind never lets a request run twice.
 //!
 //! A first request costs two round trips: `BEGIN` (one script: return the record, or take the
 //! lease) and `FINISH` (one script: write the result only if the lease is still ours). A
@@ -27,6 +34,10 @@ pub enum IdemRecord {
         response: StoredResponse,
     },
     TooLarge {
+        fingerprint: String,
+    },
+    /// Committed, response not stored whole (see the module's `C|` record).
+    Committed {
         fingerprint: String,
     },
 }
@@ -84,6 +95,7 @@ impl IdemRecord {
                 serde_json::to_string(response).expect("a stored response serializes")
             ),
             IdemRecord::TooLarge { fingerprint } => format!("N|{fingerprint}"),
+            IdemRecord::Committed { fingerprint } => format!("C|{fingerprint}"),
         }
     }
 
@@ -108,6 +120,9 @@ impl IdemRecord {
             "N" => Some(IdemRecord::TooLarge {
                 fingerprint: rest.to_string(),
             }),
+            "C" => Some(IdemRecord::Committed {
+                fingerprint: rest.to_string(),
+            }),
             _ => None,
         }
     }
@@ -116,7 +131,8 @@ impl IdemRecord {
         match self {
             IdemRecord::Lease { fingerprint, .. }
             | IdemRecord::Done { fingerprint, .. }
-            | IdemRecord::TooLarge { fingerprint } => fingerprint,
+            | IdemRecord::TooLarge { fingerprint }
+            | IdemRecord::Committed { fingerprint } => fingerprint,
         }
     }
 }
@@ -171,10 +187,21 @@ mod tests {
             IdemRecord::TooLarge {
                 fingerprint: "ef".into(),
             },
+            IdemRecord::Committed {
+                fingerprint: "01".into(),
+            },
         ];
         for r in records {
             assert_eq!(IdemRecord::decode(&r.encode()), Some(r));
         }
         assert_eq!(IdemRecord::decode("garbage"), None);
+        assert_eq!(IdemRecord::decode("X|ab"), None, "an unknown kind");
+        assert_eq!(
+            IdemRecord::Committed {
+                fingerprint: "ab".into()
+            }
+            .encode(),
+            "C|ab"
+        );
     }
 }

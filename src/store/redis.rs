@@ -33,7 +33,8 @@ use crate::config::StoreSettings;
 const PING_EVERY: Duration = Duration::from_millis(100);
 const PING_DEADLINE: Duration = Duration::from_millis(250);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Writes (admin endpoint, CLI) are not on the request path and may take longer.
+/// Writes off the request path (admin endpoint, CLI) may take longer; the idempotency
+/// scripts, which a client waits for, get the store timeout instead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const SCAN_BATCH: usize = 1000;
 
@@ -261,9 +262,12 @@ impl RedisStore {
             .arg(lease)
             .arg(result.unwrap_or(""))
             .arg(ttl.as_millis() as u64);
-        // Storing a result is worth more than the request-path budget: the alternative is a
-        // key stuck until its lease expires.
-        let n: i64 = self.eval(cmd, WRITE_TIMEOUT).await?;
+        // The client waits for this answer, so it gets the request path's budget like BEGIN
+        // (it used to get WRITE_TIMEOUT: a stalled Redis held every keyed response 2 s).
+        // Given up on, the key keeps our lease until lock_ttl — a retry gets 409, never a
+        // second run — unless Redis, once it catches up, still runs the script it received:
+        // then the result is stored after all and a retry gets the replay.
+        let n: i64 = self.eval(cmd, self.timeout()).await?;
         Ok(n == 1)
     }
 
@@ -298,7 +302,8 @@ impl RedisStore {
     }
 
     /// The connection for writes (idempotency records, revocations): its own, with a
-    /// per-command timeout of WRITE_TIMEOUT rather than the tracking session's PING deadline.
+    /// per-command timeout of WRITE_TIMEOUT rather than the tracking session's PING deadline
+    /// (callers on the request path bound each call tighter: see `eval`).
     async fn write_connection(&self) -> Result<MultiplexedConnection, StoreError> {
         let mut fallback = self.fallback.lock().await;
         if let Some(c) = fallback.as_ref() {

@@ -598,6 +598,13 @@ impl std::fmt::Debug for UpstreamBody {
 #[error("reading the response body from the replica failed: {0}")]
 pub struct UpstreamBodyError(String);
 
+impl UpstreamBodyError {
+    /// A failure seen by the reader rather than the decoder (the body stopped moving).
+    pub fn new(why: impl Into<String>) -> Self {
+        UpstreamBodyError(why.into())
+    }
+}
+
 impl UpstreamBody {
     fn finished(&self) -> bool {
         match &self.reading {
