@@ -275,3 +275,63 @@ async fn hosts_match_lowercased_without_port_or_trailing_dot() {
     assert_eq!(r.seen()[3].headers["host"], "open.test");
     p.stop().await;
 }
+
+/// The common shape that makes a routing miss dangerous: a public catch-all behind
+/// protected prefixes and a host-scoped protected route. Every variant of the protected
+/// names must still meet its route (401) or be refused (400/405), never fall through to `/`.
+#[tokio::test(flavor = "multi_thread")]
+async fn variants_never_fall_through_to_a_public_catch_all() {
+    let kit = JwtKit::new();
+    let r = Replica::start("r1").await;
+    let rest = group_toml("app", &[r.addr], "")
+        + &kit.auth_toml_for(&["hs256"], "")
+        + "[[routes]]\nhost = \"admin.test\"\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"required\"\n"
+        + "[[routes]]\npath_prefix = \"/api\"\nupstream = \"app\"\nauth = \"required\"\n"
+        + "[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"off\"\n";
+    let p = TestProxy::start("max_header_bytes = 2048", &rest).await;
+    let plain = p.addrs.plain.unwrap();
+    let long_climb = format!("/public{}{}/api/x", "/a".repeat(600), "/..".repeat(600));
+    let cases: Vec<(String, &str, u16)> = vec![
+        // Segment parameters: servlet containers serve `/api;x/secret` as `/api/secret`.
+        ("GET /api;x/secret".into(), "a.test", 401),
+        ("GET /api;jsessionid=1".into(), "a.test", 401),
+        ("GET /x/../api;/secret".into(), "a.test", 401),
+        // Host spellings of admin.test.
+        ("GET /x".into(), "admin.test", 401),
+        ("GET /x".into(), "ADMIN.test.", 401),
+        ("GET /x".into(), "admin.test:8080", 401),
+        ("GET /x".into(), "admin.test..", 400),
+        ("GET /x".into(), "admin..test", 400),
+        ("GET /x".into(), ".admin.test", 400),
+        ("GET http://admin.test../x".into(), "a.test", 400),
+        // Method spellings a lenient server may read as TRACE / CONNECT.
+        ("TRACE /x".into(), "a.test", 405),
+        ("trace /x".into(), "a.test", 405),
+        ("Trace /x".into(), "a.test", 405),
+        ("TRACK /x".into(), "a.test", 405),
+        ("connect /x".into(), "a.test", 405),
+        // A fragment is not part of a request target.
+        ("GET /x#/../api/x".into(), "a.test", 400),
+        // The head limit holds on the bytes sent, not on what they normalise to.
+        (format!("GET {long_climb}"), "a.test", 431),
+    ];
+    for (line, host, want) in &cases {
+        let raw = raw_exchange(
+            plain,
+            format!("{line} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        let short: String = line.chars().take(60).collect();
+        assert_eq!(status_of(&raw), *want, "{short} / {host}: {raw}");
+    }
+    assert_eq!(r.count(), 0, "reached the replica: {:?}", r.seen());
+    // The catch-all itself still serves, with the parameters forwarded as sent.
+    let raw = raw_exchange(
+        plain,
+        b"GET /shop;v=2/item HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    assert_eq!(r.seen()[0].uri, "/shop;v=2/item");
+    p.stop().await;
+}

@@ -68,6 +68,11 @@ pub(super) fn parse(
         return Err(HeadError::Bad("malformed request head"));
     };
     let method = Method::from_bytes(m.as_bytes()).map_err(|_| HeadError::Bad("invalid method"))?;
+    // A fragment is never part of a request target (RFC 9112 §3.2); the URI type would
+    // silently drop it, and a replica reading raw bytes might not.
+    if path.contains('#') {
+        return Err(HeadError::Bad("invalid request target"));
+    }
     let uri = Uri::from_maybe_shared(bytes.slice_ref(path.as_bytes()))
         .map_err(|_| HeadError::Bad("invalid request target"))?;
     let version = if v == 0 {

@@ -283,6 +283,23 @@ pub fn under_prefix(path: &str, prefix: &str) -> bool {
     }
 }
 
+/// The path routes are matched on: `path` with each segment's `;parameters` removed, as
+/// servlet containers resolve it (`/api;x/secret` is served as `/api/secret` there, so it
+/// must meet `/api`'s route). The replica still gets `path` itself.
+pub fn routing_view(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(seg.split_once(';').map_or(seg, |(s, _)| s));
+    }
+    Cow::Owned(out)
+}
+
 /// The host part of an authority, for matching: lower-case, without port or trailing dot.
 /// None when it is not a valid host (reg-name or bracketed IPv6 literal, optional port).
 pub fn host_for_matching(authority: &str) -> Option<Cow<'_, str>> {
@@ -324,7 +341,9 @@ pub fn host_for_matching(authority: &str) -> Option<Cow<'_, str>> {
         }
     }
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() {
+    // No empty label: `a..b`, `.a` or `a..` would be folded into another name by some
+    // replica (DNS-style), past a host-scoped route.
+    if host.is_empty() || (!host.starts_with('[') && host.split('.').any(str::is_empty)) {
         return None;
     }
     Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -457,6 +476,14 @@ mod tests {
     }
 
     #[test]
+    fn routing_ignores_segment_parameters() {
+        assert_eq!(routing_view("/api;x/secret"), "/api/secret");
+        assert_eq!(routing_view("/a;b;c/d;e"), "/a/d");
+        assert_eq!(routing_view("/;x/api"), "//api");
+        assert!(matches!(routing_view("/plain/path"), Cow::Borrowed(_)));
+    }
+
+    #[test]
     fn prefixes_are_checked_for_normal_form() {
         assert_eq!(normalise_prefix("/api/").as_deref(), Some("/api/"));
         assert_eq!(normalise_prefix("/a/../b").as_deref(), Some("/b"));
@@ -484,6 +511,11 @@ mod tests {
             ("[zz]", None),
             ("ho%73t", None),
             ("host/x", None),
+            ("a..b", None),
+            ("admin.test..", None),
+            ("..", None),
+            (".admin.test", None),
+            ("admin.test..:80", None),
         ];
         for (input, want) in table {
             assert_eq!(host_for_matching(input).as_deref(), *want, "{input:?}");

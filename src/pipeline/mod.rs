@@ -1,13 +1,13 @@
 //! The request pipeline. `handle` is the one place where stage order is written:
 //!
-//! 0. normalise — target → (authority, normal path), forged-header removal (400, 405)
-//! 1. limits   — head size (431), declared body size (413), request id
-//! 2. route    — host + path prefix on segment boundaries → route and its group (404, 405)
-//! 3. auth     — bearer JWT verified, revocation checked, claims forwarded (401 / 503)
-//! 4. idempotency — keyed writes: lease / replay / 409 / 422, result stored (400 / 409 / 422)
-//! 5. select   — the group's balancer picks a replica (503 when none may take traffic)
-//! 6. forward  — hop-by-hop stripped, X-Forwarded-* set, bodies streamed both ways
-//! 7. complete — request id on the response, access log line
+//! 1. limits    — head size (431), declared body size (413), request id
+//! 2. normalise — target → (authority, normal path), forged-header removal (400, 405)
+//! 3. route     — host + path prefix on segment boundaries → route and its group (404, 405)
+//! 4. auth      — bearer JWT verified, revocation checked, claims forwarded (401 / 503)
+//! 5. idempotency — keyed writes: lease / replay / 409 / 422, result stored (400 / 409 / 422)
+//! 6. select    — the group's balancer picks a replica (503 when none may take traffic)
+//! 7. forward   — hop-by-hop stripped, X-Forwarded-* set, bodies streamed both ways
+//! 8. complete  — request id on the response, access log line
 
 mod auth;
 mod body;
@@ -139,7 +139,10 @@ async fn stages(
     conn: &Arc<ConnInfo>,
     snap: &Arc<Snapshot>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    // Normalise first: every stage after it, and the replica, see the same request.
+    // Limits first, on the request as it came: an oversized or malformed request never
+    // reaches routing or a replica, and costs no normalising.
+    limits::check(&req, &snap.settings)?;
+    // Normalise next: every stage after it, and the replica, see the same request.
     let is_claim_header = |name: &str| {
         snap.auth
             .as_ref()
@@ -149,12 +152,13 @@ async fn stages(
     if req.uri() != &ctx.uri {
         ctx.uri = req.uri().clone();
     }
-    // Limits next: an oversized or malformed request never reaches routing or a replica.
-    limits::check(&req, &snap.settings)?;
     // Route before select: the route decides which group's balancer is asked.
     let host = route::host_of(&req)?;
     let route = snap
-        .route(host.as_deref(), req.uri().path())
+        .route(
+            host.as_deref(),
+            &crate::message::target::routing_view(req.uri().path()),
+        )
         .ok_or(ProxyError::NoRoute)?;
     ctx.route = Some(route.metrics.clone());
     normalise::method_allowed(req.method(), &route.allow_methods)?;

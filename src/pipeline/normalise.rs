@@ -1,4 +1,4 @@
-//! Stage 1: normalise. Every later stage — routing, auth, idempotency, the access log — and
+//! Stage 2: normalise. Every later stage — routing, auth, idempotency, the access log — and
 //! the replica decide on the same request: the one this stage leaves behind.
 //!
 //! - headers: names with `_` dropped/refused (`underscores_in_headers`), the headers the
@@ -39,8 +39,9 @@ pub(super) fn request<B>(
     settings: &ServerSettings,
     is_claim_header: &dyn Fn(&str) -> bool,
 ) -> Result<(), ProxyError> {
-    if req.method() == Method::CONNECT {
-        // Refused before anything is parsed further: doorman opens no tunnels.
+    if req.method().as_str().eq_ignore_ascii_case("CONNECT") {
+        // Refused before anything is parsed further: doorman opens no tunnels. Any case:
+        // method names are case-sensitive, but some servers read them case-insensitively.
         return Err(ProxyError::MethodNotAllowed);
     }
     underscores(
@@ -176,9 +177,17 @@ fn join_cookies(headers: &mut http::HeaderMap) {
 }
 
 /// TRACE reaches a replica only on a route that allows it (it echoes the request,
-/// credentials included, to whoever can read the response).
+/// credentials included, to whoever can read the response). Spellings a lenient server
+/// may take for TRACE (`trace`, `Trace`) and IIS's TRACK are refused on every route.
 pub(super) fn method_allowed(method: &Method, allowed: &[Method]) -> Result<(), ProxyError> {
-    if *method == Method::TRACE && !allowed.contains(method) {
+    let m = method.as_str();
+    if *method == Method::TRACE {
+        if allowed.contains(method) {
+            return Ok(());
+        }
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    if m.eq_ignore_ascii_case("TRACE") || m.eq_ignore_ascii_case("TRACK") {
         return Err(ProxyError::MethodNotAllowed);
     }
     Ok(())
@@ -338,6 +347,23 @@ mod tests {
         ));
         assert!(method_allowed(&Method::TRACE, &[Method::TRACE]).is_ok());
         assert!(method_allowed(&Method::GET, &[]).is_ok());
+        for m in ["trace", "Trace", "TRACK", "track"] {
+            let m = Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(
+                matches!(
+                    method_allowed(&m, &[Method::TRACE]),
+                    Err(ProxyError::MethodNotAllowed)
+                ),
+                "{m}"
+            );
+        }
+        let req = Request::builder()
+            .method(Method::from_bytes(b"connect").unwrap())
+            .uri("/x")
+            .header("host", "a")
+            .body(())
+            .unwrap();
+        assert!(matches!(run(req), Err(ProxyError::MethodNotAllowed)));
     }
 
     #[test]
