@@ -275,7 +275,7 @@ fn host_allowed(req: &Request<Incoming>, admin_hosts: &[String]) -> bool {
 
 /// `host[:port]`: an IPv4 literal, a bracketed IPv6 literal, `localhost`, or a name in
 /// `admin_hosts` (already lower-case, without a trailing dot).
-pub(crate) fn authority_allowed(authority: &str, admin_hosts: &[String]) -> bool {
+fn authority_allowed(authority: &str, admin_hosts: &[String]) -> bool {
     let port_ok = |p: &str| {
         !p.is_empty()
             && p.len() <= 5
