@@ -30,9 +30,9 @@ use super::{Records, Revoke, subject_covers};
 use crate::auth::unix_now;
 use crate::config::StoreSettings;
 
-/// What one idempotency entry costs beyond its key and value bytes: the hash-map slot, the
-/// `Arc` header of the shared key and the entry of its ordered index (measured sizes are
-/// 48–64 bytes each; rounded up, since allocator slack is real memory too).
+/// What one idempotency entry costs beyond its key and value bytes: the hash-map slot (key
+/// pointer + `Slot`), the `Arc`'s two counters and the ordered-index entry, rounded up for
+/// B-tree node and allocator slack (a unit test keeps it above the sum of those sizes).
 pub const ENTRY_OVERHEAD: usize = 160;
 
 /// The caps, retuned in place on reload.
@@ -494,6 +494,14 @@ mod tests {
         let mut k: Vec<String> = m.idem().map.keys().map(|k| k.to_string()).collect();
         k.sort();
         k
+    }
+
+    #[test]
+    fn the_per_entry_cost_covers_the_structures_an_entry_occupies() {
+        use std::mem::size_of;
+        let slot = size_of::<(Arc<str>, Slot)>();
+        let index = size_of::<((Instant, u64), Arc<str>)>().max(size_of::<(u64, Arc<str>)>());
+        assert!(ENTRY_OVERHEAD >= slot + 2 * size_of::<usize>() + index);
     }
 
     #[test]
