@@ -140,6 +140,7 @@ fn revocation(c: &mut Criterion) {
                 &RevocationSettings::default(),
                 Duration::from_secs(30),
                 Default::default(),
+                Default::default(),
             )
             .unwrap();
             // 10,000 revoked tokens in the list, then wait until the view holds them all.

@@ -2,6 +2,20 @@
 //! bound, not draining), `POST /revocations` (revoke a token or a subject), `POST /reload`
 //! (reload proxy.toml now) and `GET /reload` (the last reload's outcome). Plain HTTP/1.1 on
 //! its own address — keep it on loopback or a private network.
+//!
+//! Every request passes three gates first, in this order (see `gate`):
+//! 1. Host: the request's authority (absolute-form target, and the `Host` header) must be
+//!    an IP literal (v4, or bracketed v6), `localhost`, or a name in `[server] admin_hosts`,
+//!    with an optional port; else 421. A DNS-rebinding page reaches us under its own name,
+//!    so it is refused before it can read `/status` or post anything. No Host: 421 too.
+//! 2. Token: with `[server] admin_token_env`, `Authorization: Bearer <token>` (compared in
+//!    constant time) on every endpoint except the liveness probes `/health` and `/ready`
+//!    (orchestrators probe without secrets; they disclose nothing) and the status page's
+//!    static HTML shell (a browser cannot attach a header to a navigation; the page sends
+//!    the token, taken from `#token=` in its URL, with its JSON requests); else 401.
+//! 3. Content type: every method other than GET and HEAD needs `Content-Type:
+//!    application/json`; else 415. A browser cannot send that cross-site without a CORS
+//!    preflight, which this listener never grants, so no page can POST here.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,9 +31,10 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::auth::unix_now;
+use crate::config::{AdminToken, ServerSettings};
 use crate::reload::{ReloadStatus, Reloader};
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::store::Revoke;
+use crate::store::{Revoke, StoreError};
 
 /// State the admin endpoints report on.
 #[derive(Debug, Default)]
@@ -135,6 +150,9 @@ async fn answer(
     state: &AdminState,
     snap: &Snapshot,
 ) -> Response<Full<Bytes>> {
+    if let Some(refused) = gate(&req, &snap.settings) {
+        return refused;
+    }
     if req.uri().path() == "/reload" {
         return match (&state.reloader, req.method()) {
             (None, _) => json(
@@ -142,12 +160,15 @@ async fn answer(
                 r#"{"error":"this instance was not started from a config file"}"#,
             ),
             (Some(r), &Method::GET) => reload_answer(r.status()),
-            (Some(r), &Method::POST) => match r.reload().await {
-                Some(status) => reload_answer(status),
-                None => json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"error":"shutting down"}"#,
-                ),
+            (Some(r), &Method::POST) => match reload_body(req).await {
+                Err(refused) => refused,
+                Ok(()) => match r.reload().await {
+                    Some(status) => reload_answer(status),
+                    None => json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        r#"{"error":"shutting down"}"#,
+                    ),
+                },
             },
             _ => json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -174,12 +195,7 @@ async fn answer(
         "/health" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/metrics" => metrics(snap),
         "/status" => {
-            let wants_json = req
-                .headers()
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.contains("application/json"));
-            if wants_json {
+            if wants_json(&req) {
                 json_owned(StatusCode::OK, status(state, snap).await)
             } else {
                 let mut resp = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
@@ -199,6 +215,161 @@ async fn answer(
         }
         "/ready" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"ready":false}"#),
         _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#),
+    }
+}
+
+/// The gates every admin request passes before its endpoint (see the module docs): the
+/// refusal, or None to go on.
+fn gate(req: &Request<Incoming>, settings: &ServerSettings) -> Option<Response<Full<Bytes>>> {
+    if !host_allowed(req, &settings.admin_hosts) {
+        debug!(host = ?req.headers().get(header::HOST), "admin request for another host refused");
+        return Some(json(
+            StatusCode::MISDIRECTED_REQUEST,
+            r#"{"error":"Host must be an IP address, localhost or one of [server] admin_hosts"}"#,
+        ));
+    }
+    let path = req.uri().path();
+    let reads = req.method() == Method::GET || req.method() == Method::HEAD;
+    let open =
+        path == "/health" || path == "/ready" || (path == "/status" && reads && !wants_json(req));
+    if let Some(token) = &settings.admin_token
+        && !open
+        && !bearer_matches(req, token)
+    {
+        debug!(%path, "admin request without the admin token refused");
+        let mut resp = json(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":"admin token required: Authorization: Bearer <token>"}"#,
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static(r#"Bearer realm="doorman admin""#),
+        );
+        return Some(resp);
+    }
+    if !reads && !json_content_type(req) {
+        return Some(json(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            r#"{"error":"Content-Type must be application/json"}"#,
+        ));
+    }
+    None
+}
+
+/// Whether the request names this listener by an address or an allowed name: the
+/// absolute-form target's authority, if any, and the one `Host` header must both pass.
+fn host_allowed(req: &Request<Incoming>, admin_hosts: &[String]) -> bool {
+    if let Some(a) = req.uri().authority()
+        && !authority_allowed(a.as_str(), admin_hosts)
+    {
+        return false;
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(h), None) => h.to_str().is_ok_and(|h| authority_allowed(h, admin_hosts)),
+        // HTTP/1.1 requires exactly one Host; the absolute form may stand in for it.
+        (None, _) => req.uri().authority().is_some(),
+        (Some(_), Some(_)) => false,
+    }
+}
+
+/// `host[:port]`: an IPv4 literal, a bracketed IPv6 literal, `localhost`, or a name in
+/// `admin_hosts` (already lower-case, without a trailing dot).
+fn authority_allowed(authority: &str, admin_hosts: &[String]) -> bool {
+    let port_ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok()
+    };
+    if authority.contains('@') {
+        return false;
+    }
+    if let Some(rest) = authority.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port_fine = after.is_empty() || after.strip_prefix(':').is_some_and(port_ok);
+        return port_fine && ip.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    let host = match authority.split_once(':') {
+        Some((h, p)) if port_ok(p) => h,
+        Some(_) => return false,
+        None => authority,
+    };
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    !name.is_empty() && (name == "localhost" || admin_hosts.contains(&name))
+}
+
+/// `Authorization: Bearer <token>` (one header, scheme case-insensitive) carrying `token`.
+/// Both sides are hashed and the digests compared in constant time, so neither the
+/// position of the first differing byte nor the token's length shows in the timing.
+fn bearer_matches(req: &Request<Incoming>, token: &AdminToken) -> bool {
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Some((scheme, given)) = value.as_bytes().split_first_chunk::<7>() else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return false;
+    }
+    let given = given.trim_ascii();
+    use aws_lc_rs::digest::{SHA256, digest};
+    aws_lc_rs::constant_time::verify_slices_are_equal(
+        digest(&SHA256, given).as_ref(),
+        digest(&SHA256, token.0.as_bytes()).as_ref(),
+    )
+    .is_ok()
+}
+
+fn wants_json<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"))
+}
+
+/// `Content-Type: application/json` (parameters such as charset allowed).
+fn json_content_type<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
+}
+
+/// `POST /reload` takes no options: its body is empty or a JSON object (ignored), so that
+/// `curl -X POST -H 'content-type: application/json'` and clients that always send `{}` both
+/// work, and anything else is a mistake worth a 400.
+async fn reload_body(req: Request<Incoming>) -> Result<(), Response<Full<Bytes>>> {
+    let body = match Limited::new(req.into_body(), 4096).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err(json(
+                StatusCode::BAD_REQUEST,
+                r#"{"error":"body unreadable or over 4 KiB"}"#,
+            ));
+        }
+    };
+    if body.trim_ascii().is_empty()
+        || serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.is_object())
+    {
+        Ok(())
+    } else {
+        Err(json(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"POST /reload takes an empty body or a JSON object"}"#,
+        ))
     }
 }
 
@@ -324,20 +495,10 @@ fn metrics(snap: &Snapshot) -> Response<Full<Bytes>> {
 /// `POST /revocations` with `{"jti": "...", "expires_at": UNIX}` or
 /// `{"sub": "...", "before": UNIX}` (`before` defaults to now).
 async fn revoke(req: Request<Incoming>, snap: &Snapshot) -> Response<Full<Bytes>> {
-    // JSON only: a browser cannot send that cross-site without a CORS preflight, which this
-    // listener never grants.
-    let json_body = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("application/json")
-        });
-    if !json_body {
+    // JSON only (`gate` checked it already; kept here so this endpoint never depends on
+    // the order of the checks): a browser cannot send that cross-site without a CORS
+    // preflight, which this listener never grants.
+    if !json_content_type(&req) {
         return json(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             r#"{"error":"Content-Type must be application/json"}"#,
@@ -374,6 +535,13 @@ async fn revoke(req: Request<Incoming>, snap: &Snapshot) -> Response<Full<Bytes>
                 }
             };
             json_owned(StatusCode::OK, body)
+        }
+        Err(StoreError::Full(why)) => {
+            warn!(revocation = ?r, why, "revocation refused: the embedded store is at [store] embedded_max_revocations");
+            json(
+                StatusCode::INSUFFICIENT_STORAGE,
+                r#"{"error":"revocation store full ([store] embedded_max_revocations): not revoked"}"#,
+            )
         }
         Err(e) => {
             warn!(error = %e, "revocation could not be stored");
@@ -438,22 +606,28 @@ fn json(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 }
 
 /// Ask a running instance to revoke (what `doorman revoke` does with the embedded store).
-pub async fn post_revocation(admin: std::net::SocketAddr, r: &Revoke) -> Result<(), String> {
+pub async fn post_revocation(
+    admin: std::net::SocketAddr,
+    token: Option<&AdminToken>,
+    r: &Revoke,
+) -> Result<(), String> {
     let body = match r {
         Revoke::Jti { jti, expires_at } => {
             serde_json::json!({"jti": jti, "expires_at": expires_at})
         }
         Revoke::Subject { sub, before } => serde_json::json!({"sub": sub, "before": before}),
     };
-    match request(admin, Method::POST, "/revocations", Some(body)).await? {
+    match request(admin, token, Method::POST, "/revocations", Some(body)).await? {
         (status, _) if status.is_success() => Ok(()),
         (status, text) => Err(format!("{status}: {text}")),
     }
 }
 
 /// One request to a running instance's admin listener (for the CLI): status and body text.
+/// Sends the admin token when the config has one.
 pub async fn request(
     admin: std::net::SocketAddr,
+    token: Option<&AdminToken>,
     method: Method,
     path: &str,
     body: Option<serde_json::Value>,
@@ -474,12 +648,17 @@ pub async fn request(
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
+        // Every non-GET needs the JSON content type, even without a body.
+        let json_type = body.is_some() || method != Method::GET;
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(header::HOST, addr.to_string());
-        if body.is_some() {
+        if json_type {
             req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {}", t.0));
         }
         let req = req
             .body(Full::new(Bytes::from(
@@ -500,4 +679,52 @@ pub async fn request(
     tokio::time::timeout(std::time::Duration::from_secs(15), exchange)
         .await
         .map_err(|_| format!("admin listener {addr} did not answer in 15s"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_hosts_are_ip_literals_localhost_or_listed_names() {
+        let listed = ["admin.internal".to_string()];
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9901",
+            "10.1.2.3:1",
+            "[::1]",
+            "[::1]:9901",
+            "[fe80::1]:65535",
+            "localhost",
+            "LocalHost:9901",
+            "localhost.",
+            "admin.internal",
+            "Admin.Internal:9901",
+        ] {
+            assert!(authority_allowed(ok, &listed), "{ok}");
+        }
+        for refused in [
+            "evil.example",
+            "evil.example:9901",
+            "localhost.evil.example",
+            "admin.internal.evil.example",
+            "127.0.0.1.nip.io",
+            "",
+            ":9901",
+            "localhost:",
+            "localhost:65536",
+            "localhost:99x",
+            "127.0.0.1:9901:1",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[evil.example]",
+            "user@127.0.0.1",
+            "127.1",
+            "0x7f.0.0.1",
+        ] {
+            assert!(!authority_allowed(refused, &listed), "{refused:?}");
+        }
+    }
 }

@@ -246,6 +246,15 @@ fn fail(msg: String) -> ExitCode {
 fn check(path: PathBuf) -> ExitCode {
     match config::load(&path) {
         Ok(c) => {
+            // The admin listener can reload, revoke and show the whole topology: reachable
+            // beyond this host with no token, anyone on the network may use it.
+            if !c.server.admin_listen.ip().is_loopback() && c.server.admin_token.is_none() {
+                eprintln!(
+                    "{}: warning: server.admin_listen = {} is not a loopback address and server.admin_token_env is not set: anyone who can reach it may reload, revoke and read /status",
+                    path.display(),
+                    c.server.admin_listen
+                );
+            }
             println!(
                 "{}: configuration is valid ({} certificate(s), {} upstream group(s), {} route(s))",
                 path.display(),
@@ -294,7 +303,14 @@ fn revoke(path: PathBuf, what: doorman::store::Revoke) -> ExitCode {
     let result = rt.block_on(async {
         match &config.store.redis_url {
             Some(url) => doorman::store::write_to_redis(url, &records, &what).await,
-            None => doorman::admin::post_revocation(config.server.admin_listen, &what).await,
+            None => {
+                doorman::admin::post_revocation(
+                    config.server.admin_listen,
+                    config.server.admin_token.as_ref(),
+                    &what,
+                )
+                .await
+            }
         }
     });
     match result {
@@ -505,6 +521,7 @@ fn reload(path: PathBuf, pid_file: Option<PathBuf>) -> ExitCode {
         let Some(v) = rt
             .block_on(doorman::admin::request(
                 admin,
+                config.server.admin_token.as_ref(),
                 http::Method::GET,
                 "/reload",
                 None,

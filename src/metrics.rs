@@ -131,6 +131,12 @@ pub struct OpLabels {
     pub op: &'static str,
 }
 
+/// What kind of stored state an eviction or refusal concerned.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabels {
     pub protocol: &'static str,
@@ -190,6 +196,8 @@ pub struct Metrics {
     pub store_duration: Histograms<OpLabels>,
     pub store_errors: Family<OpLabels, Counter>,
     pub store_open_passes: Family<OpLabels, Counter>,
+    pub store_evictions: Family<KindLabels, Counter>,
+    pub store_refusals: Family<KindLabels, Counter>,
     pub revocation_resyncs: Counter,
     pub reloads: Family<OutcomeLabels, Counter>,
     pub config: Family<ConfigLabels, Gauge>,
@@ -387,6 +395,8 @@ impl Metrics {
             store_duration: histograms(),
             store_errors: Family::default(),
             store_open_passes: Family::default(),
+            store_evictions: Family::default(),
+            store_refusals: Family::default(),
             revocation_resyncs: Counter::default(),
             reloads: Family::default(),
             config: Family::default(),
@@ -520,6 +530,16 @@ impl Metrics {
             self.store_open_passes.clone(),
         );
         r.register(
+            "store_evictions",
+            "Embedded store: completed idempotency records evicted before their ttl to stay within embedded_max_entries / embedded_max_bytes (kind=idempotency)",
+            self.store_evictions.clone(),
+        );
+        r.register(
+            "store_refusals",
+            "Embedded store: writes refused at a cap (kind=idempotency_lease: a new key while only leases are held; kind=revocation: beyond embedded_max_revocations)",
+            self.store_refusals.clone(),
+        );
+        r.register(
             "reloads",
             "Configuration reloads by result",
             self.reloads.clone(),
@@ -530,6 +550,17 @@ impl Metrics {
             self.config.clone(),
         );
         self
+    }
+
+    /// The embedded store's handles (its series exist from the start, at 0).
+    pub fn memory_counters(&self) -> crate::store::MemoryCounters {
+        let kind =
+            |f: &Family<KindLabels, Counter>, kind| f.get_or_create(&KindLabels { kind }).clone();
+        crate::store::MemoryCounters {
+            evictions: kind(&self.store_evictions, "idempotency"),
+            lease_refusals: kind(&self.store_refusals, "idempotency_lease"),
+            revocation_refusals: kind(&self.store_refusals, "revocation"),
+        }
     }
 
     /// Handles for one replica of `group`.

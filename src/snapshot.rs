@@ -136,7 +136,13 @@ impl Snapshot {
             Some(p) if same_store(&p.store_spec, &store_spec) => p.store.clone(),
             _ => {
                 let resyncs = metrics.revocation_resyncs.clone();
-                let store = Store::new(&config.store, &config.revocation, leeway, resyncs)?;
+                let store = Store::new(
+                    &config.store,
+                    &config.revocation,
+                    leeway,
+                    resyncs,
+                    metrics.memory_counters(),
+                )?;
                 if store.is_embedded() {
                     tracing::warn!(
                         "no [store] redis_url: using the embedded in-process store (one doorman instance only)"
@@ -165,10 +171,8 @@ impl Snapshot {
     /// (timeout, TTLs, leeway) take effect.
     pub fn commit(&self) {
         let (store, revocation, leeway) = &self.store_spec;
-        self.store.retune(
-            store.timeout,
-            crate::store::Records::new(revocation, *leeway),
-        );
+        self.store
+            .retune(store, crate::store::Records::new(revocation, *leeway));
     }
 
     pub fn into_shared(self) -> SharedSnapshot {

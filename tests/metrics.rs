@@ -138,6 +138,7 @@ async fn metrics_count_exactly_what_a_scripted_workload_did() {
     assert_eq!(c.send_collect(req).await.0.status(), 401);
     let mut admin = Client::plain(p.addrs.admin).await;
     let req = http::Request::post("/revocations")
+        .header("host", "localhost")
         .header("content-type", "application/json")
         .body(full(
             json!({"sub": "dora", "before": support::jwt::now() + 1}).to_string(),

@@ -222,6 +222,7 @@ async fn an_invalid_file_changes_nothing_and_admin_reports_its_errors() {
     .unwrap();
     let req = admin
         .request(Method::POST, "/reload")
+        .header("content-type", "application/json")
         .body(empty())
         .unwrap();
     let (resp, body) = admin.send_collect(req).await;

@@ -41,7 +41,7 @@ async fn status(c: &mut Client, token: &str) -> u16 {
 async fn admin_post(p: &TestProxy, body: serde_json::Value) -> (u16, String) {
     let mut admin = Client::plain(p.addrs.admin).await;
     let req = http::Request::post("/revocations")
-        .header("host", "admin")
+        .header("host", "localhost")
         .header("content-type", "application/json")
         .body(full(body.to_string()))
         .unwrap();
@@ -340,7 +340,7 @@ async fn the_admin_endpoint_refuses_mistakes_and_never_weakens_a_revocation() {
     // Not JSON by Content-Type: 415 (a cross-site form post cannot revoke or un-revoke).
     let mut admin = Client::plain(p.addrs.admin).await;
     let req = http::Request::post("/revocations")
-        .header("host", "admin")
+        .header("host", "localhost")
         .header("content-type", "text/plain")
         .body(full(json!({"sub": "x"}).to_string()))
         .unwrap();

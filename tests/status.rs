@@ -8,6 +8,7 @@ use support::*;
 async fn status_json(p: &TestProxy) -> serde_json::Value {
     let mut admin = Client::plain(p.addrs.admin).await;
     let req = http::Request::get("/status")
+        .header("host", "localhost")
         .header("accept", "application/json")
         .body(empty())
         .unwrap();

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use idempotency::{Begin, IdemRecord, StoredResponse};
-pub use memory::MemoryStore;
+pub use memory::{Caps, ENTRY_OVERHEAD, MemoryCounters, MemoryStore, Sizes};
 pub use redis::RedisStore;
 
 use crate::auth::VerifiedToken;
@@ -29,6 +29,11 @@ pub enum StoreError {
     Timeout,
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The embedded store is at a cap and may not make room (only leases left, or a new
+    /// revocation beyond `embedded_max_revocations`). On the request path it is handled as
+    /// any store failure (`on_error`); `POST /revocations` answers 507.
+    #[error("embedded store full: {0}")]
+    Full(&'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -79,16 +84,22 @@ impl Store {
     /// (call from within a tokio runtime).
     /// `leeway` is the JWT clock-skew allowance: a revoked jti is kept that much past the
     /// token's expiry, as long as a verifier could still accept the token.
-    /// `resyncs` counts each time a Redis view becomes coherent (a metric).
+    /// `resyncs` counts each time a Redis view becomes coherent (a metric); `counters`,
+    /// what the embedded store evicts and refuses at its caps.
     pub fn new(
         store: &StoreSettings,
         revocation: &RevocationSettings,
         leeway: Duration,
         resyncs: prometheus_client::metrics::counter::Counter,
+        counters: MemoryCounters,
     ) -> Result<Self, String> {
         let records = Records::new(revocation, leeway);
         match &store.redis_url {
-            None => Ok(Store::Memory(Arc::new(MemoryStore::new(records)))),
+            None => Ok(Store::Memory(Arc::new(MemoryStore::new(
+                records,
+                Caps::of(store),
+                counters,
+            )))),
             Some(url) => Ok(Store::Redis(RedisStore::start(
                 url, store, records, resyncs,
             )?)),
@@ -100,11 +111,14 @@ impl Store {
     pub async fn status(&self) -> serde_json::Value {
         match self {
             Store::Memory(m) => {
-                let (jtis, subs, idem) = m.sizes();
+                let s = m.sizes();
                 serde_json::json!({
                     "kind": "embedded", "connected": true, "latency_ms": 0.0,
                     "revocation_view": "local",
-                    "revoked_tokens": jtis, "revoked_subjects": subs, "idempotency_records": idem,
+                    "revoked_tokens": s.revoked_tokens, "revoked_subjects": s.revoked_subjects,
+                    "idempotency_records": s.idempotency_records,
+                    "idempotency_leases": s.idempotency_leases,
+                    "idempotency_bytes": s.idempotency_bytes,
                 })
             }
             Store::Redis(r) => {
@@ -144,10 +158,7 @@ impl Store {
 
     pub async fn revoke(&self, r: &Revoke) -> Result<(), StoreError> {
         match self {
-            Store::Memory(m) => {
-                m.revoke(r);
-                Ok(())
-            }
+            Store::Memory(m) => m.revoke(r),
             Store::Redis(s) => s.revoke(r).await,
         }
     }
@@ -160,7 +171,7 @@ impl Store {
         lock_ttl: Duration,
     ) -> Result<Begin, StoreError> {
         match self {
-            Store::Memory(m) => Ok(m.idem_begin(key, lease, lock_ttl)),
+            Store::Memory(m) => m.idem_begin(key, lease, lock_ttl),
             Store::Redis(r) => r.idem_begin(key, lease, lock_ttl).await,
         }
     }
@@ -194,11 +205,11 @@ impl Store {
     }
 
     /// Apply reloaded settings that do not change what the store is: the budget of remote
-    /// calls and the TTLs/leeway of written revocations.
-    pub fn retune(&self, timeout: Duration, records: Records) {
+    /// calls, the TTLs/leeway of written revocations, the embedded store's caps.
+    pub fn retune(&self, settings: &StoreSettings, records: Records) {
         match self {
-            Store::Memory(m) => m.retune(records),
-            Store::Redis(r) => r.retune(timeout, records),
+            Store::Memory(m) => m.retune(records, Caps::of(settings)),
+            Store::Redis(r) => r.retune(settings.timeout, records),
         }
     }
 }
