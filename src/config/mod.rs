@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::message::target::EscapedSlashes;
 pub use validate::{load, parse};
 
 /// Defaults for every key that has one, in one place so docs and code agree.
@@ -232,17 +233,6 @@ pub struct ServerSettings {
     pub admin_hosts: Vec<String>,
     /// Bearer token every admin request must carry, read from `admin_token_env` at load.
     pub admin_token: Option<AdminToken>,
-}
-
-/// `[server] escaped_slashes`, as Envoy's `path_with_escaped_slashes_action`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EscapedSlashes {
-    /// 400: a path whose meaning depends on who decodes it is refused.
-    Reject,
-    /// Decode them into `/` and `\` (then normalised like any other separator).
-    Decode,
-    /// Forward them encoded; routing sees them as ordinary characters of a segment.
-    Keep,
 }
 
 /// `[server] underscores_in_headers`, as nginx's `underscores_in_headers`.

@@ -847,7 +847,12 @@ impl Validator {
                 }
             }
             let p = raw.path_prefix.as_str();
-            if p.starts_with('/')
+            if p.contains(';') {
+                self.err(
+                    format!("{key}.path_prefix"),
+                    format!("{p:?}: routes are matched with segment parameters (;…) removed, so it would never match"),
+                );
+            } else if p.starts_with('/')
                 && crate::message::target::normalise_prefix(p).as_deref() != Some(p)
             {
                 self.err(
@@ -1050,9 +1055,14 @@ impl Validator {
             forward_claims,
             strip_authorization: raw.strip_authorization.unwrap_or(false),
             cache_entries,
-            max_lifetime: raw
-                .max_lifetime
-                .map(|s| self.duration("auth.max_lifetime", Some(s), defaults::LEEWAY)),
+            max_lifetime: raw.max_lifetime.map(|s| {
+                let d = self.duration("auth.max_lifetime", Some(s.clone()), defaults::LEEWAY);
+                // Token times are whole seconds: under 1s would refuse every token.
+                if d < Duration::from_secs(1) {
+                    self.err("auth.max_lifetime", format!("{s:?} is under 1s"));
+                }
+                d
+            }),
             keys,
         })
     }
@@ -1451,6 +1461,36 @@ mod tests {
         );
         let keys = keys(&text);
         assert!(keys.contains(&"routes[1].upstream".to_string()), "{keys:?}");
+    }
+
+    #[test]
+    fn route_prefixes_must_be_normal_and_lifetimes_whole_seconds() {
+        let base = "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.a]\nservers = [{ address = \"127.0.0.1:1\" }]\n";
+        for (prefix, bad) in [
+            ("/api", false),
+            ("/api/", false),
+            ("/a/../b", true),
+            ("/%61pi", true),
+            ("//api", true),
+            ("/api;v=1", true),
+        ] {
+            let text = format!("{base}[[routes]]\npath_prefix = \"{prefix}\"\nupstream = \"a\"\n");
+            assert_eq!(
+                keys(&text).contains(&"routes[0].path_prefix".to_string()),
+                bad,
+                "{prefix}: {:?}",
+                errors(&text)
+            );
+        }
+        let text = format!(
+            "{base}[[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\nauth = \"off\"\n\
+             [auth]\nmax_lifetime = \"500ms\"\n[[auth.keys]]\nalgorithm = \"HS256\"\nsecret_env = \"DOORMAN_TEST_UNSET_SECRET\"\n"
+        );
+        assert!(
+            keys(&text).contains(&"auth.max_lifetime".to_string()),
+            "{:?}",
+            errors(&text)
+        );
     }
 
     #[test]

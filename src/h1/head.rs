@@ -150,8 +150,8 @@ pub(super) fn parse(
     // After a CONNECT, the client's next bytes are meant for a tunnel, not more requests:
     // doorman opens no tunnels (the pipeline answers 405), and reading those bytes as
     // requests would let a client smuggle past whatever saw them as opaque tunnel data.
-    // The connection ends after the answer.
-    let keep_alive = method != Method::CONNECT
+    // The connection ends after the answer. Any letter case: the pipeline refuses them all.
+    let keep_alive = !method.as_str().eq_ignore_ascii_case("CONNECT")
         && match version {
             Version::HTTP_11 => !close,
             _ => keep_alive_token && !close,

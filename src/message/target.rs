@@ -15,7 +15,17 @@
 
 use std::borrow::Cow;
 
-use crate::config::EscapedSlashes;
+/// What to do with `%2F`, `%5C` in a path (`[server] escaped_slashes`, as Envoy's
+/// `path_with_escaped_slashes_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// 400: a path whose meaning depends on who decodes it is refused.
+    Reject,
+    /// Decode them into `/` and `\` (then normalised like any other separator).
+    Decode,
+    /// Forward them encoded; routing sees them as ordinary characters of a segment.
+    Keep,
+}
 
 /// How paths are normalised: `[server] merge_slashes` and `escaped_slashes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,19 +293,26 @@ pub fn under_prefix(path: &str, prefix: &str) -> bool {
     }
 }
 
-/// The path routes are matched on: `path` with each segment's `;parameters` removed, as
-/// servlet containers resolve it (`/api;x/secret` is served as `/api/secret` there, so it
-/// must meet `/api`'s route). The replica still gets `path` itself.
+/// The path routes are matched on: `path` with each segment's `;parameters` removed and the
+/// segments left empty by that (or by `merge_slashes = false`) dropped, as servlet
+/// containers resolve it: `/api;x/secret` and `/;x/api/secret` are served as `/api/secret`
+/// there, so they must meet `/api`'s route. The replica still gets `path` itself.
 pub fn routing_view(path: &str) -> Cow<'_, str> {
-    if !path.contains(';') {
+    if !path.contains(';') && !path.contains("//") {
         return Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len());
-    for (i, seg) in path.split('/').enumerate() {
-        if i > 0 {
+    let segments: Vec<&str> = path.split('/').collect();
+    for (i, seg) in segments.iter().enumerate().skip(1) {
+        let seg = seg.split_once(';').map_or(*seg, |(s, _)| s);
+        // An empty last segment is the directory form (`/api/`), kept.
+        if !seg.is_empty() || i == segments.len() - 1 {
             out.push('/');
+            out.push_str(seg);
         }
-        out.push_str(seg.split_once(';').map_or(seg, |(s, _)| s));
+    }
+    if out.is_empty() {
+        out.push('/');
     }
     Cow::Owned(out)
 }
@@ -479,7 +496,11 @@ mod tests {
     fn routing_ignores_segment_parameters() {
         assert_eq!(routing_view("/api;x/secret"), "/api/secret");
         assert_eq!(routing_view("/a;b;c/d;e"), "/a/d");
-        assert_eq!(routing_view("/;x/api"), "//api");
+        assert_eq!(routing_view("/;x/api"), "/api");
+        assert_eq!(routing_view("/;/api;/x"), "/api/x");
+        assert_eq!(routing_view("//api//x/"), "/api/x/");
+        assert_eq!(routing_view("/api;x/"), "/api/");
+        assert_eq!(routing_view("/;x"), "/");
         assert!(matches!(routing_view("/plain/path"), Cow::Borrowed(_)));
     }
 

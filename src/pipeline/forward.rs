@@ -1,7 +1,7 @@
-//! Stage 4: forward the request to the chosen replica and relay its response.
+//! Stage 7: forward the request to the chosen replica and relay its response.
 //!
 //! Hop-by-hop headers go in both directions; X-Forwarded-For is appended, X-Forwarded-Proto
-//! and X-Forwarded-Host are set; Host is kept. Bodies stream both ways. HTTP/1.1 upgrades
+//! and X-Forwarded-Host are set; Host is the authority the normalise stage decided on. Bodies stream both ways. HTTP/1.1 upgrades
 //! (WebSocket) become a byte tunnel once the replica answers 101.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -230,10 +230,8 @@ type Line<'a> = (&'static str, &'a [u8]);
 /// map (X-Forwarded-For's are merged in front of the peer's address).
 #[derive(Debug)]
 pub(super) struct Forwarded {
-    /// The Host the request is for: the client's, or (HTTP/2) its :authority.
+    /// The request's Host header (the decided authority); None only for HTTP/1.0 without one.
     host: Option<HeaderValue>,
-    /// Whether the request carries its own Host header (else `host` is written as one).
-    has_host: bool,
     for_: HeaderValue,
     proto: &'static str,
     request_id: HeaderValue,
@@ -243,10 +241,10 @@ impl Forwarded {
     /// The lines written after the request's own headers, and the Host to write when the
     /// request has none (the replica's authority as a last resort: HTTP/1.1 requires one).
     fn lines<'a>(&'a self, upstream: &'a Upstream) -> (Option<&'a [u8]>, [Line<'a>; 4], usize) {
-        let host = match (&self.host, self.has_host) {
-            (_, true) => None,
-            (Some(h), false) => Some(h.as_bytes()),
-            (None, false) => Some(upstream.authority.as_str().as_bytes()),
+        // A request with a Host header sends it among its own headers.
+        let host = match &self.host {
+            Some(_) => None,
+            None => Some(upstream.authority.as_str().as_bytes()),
         };
         let mut lines = [("", &b""[..]); 4];
         let mut n = 0;
@@ -271,17 +269,9 @@ pub(super) fn prepare(
     request_id: &HeaderValue,
     conn: &ConnInfo,
 ) -> Forwarded {
-    // Host is kept: the client's, or (HTTP/2) the :authority it asked for.
-    let (host, has_host) = match parts.headers.get(header::HOST) {
-        Some(h) => (Some(h.clone()), true),
-        None => (
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-            false,
-        ),
-    };
+    // Host is the authority the normalise stage decided on (the absolute-form target's or
+    // :authority, else the client's Host); only an HTTP/1.0 request may have none.
+    let host = parts.headers.get(header::HOST).cloned();
 
     let headers = &mut parts.headers;
     strip_fixed_hop_by_hop(headers);
@@ -317,7 +307,6 @@ pub(super) fn prepare(
     parts.version = Version::HTTP_11;
     Forwarded {
         host,
-        has_host,
         for_,
         proto: conn.scheme,
         request_id: request_id.clone(),

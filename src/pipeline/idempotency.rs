@@ -1,4 +1,4 @@
-//! Stage 4: idempotency keys on write requests (draft-ietf-httpapi-idempotency-key-header,
+//! Stage 5: idempotency keys on write requests (draft-ietf-httpapi-idempotency-key-header,
 //! Stripe's design). A keyed request takes a lease in the store, is forwarded once, and its
 //! response is stored for `ttl`; a retry gets the stored response, a concurrent duplicate
 //! 409, and the same key on a different request 422.

@@ -148,12 +148,11 @@ async fn stages(
             .as_ref()
             .is_some_and(|v| v.forwarded_headers().any(|h| h.as_str() == name))
     };
-    normalise::request(&mut req, &snap.settings, &is_claim_header)?;
-    if req.uri() != &ctx.uri {
+    if normalise::request(&mut req, &snap.settings, &is_claim_header)? {
         ctx.uri = req.uri().clone();
     }
     // Route before select: the route decides which group's balancer is asked.
-    let host = route::host_of(&req)?;
+    let host = route::host_of(&req);
     let route = snap
         .route(
             host.as_deref(),
@@ -175,7 +174,7 @@ async fn stages(
     if let Some(key) = key {
         ctx.keyed = true;
         // Keys are scoped to the host too (routes may match many hosts).
-        let host = route::host_of(&req)?
+        let host = route::host_of(&req)
             .map(|h| h.into_owned())
             .unwrap_or_default();
         // Boxed: keyed writes are the minority, and their large future would otherwise be

@@ -32,17 +32,30 @@ const SET_BY_DOORMAN: [&str; 5] = [
     "x-request-id",
 ];
 
-/// Normalise `req` in place. `is_claim_header`: whether auth forwards a claim in this
-/// header (also protected from `_` look-alikes).
+/// Normalise `req` in place; true when its target was rewritten. `is_claim_header`:
+/// whether auth forwards a claim in this header (also protected from `_` look-alikes).
 pub(super) fn request<B>(
     req: &mut Request<B>,
     settings: &ServerSettings,
     is_claim_header: &dyn Fn(&str) -> bool,
-) -> Result<(), ProxyError> {
+) -> Result<bool, ProxyError> {
     if req.method().as_str().eq_ignore_ascii_case("CONNECT") {
         // Refused before anything is parsed further: doorman opens no tunnels. Any case:
         // method names are case-sensitive, but some servers read them case-insensitively.
         return Err(ProxyError::MethodNotAllowed);
+    }
+    if req
+        .method()
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        // `post` is not POST to doorman (methods are case-sensitive) but is to servers that
+        // upper-case them (Django, Werkzeug): idempotency and TRACE rules would be skipped.
+        // Refused as nginx does.
+        return Err(ProxyError::BadRequest(
+            "method name with lower-case letters",
+        ));
     }
     underscores(
         req.headers_mut(),
@@ -51,11 +64,11 @@ pub(super) fn request<B>(
     )?;
     strip_connection_named(req.headers_mut());
     authority(req)?;
-    path(req, settings)?;
+    let changed = path(req, settings)?;
     if req.version() == Version::HTTP_2 {
         join_cookies(req.headers_mut());
     }
-    Ok(())
+    Ok(changed)
 }
 
 fn underscores(
@@ -129,16 +142,32 @@ fn authority<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
     }
 }
 
-fn path<B>(req: &mut Request<B>, settings: &ServerSettings) -> Result<(), ProxyError> {
+/// True when the target was rewritten.
+fn path<B>(req: &mut Request<B>, settings: &ServerSettings) -> Result<bool, ProxyError> {
     let policy = PathPolicy {
         merge_slashes: settings.merge_slashes,
         escaped_slashes: settings.escaped_slashes,
     };
-    let uri = req.uri();
-    let raw = uri.path_and_query().map_or("", |p| p.as_str());
-    let normal = target::normalise(raw, policy).map_err(|e| ProxyError::BadRequest(e.reason()))?;
-    let absolute = uri.authority().is_some();
-    if let Cow::Owned(p) = normal {
+    let refused = |e: target::TargetError| ProxyError::BadRequest(e.reason());
+    let absolute = req.uri().authority().is_some();
+    let raw = req.uri().path_and_query().map_or("", |p| p.as_str());
+    let rewritten = if absolute && !raw.starts_with('/') {
+        // `http://a.test?x`: an absolute-form target with an empty path means `/`
+        // (RFC 9112 §3.2.2).
+        Some(
+            target::normalise(&format!("/{raw}"), policy)
+                .map_err(refused)?
+                .into_owned(),
+        )
+    } else {
+        match target::normalise(raw, policy).map_err(refused)? {
+            Cow::Owned(p) => Some(p),
+            Cow::Borrowed(_) => None,
+        }
+    };
+    let origin_form = absolute && req.version() != Version::HTTP_2;
+    let changed = rewritten.is_some() || origin_form;
+    if let Some(p) = rewritten {
         let pq = PathAndQuery::try_from(p)
             .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
@@ -148,14 +177,13 @@ fn path<B>(req: &mut Request<B>, settings: &ServerSettings) -> Result<(), ProxyE
     }
     // An absolute-form HTTP/1.1 target goes on in origin-form: its authority now lives in
     // Host, and nothing later may read a second copy of it.
-    if absolute && req.version() != Version::HTTP_2 {
-        let pq = req.uri().path_and_query().cloned();
+    if origin_form {
         let mut parts = http::uri::Parts::default();
-        parts.path_and_query = pq;
+        parts.path_and_query = req.uri().path_and_query().cloned();
         *req.uri_mut() =
             Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// HTTP/2 lets a client split `cookie` into many fields; HTTP/1.1 replicas expect one.
@@ -196,7 +224,7 @@ pub(super) fn method_allowed(method: &Method, allowed: &[Method]) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EscapedSlashes;
+    use crate::message::target::EscapedSlashes;
 
     fn settings() -> ServerSettings {
         ServerSettings::with_listen("127.0.0.1:0".parse().unwrap())
@@ -208,6 +236,24 @@ mod tests {
 
     fn run(mut req: Request<()>) -> Result<Request<()>, ProxyError> {
         request(&mut req, &settings(), &is_claim).map(|_| req)
+    }
+
+    #[test]
+    fn rewrites_are_reported_and_plain_targets_left_alone() {
+        let mut req = Request::get("/api/x?q=1")
+            .header("host", "a")
+            .body(())
+            .unwrap();
+        assert!(!request(&mut req, &settings(), &is_claim).unwrap());
+        let mut req = Request::get("/api/./x")
+            .header("host", "a")
+            .body(())
+            .unwrap();
+        assert!(request(&mut req, &settings(), &is_claim).unwrap());
+        let mut req = Request::get("http://a.test/x").body(()).unwrap();
+        assert!(request(&mut req, &settings(), &is_claim).unwrap());
+        let req = Request::get("http://a.test?x=1").body(()).unwrap();
+        assert_eq!(run(req).unwrap().uri(), "/?x=1");
     }
 
     fn reason(r: Result<Request<()>, ProxyError>) -> &'static str {
@@ -347,6 +393,13 @@ mod tests {
         ));
         assert!(method_allowed(&Method::TRACE, &[Method::TRACE]).is_ok());
         assert!(method_allowed(&Method::GET, &[]).is_ok());
+        let req = Request::builder()
+            .method(Method::from_bytes(b"post").unwrap())
+            .uri("/x")
+            .header("host", "a")
+            .body(())
+            .unwrap();
+        assert_eq!(reason(run(req)), "method name with lower-case letters");
         for m in ["trace", "Trace", "TRACK", "track"] {
             let m = Method::from_bytes(m.as_bytes()).unwrap();
             assert!(

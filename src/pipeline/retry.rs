@@ -1,4 +1,4 @@
-//! Stage 6 for requests that can be re-sent: not upgrades, and bodiless or with a small
+//! Stage 7 (forward) for requests that can be re-sent: not upgrades, and bodiless or with a small
 //! declared body held in memory. RFC 9110 §9.2.2: a proxy must not blindly retry
 //! non-idempotent requests, so
 //! - a connection that could not be made (nothing was sent) is retried for any method;

@@ -1,4 +1,4 @@
-//! Stage 5 helper: the sticky key of a request, for consistent-hash groups.
+//! Stage 6 helper: the sticky key of a request, for consistent-hash groups.
 
 use http::{Request, header};
 
