@@ -192,14 +192,16 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     if values.next().is_none() || values.next().is_none() {
         return;
     }
-    let mut joined = Vec::with_capacity(128);
-    for (i, v) in headers.get_all(header::COOKIE).iter().enumerate() {
+    let all = headers.get_all(header::COOKIE);
+    let len: usize = all.iter().map(|v| v.len() + 2).sum();
+    let mut joined = Vec::with_capacity(len);
+    for (i, v) in all.iter().enumerate() {
         if i > 0 {
             joined.extend_from_slice(b"; ");
         }
         joined.extend_from_slice(v.as_bytes());
     }
-    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
         headers.insert(header::COOKIE, v);
     }
 }
