@@ -335,7 +335,8 @@ async fn a_body_stalled_past_idle_timeout_is_never_run_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_still_streaming_when_the_lease_runs_out_is_delivered_and_not_replayable() {
     for (store, _redis) in stores() {
-        // 8 chunks over ~1.75 s; the lease budget is 0.9 × 1 s.
+        // 8 chunks over ~1.75 s; the lease budget is 1 s less the store timeout (embedded:
+        // the 50 ms default; Redis: 200 ms) and FINISH's 100 ms margin, from BEGIN.
         let r = Scripted::start(vec![Act::Slow {
             chunks: 8,
             gap_ms: 250,
