@@ -5,7 +5,7 @@
 //!
 //! The request is *committed* once the replica's response head arrives with a status that
 //! is stored rather than released (`commits`): from then on the key is never released, so
-//! the request never runs twice while doorman lives. `response_timeout` bounds the wait for
+//! the request never runs twice while its record lives. `response_timeout` bounds the wait for
 //! that head only, as for any request; the body is then read under the connection's
 //! `idle_timeout` between chunks and within the lease. A body that cannot be stored leaves
 //! a not-replayable record (409 on retry). Before the head, a failure or a retryable status
