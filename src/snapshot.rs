@@ -175,6 +175,11 @@ impl Snapshot {
             .retune(store, crate::store::Records::new(revocation, *leeway));
     }
 
+    /// `[store] timeout`: the budget of a store call on the request path.
+    pub fn store_timeout(&self) -> std::time::Duration {
+        self.store_spec.0.timeout
+    }
+
     pub fn into_shared(self) -> SharedSnapshot {
         Arc::new(ArcSwap::from_pointee(self))
     }

@@ -335,7 +335,8 @@ async fn a_body_stalled_past_idle_timeout_is_never_run_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_still_streaming_when_the_lease_runs_out_is_delivered_and_not_replayable() {
     for (store, _redis) in stores() {
-        // 8 chunks over ~1.75 s; the lease budget is 0.9 × 1 s.
+        // 8 chunks over ~1.75 s; the lease budget is 1 s less the store timeout (embedded:
+        // the 50 ms default; Redis: 200 ms) and FINISH's 100 ms margin, from BEGIN.
         let r = Scripted::start(vec![Act::Slow {
             chunks: 8,
             gap_ms: 250,
@@ -387,10 +388,12 @@ async fn retry_past_503(p: &TestProxy, key: &str) -> (http::Response<()>, Bytes)
     panic!("the store never answered again");
 }
 
-/// FINISH against a Redis that holds writes: the client still gets its response (after
-/// the store timeout, not a fixed 2 s), the failure is counted, and the key is never
-/// released: while Redis holds writes a retry is 503; once the stalled connection is gone
-/// (killed, the FINISH with it), a retry finds the lease: 409.
+/// FINISH against a Redis that holds writes: the client still gets its response while Redis
+/// still holds them (FINISH gave up on its own rather than waiting for Redis; that it gives
+/// up after the store timeout, not a fixed 2 s, is checked by
+/// `a_finish_redis_runs_after_the_stall_is_replayed`), the failure is counted, and the key
+/// is never released: while Redis holds writes a retry is 503; once the stalled connection
+/// is gone (killed, the FINISH with it), a retry finds the lease: 409.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_finish_lost_to_a_stalled_redis_keeps_the_lease() {
     let redis = RedisServer::start();
@@ -453,6 +456,12 @@ async fn a_finish_lost_to_a_stalled_redis_keeps_the_lease() {
 /// The other ending of a stall: doorman gave up waiting for FINISH, but Redis still had the
 /// script and runs it once writes resume. The result is then stored after all: a retry gets
 /// the replay. Either way, the POST ran once.
+///
+/// Redis holds writes for 1 s only, then resumes by itself: longer than the 100 ms store
+/// timeout, shorter than the 2 s FINISH used to wait. The failure being counted proves
+/// FINISH gave up within the pause, before Redis could answer it, without timing anything
+/// here: a FINISH that waited 2 s would have had its answer once the pause ended, and
+/// counted nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_finish_redis_runs_after_the_stall_is_replayed() {
     let redis = RedisServer::start();
@@ -472,12 +481,20 @@ async fn a_finish_redis_runs_after_the_stall_is_replayed() {
     let mut c = p.h1().await;
     let first = tokio::spawn(async move { post(&mut c, "late-finish").await });
     within("the replica is called", r.arrived.notified()).await;
-    redis.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]).await;
+    redis.cmd(&["CLIENT", "PAUSE", "1000", "WRITE"]).await;
     r.open_gate();
     let (resp, body) = within("the response despite the store", first)
         .await
         .unwrap();
     assert_eq!((resp.status().as_u16(), &body[..]), (200, &b"gated"[..]));
+    // Counted before the response was sent, so final by now.
+    let failures = "doorman_idempotency_store_failures_total{op=\"store\"}";
+    assert_eq!(
+        metric(&p, failures).await,
+        1.0,
+        "FINISH gave up within the 1 s pause"
+    );
+    // Ends the pause early if it is still on; the failure above was already decided.
     redis.cmd(&["CLIENT", "UNPAUSE"]).await;
     let (after, replayed) = retry_past_503(&p, "late-finish").await;
     assert_eq!(after.status(), 200);

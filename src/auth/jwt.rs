@@ -10,6 +10,7 @@
 //! doorman checked. Member names are compared after JSON unescaping, so `"s\u0075b"`
 //! repeats `"sub"`.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,7 +18,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::cache::TokenCache;
@@ -354,31 +355,35 @@ impl Verifier {
 
 fn json_object(b64: &str) -> Result<Map<String, Value>, Reject> {
     let bytes = URL_SAFE_NO_PAD.decode(b64).map_err(|_| Reject::Malformed)?;
-    match serde_json::from_slice::<Strict>(&bytes) {
-        Ok(Strict(Value::Object(m))) => Ok(m),
-        Err(e) if e.is_data() && e.to_string().starts_with(DUPLICATE) => {
-            Err(Reject::DuplicateMember)
-        }
+    // The visitor raises the flag where it finds a repeated member, and its error ends the
+    // parse there: the flag, not the error's text, says why the parse failed.
+    let duplicate = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let parsed = Strict(&duplicate)
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+    match parsed {
+        _ if duplicate.get() => Err(Reject::DuplicateMember),
+        Ok(Value::Object(m)) => Ok(m),
         _ => Err(Reject::Malformed),
     }
 }
 
-/// The error a repeated member raises (found again in serde_json's message).
-const DUPLICATE: &str = "duplicate JSON member";
-
 /// A JSON value as serde_json's `Value`, built in the same single pass by serde_json's own
-/// parser, but refusing an object that repeats a member name, at any depth.
-struct Strict(Value);
+/// parser, but refusing an object that repeats a member name, at any depth: the refusal
+/// raises the flag it carries.
+#[derive(Clone, Copy)]
+struct Strict<'a>(&'a Cell<bool>);
 
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
     }
 }
 
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -416,7 +421,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
+        while let Some(v) = seq.next_element_seed(self)? {
             items.push(v);
         }
         Ok(Value::Array(items))
@@ -425,9 +430,10 @@ impl<'de> Visitor<'de> for StrictVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut members = Map::new();
         while let Some(name) = map.next_key::<String>()? {
-            let Strict(v) = map.next_value()?;
+            let v = map.next_value_seed(self)?;
             if members.insert(name, v).is_some() {
-                return Err(de::Error::custom(DUPLICATE));
+                self.0.set(true);
+                return Err(de::Error::custom("duplicate JSON member"));
             }
         }
         Ok(Value::Object(members))

@@ -40,6 +40,14 @@ pub mod defaults {
     pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
     pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
     pub const LOCK_TTL: Duration = Duration::from_secs(60);
+    /// What a keyed request leaves unused at the end of its lease, beyond the store timeout
+    /// its FINISH may take: a fixed amount, not a fraction of `lock_ttl`, because what it
+    /// absorbs does not grow with the lease — the time between the body deadline firing and
+    /// FINISH being on the wire (encoding the record, a busy runtime's scheduling, the
+    /// timer's millisecond granularity) and the store's own expiry precision (Redis: 1 ms).
+    /// A fraction would take seconds from a 60 s lease for nothing. Checked at load:
+    /// `lock_ttl` must exceed `response_timeout + [store] timeout +` this.
+    pub const FINISH_MARGIN: Duration = Duration::from_millis(100);
     pub const IDEMPOTENCY_BODY_BYTES: usize = 1024 * 1024;
     pub const IDEMPOTENCY_PREFIX: &str = "doorman:idem:";
     pub const MAX_WEIGHT: u32 = 1000;

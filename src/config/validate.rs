@@ -142,20 +142,27 @@ impl Validator {
             None => IdempotencySettings::default(),
         };
         let routes = self.routes(doc.remove("routes"), &upstreams, auth_present);
-        // A lease must outlive the longest wait for a replica, or a slow first request
-        // would lose its key to a duplicate while still running.
+        // A lease must outlive the longest wait for a replica's head plus FINISH's store
+        // call and its margin, or a slow first request would lose its key to a duplicate
+        // while still running (or its FINISH would find the lease gone, nothing stored).
         for (i, r) in routes.iter().enumerate() {
             if r.idempotency == IdempotencyMode::Off {
                 continue;
             }
-            if let Some(g) = upstreams.iter().find(|u| u.name == r.upstream)
-                && idempotency.lock_ttl <= g.response_timeout
-            {
+            let Some(g) = upstreams.iter().find(|u| u.name == r.upstream) else {
+                continue;
+            };
+            let needed = g.response_timeout + store.timeout + defaults::FINISH_MARGIN;
+            if idempotency.lock_ttl <= needed {
                 self.err(
                     "idempotency.lock_ttl",
                     format!(
-                        "{:?} must exceed the response_timeout ({:?}) of upstream {:?} used by routes[{i}]",
-                        idempotency.lock_ttl, g.response_timeout, g.name
+                        "{:?} must exceed {needed:?}: the response_timeout ({:?}) of upstream {:?} used by routes[{i}] + [store] timeout ({:?}) + {:?} for FINISH to land within the lease",
+                        idempotency.lock_ttl,
+                        g.response_timeout,
+                        g.name,
+                        store.timeout,
+                        defaults::FINISH_MARGIN
                     ),
                 );
             }
@@ -1417,6 +1424,54 @@ mod tests {
                 .filter(|e| e.key == "server.idle_timeout")
                 .collect();
             assert_eq!(idle.is_empty(), ok, "{value}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn lock_ttl_must_leave_finish_its_store_timeout_and_margin_after_the_head() {
+        // 1 s response_timeout + 200 ms store timeout + the 100 ms FINISH_MARGIN = 1.3 s.
+        assert_eq!(defaults::FINISH_MARGIN, Duration::from_millis(100));
+        for (lock_ttl, idempotency, ok) in [
+            ("1s", "required", false),
+            ("1200ms", "required", false),
+            ("1300ms", "optional", false),
+            ("1301ms", "required", true),
+            ("1s", "off", true),
+        ] {
+            let text = format!(
+                r#"
+                [server]
+                listen = "127.0.0.1:1"
+                [tls]
+                certificates = [{{ cert = "/nonexistent/a.crt", key = "/nonexistent/a.key" }}]
+                [upstreams.api]
+                servers = [{{ address = "127.0.0.1:9001" }}]
+                response_timeout = "1s"
+                [store]
+                timeout = "200ms"
+                [idempotency]
+                lock_ttl = "{lock_ttl}"
+                [[routes]]
+                path_prefix = "/"
+                upstream = "api"
+                idempotency = "{idempotency}"
+                "#
+            );
+            let e = errors(&text);
+            let bad: Vec<_> = e
+                .iter()
+                .filter(|e| e.key == "idempotency.lock_ttl")
+                .collect();
+            assert_eq!(bad.is_empty(), ok, "{lock_ttl} {idempotency}: {e:?}");
+            if let [only] = bad[..] {
+                assert_eq!(
+                    only.message,
+                    format!(
+                        "{:?} must exceed 1.3s: the response_timeout (1s) of upstream \"api\" used by routes[0] + [store] timeout (200ms) + 100ms for FINISH to land within the lease",
+                        humantime::parse_duration(lock_ttl).unwrap()
+                    )
+                );
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 //!
 //! The request is *committed* once the replica's response head arrives with a status that
 //! is stored rather than released (`commits`): from then on the key is never released, so
-//! the request never runs twice while doorman lives. `response_timeout` bounds the wait for
+//! the request never runs twice while its record lives. `response_timeout` bounds the wait for
 //! that head only, as for any request; the body is then read under the connection's
 //! `idle_timeout` between chunks and within the lease. A body that cannot be stored leaves
 //! a not-replayable record (409 on retry). Before the head, a failure or a retryable status
@@ -180,6 +180,10 @@ pub(super) async fn run(
     }
     .encode();
 
+    // The lease runs from no earlier than now: the store starts its `lock_ttl` when BEGIN
+    // arrives. Measuring from here rather than from when the job starts (after BEGIN's
+    // round trip and the choice of a replica) errs on the safe side.
+    let lease_start = tokio::time::Instant::now();
     let begin = snap.store.idem_begin(&store_key, &lease, s.lock_ttl);
     match snap.metrics.store_op("idem_begin", begin).await {
         Ok(Begin::Acquired) => {}
@@ -236,6 +240,7 @@ pub(super) async fn run(
         store_key,
         lease,
         fingerprint: fp,
+        deadline: body_deadline(lease_start, s.lock_ttl, snap.store_timeout()),
     };
     tokio::spawn(job.run(parts, body))
         .await
@@ -299,6 +304,23 @@ struct Job {
     store_key: String,
     lease: String,
     fingerprint: String,
+    /// When forwarding and reading the body must stop (`body_deadline`).
+    deadline: tokio::time::Instant,
+}
+
+/// The end of a job's lease budget: forwarding and reading the body stop here, so that
+/// FINISH, which may then take the store timeout, still lands while the lease is ours —
+/// landing after it, FINISH finds no lease (`lease_expired`), nothing is stored, the key is
+/// free and the committed request could run a second time. `FINISH_MARGIN` covers what
+/// lies between the deadline and FINISH on the wire (see it). Config validation keeps this
+/// after `lease_start + response_timeout`.
+fn body_deadline(
+    lease_start: tokio::time::Instant,
+    lock_ttl: Duration,
+    store_timeout: Duration,
+) -> tokio::time::Instant {
+    let reserve = store_timeout + crate::config::defaults::FINISH_MARGIN;
+    lease_start + lock_ttl.saturating_sub(reserve)
 }
 
 /// How reading a committed response's body ended.
@@ -330,8 +352,7 @@ impl Job {
         body: Bytes,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let s = &self.snap.idempotency;
-        // The last tenth of the lease is left for FINISH (itself under the store timeout).
-        let deadline = tokio::time::Instant::now() + s.lock_ttl.mul_f64(0.9);
+        let deadline = self.deadline;
         let upstream = &self.group.servers[self.upstream];
         let sent = forward::send_buffered(
             parts,
@@ -608,6 +629,17 @@ mod tests {
             client_key(&x, req_mode, &s).unwrap().as_deref(),
             Some("alt")
         );
+    }
+
+    #[test]
+    fn the_body_deadline_leaves_finish_its_store_timeout_and_margin_from_begin() {
+        let start = tokio::time::Instant::now();
+        let ttl = Duration::from_secs(1);
+        let margin = crate::config::defaults::FINISH_MARGIN;
+        let d = body_deadline(start, ttl, Duration::from_millis(200));
+        assert_eq!(d, start + ttl - Duration::from_millis(200) - margin);
+        // Never past the start, whatever validation let through.
+        assert_eq!(body_deadline(start, ttl, ttl), start);
     }
 
     #[test]
