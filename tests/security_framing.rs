@@ -54,7 +54,12 @@ fn req(method: &str, path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
 
 /// The same, asking for the close: for the cases doorman accepts.
 fn req_close(method: &str, path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
-    req(method, path, &format!("connection: close\r\n{headers}"), body)
+    req(
+        method,
+        path,
+        &format!("connection: close\r\n{headers}"),
+        body,
+    )
 }
 
 /// Sent behind every case's bytes: answered only if doorman kept reading the connection.

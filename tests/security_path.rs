@@ -125,7 +125,10 @@ async fn bypass_forms_over_tls_and_http2() {
     }
     // Exactly the expected ones were skipped: a change in the client or in BYPASSES cannot
     // quietly skip more of them.
-    assert_eq!(skipped, SKIPPED_BY_THE_CLIENT, "targets the client would not build");
+    assert_eq!(
+        skipped, SKIPPED_BY_THE_CLIENT,
+        "targets the client would not build"
+    );
     assert_eq!(
         r.count(),
         0,

@@ -176,7 +176,14 @@ impl Idem {
                 self.done.insert(n, key.clone());
             }
         }
-        self.map.insert(key, Slot { value, until, state });
+        self.map.insert(
+            key,
+            Slot {
+                value,
+                until,
+                state,
+            },
+        );
     }
 
     /// Take `slot` (just removed from `map`) off the books.
@@ -723,10 +730,13 @@ mod tests {
         assert_eq!(keys(&m), ["k"]);
         assert_eq!(m.counters.evictions.get(), 2);
         assert_eq!(books(&m), (1, 1, 0, cost("k", &big), 0));
-        assert!(matches!(
-            m.idem_begin("k", &lease("retry"), LONG),
-            Ok(Begin::Existing(None)),
-        ), "the stored result itself (not a decodable response here)");
+        assert!(
+            matches!(
+                m.idem_begin("k", &lease("retry"), LONG),
+                Ok(Begin::Existing(None)),
+            ),
+            "the stored result itself (not a decodable response here)"
+        );
 
         // One byte over: `N|fp` instead, the others stay.
         let m = store(100, cost("k", &big) - 1, 10);
@@ -771,7 +781,11 @@ mod tests {
         }
         let evicted_by_begins = m.counters.evictions.get();
         assert!(m.idem_finish("k", &lease("k"), Some(result()), LONG));
-        assert_eq!(m.counters.evictions.get(), evicted_by_begins, "FINISH evicted nothing");
+        assert_eq!(
+            m.counters.evictions.get(),
+            evicted_by_begins,
+            "FINISH evicted nothing"
+        );
         not_replayable_again(&m, "k");
     }
 
@@ -781,7 +795,10 @@ mod tests {
         let done = cost("b", result());
         let long_key = "c".repeat(1200);
         let c = cost(&long_key, &lease("c"));
-        assert!(c > done, "the new lease needs more than the completed record frees");
+        assert!(
+            c > done,
+            "the new lease needs more than the completed record frees"
+        );
         // Exactly room for the two leases: the completed record is evicted, counted once.
         let m = store(100, a + c, 10);
         assert!(matches!(
