@@ -8,7 +8,6 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use support::*;
 
@@ -192,12 +191,53 @@ impl Drop for Reaper {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Start `doorman run` on `config` (whose listeners are on port 0: the kernel picks, so no
+/// other process can take a port between a test choosing it and doorman binding it) and
+/// return it with the admin address it bound, read from its JSON "doorman ready" log line.
+/// Its stderr is drained for as long as it runs.
+async fn run_doorman(config: &std::path::Path) -> (Reaper, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(config)
+        .env(TOKEN_ENV, TOKEN)
+        .env("RUST_LOG", "warn,doorman::server=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let doorman = Reaper(child);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let Some(tx) = tx.take_if(|_| line.contains("doorman ready")) else {
+                if tx.is_some() {
+                    seen.push(line);
+                }
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let _ = tx.send(
+                v["fields"]["admin_listen"]
+                    .as_str()
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+                    .ok_or(line),
+            );
+        }
+        // Ended (doorman exited) before it was ready: what it said instead.
+        if let Some(tx) = tx {
+            let _ = tx.send(Err(seen.join("\n")));
+        }
+    });
+    let admin = within("doorman ready", rx)
+        .await
+        .expect("the log reader")
+        .unwrap_or_else(|log| panic!("doorman never said where it listens: {log}"));
+    (doorman, admin)
 }
 
 const TOKEN_ENV: &str = "DOORMAN_TEST_ADMIN_TOKEN";
@@ -209,32 +249,15 @@ async fn with_a_token_every_endpoint_but_the_probes_needs_it() {
     let pki = TestPki::new();
     let leaf = pki.leaf("localhost", &["localhost"]);
     let r = Replica::start("r").await;
-    let (tls, admin_port) = (free_port(), free_port());
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{tls}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\nadmin_token_env = \"{TOKEN_ENV}\"\n{}{}",
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token_env = \"{TOKEN_ENV}\"\n{}{}",
         cert_toml(&leaf, &["localhost"]),
         rest(&r)
     );
     let path = pki.dir.path().join("proxy.toml");
     std::fs::write(&path, &text).unwrap();
-    let _doorman = Reaper(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env(TOKEN_ENV, TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    within("doorman listening", async {
-        while tokio::net::TcpStream::connect(admin).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let (_doorman, admin) = run_doorman(&path).await;
+    assert!(admin.ip().is_loopback() && admin.port() != 0, "{admin}");
 
     // Liveness probes and the status page's static shell need no token.
     for head in [
@@ -330,10 +353,20 @@ async fn with_a_token_every_endpoint_but_the_probes_needs_it() {
     .await;
     assert_eq!(status, 401);
 
-    // `doorman revoke` sends the token from the same environment.
+    // `doorman revoke` sends the token from the same environment, to the admin listener its
+    // config names: the same config, naming the address doorman bound.
+    let cli = pki.dir.path().join("cli.toml");
+    std::fs::write(
+        &cli,
+        text.replace(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"{admin}\""),
+        ),
+    )
+    .unwrap();
     let out = Command::new(BIN)
         .args(["revoke", "--config"])
-        .arg(&path)
+        .arg(&cli)
         .args(["--jti", "cli", "--expires-at", &exp.to_string()])
         .env(TOKEN_ENV, TOKEN)
         .output()

@@ -44,13 +44,31 @@ struct Case {
     replica: AtReplica,
 }
 
-/// A request head for `path` with `headers` (CRLF-terminated lines), then `body`.
+/// A request head for `path` with `headers` (CRLF-terminated lines), then `body`. No
+/// `connection: close`: a refusal must close the connection on its own.
 fn req(method: &str, path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
-    let mut w =
-        format!("{method} {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n{headers}\r\n")
-            .into_bytes();
+    let mut w = format!("{method} {path} HTTP/1.1\r\nhost: a\r\n{headers}\r\n").into_bytes();
     w.extend_from_slice(body);
     w
+}
+
+/// The same, asking for the close: for the cases doorman accepts.
+fn req_close(method: &str, path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    req(
+        method,
+        path,
+        &format!("connection: close\r\n{headers}"),
+        body,
+    )
+}
+
+/// Sent behind every case's bytes: answered only if doorman kept reading the connection.
+const CANARY: &[u8] = b"GET /canary HTTP/1.1\r\nHost: a\r\n\r\n";
+
+/// `wire`, then the canary.
+fn with_canary(mut wire: Vec<u8>) -> Vec<u8> {
+    wire.extend_from_slice(CANARY);
+    wire
 }
 
 fn refused(
@@ -73,7 +91,10 @@ fn refused(
 fn chunked(name: &'static str, body: Vec<u8>, accepted: Option<u64>) -> Case {
     Case {
         name,
-        wire: Box::new(move |p| req("POST", p, "transfer-encoding: chunked\r\n", &body)),
+        wire: Box::new(move |p| match accepted {
+            Some(_) => req_close("POST", p, "transfer-encoding: chunked\r\n", &body),
+            None => req("POST", p, "transfer-encoding: chunked\r\n", &body),
+        }),
         status: if accepted.is_some() { 200 } else { 400 },
         error: match accepted {
             Some(_) => None,
@@ -191,7 +212,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "CL repeated with the same number",
             wire: Box::new(|p| {
-                req(
+                req_close(
                     "POST",
                     p,
                     "content-length: 5\r\ncontent-length: 05\r\n",
@@ -383,9 +404,11 @@ async fn framing_and_smuggling_shapes_get_their_exact_answer() {
     for (i, case) in cases.iter().enumerate() {
         for how in [Delivery::Whole, Delivery::ByteByByte] {
             let path = format!("/case-{i}-{how:?}");
-            let got = exchange(&p, &(case.wire)(&path), how).await;
+            let got = exchange(&p, &with_canary((case.wire)(&path)), how).await;
             let answers = responses(&got);
             let what = format!("{} ({how:?})", case.name);
+            // `exchange` read to the close (a connection left open times out there): one
+            // answer, and the canary behind the case never answered.
             assert_eq!(answers.len(), 1, "{what}: one answer, then the close");
             let (status, body) = &answers[0];
             assert_eq!(
@@ -417,6 +440,11 @@ async fn framing_and_smuggling_shapes_get_their_exact_answer() {
     // Checked once all are done: a request cut off mid-body is recorded by the replica
     // when its connection ends, which may come after doorman's answer.
     let seen = r.seen();
+    assert!(
+        seen.iter().all(|s| s.uri != "/canary"),
+        "a canary behind a case reached the replica: {:?}",
+        seen.iter().map(|s| &s.uri).collect::<Vec<_>>()
+    );
     for (what, path, want) in checked {
         let of: Vec<_> = seen.iter().filter(|s| s.uri == path).collect();
         match want {
@@ -441,36 +469,61 @@ async fn framing_and_smuggling_shapes_get_their_exact_answer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bytes_after_a_connect_are_never_parsed_as_requests() {
     let (r, p) = proxy_with_replica().await;
-    let wire = b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n";
-    for how in [Delivery::Whole, Delivery::ByteByByte] {
-        let got = exchange(&p, wire, how).await;
-        let answers = responses(&got);
-        // Exactly one answer, then EOF: the pipelined GET is never read as a request.
+    // Methods are case-sensitive (RFC 9110 §9.1), but a tunnel-minded hop may take the
+    // lower-case form for CONNECT: doorman ends the connection after either.
+    for method in ["CONNECT", "connect"] {
+        let wire = format!(
+            "{method} a:443 HTTP/1.1\r\nHost: a:443\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+        );
+        for how in [Delivery::Whole, Delivery::ByteByByte] {
+            let got = exchange(&p, &with_canary(wire.clone().into_bytes()), how).await;
+            let answers = responses(&got);
+            // Exactly one answer, then EOF: the pipelined GET is never read as a request.
+            assert_eq!(
+                answers.len(),
+                1,
+                "{method} {how:?}: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            if method == "CONNECT" {
+                // doorman opens no tunnels: the normalise stage answers CONNECT with 405.
+                assert_eq!(answers[0].0, 405, "{how:?}");
+            } else {
+                assert!(
+                    (400..500).contains(&answers[0].0),
+                    "{method} {how:?}: {}",
+                    answers[0].0
+                );
+            }
+            let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+            assert!(
+                text.contains("\r\nconnection: close\r\n"),
+                "{method} {how:?}: {text}"
+            );
+        }
+        // A keep-alive CONNECT with a pipelined request behind it: the same.
+        let got = exchange(
+            &p,
+            &with_canary(
+                format!(
+                    "{method} a:443 HTTP/1.1\r\nHost: a:443\r\nConnection: keep-alive\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+                )
+                .into_bytes(),
+            ),
+            Delivery::Whole,
+        )
+        .await;
         assert_eq!(
-            answers.len(),
+            responses(&got).len(),
             1,
-            "{how:?}: {:?}",
+            "{method} keep-alive: {:?}",
             String::from_utf8_lossy(&got)
         );
-        // doorman opens no tunnels: the normalise stage answers CONNECT with 405.
-        assert_eq!(answers[0].0, 405, "{how:?}");
-        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
-        assert!(
-            text.contains("\r\nconnection: close\r\n"),
-            "{how:?}: {text}"
-        );
     }
-    // A keep-alive CONNECT with a pipelined request behind it: the same.
-    let got = exchange(
-        &p,
-        b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nConnection: keep-alive\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
-        Delivery::Whole,
-    )
-    .await;
-    assert_eq!(responses(&got).len(), 1);
     assert!(
-        r.seen().iter().all(|s| s.uri != "/x"),
-        "the replica must never see /x"
+        r.seen().iter().all(|s| s.uri != "/x" && s.uri != "/canary"),
+        "the replica must never see /x or /canary: {:?}",
+        r.seen().iter().map(|s| &s.uri).collect::<Vec<_>>()
     );
     assert_eq!(r.count(), 0);
     p.stop().await;
@@ -480,9 +533,9 @@ async fn bytes_after_a_connect_are_never_parsed_as_requests() {
 async fn a_request_after_a_refused_one_on_the_same_connection_is_never_forwarded() {
     // The classic smuggling payload: CL+TE with a second request hidden in the body.
     let (r, p) = proxy_with_replica().await;
-    let wire = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let wire = with_canary(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n".to_vec());
     for how in [Delivery::Whole, Delivery::ByteByByte] {
-        let got = exchange(&p, wire, how).await;
+        let got = exchange(&p, &wire, how).await;
         let answers = responses(&got);
         assert_eq!(answers.len(), 1, "{how:?}");
         assert_eq!(answers[0].0, 400, "{how:?}");

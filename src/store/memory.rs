@@ -4,17 +4,24 @@
 //! Bounds (`[store] embedded_max_*`):
 //! - Idempotency records: at most `embedded_max_entries` records and `embedded_max_bytes`
 //!   (key + encoded record + a fixed per-entry cost). Beyond either, the **oldest completed
-//!   records are evicted first** (counted); a retry of an evicted key runs again, as after
-//!   its ttl. **Leases (in-flight keys) are never evicted**: forgetting one would let a
-//!   concurrent duplicate through. When only leases are left, a new BEGIN is refused with
-//!   [`StoreError::Full`], which the pipeline treats like any store failure (route's
-//!   `[store] on_error`: `closed` → 503, `open` → forwarded without a lease).
+//!   records are evicted first** (each one counted); a retry of an evicted key runs again,
+//!   as after its ttl. **Leases (in-flight keys) are never evicted**: forgetting one would
+//!   let a concurrent duplicate through. When the leases alone leave no room for a new one,
+//!   a new BEGIN is refused with [`StoreError::Full`] **before anything is evicted**, which
+//!   the pipeline treats like any store failure (route's `[store] on_error`: `closed` → 503,
+//!   `open` → forwarded without a lease).
+//! - A result that cannot fit beside the leases even with every completed record evicted
+//!   (in particular one costing more than `embedded_max_bytes` on its own) is stored as
+//!   not replayable (`N|{fingerprint}`, as for a response over `max_stored_body_bytes`),
+//!   evicting nothing for it: a retry gets 409, never a second run.
 //! - Revocations: at most `embedded_max_revocations` jti + subject entries. Expired ones are
 //!   purged first; beyond it a **new** revocation is refused (never an old one forgotten:
 //!   that would let a revoked token back in).
 //!
 //! Every operation is O(log n): expiry and eviction order are kept in ordered indexes and
-//! drained from their front, so nothing scans the whole store.
+//! drained from their front, so nothing scans the whole store. Values are `Arc<str>`: the
+//! one lock is held for map and index work only; a value is copied in before it is taken
+//! and decoded after it is released.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -97,15 +104,20 @@ struct Idem {
     leases: BTreeMap<(Instant, u64), Arc<str>>,
     /// Sum of `cost` over `map`.
     bytes: usize,
+    /// Sum of `cost` over the leases alone: what no eviction can free.
+    lease_bytes: usize,
     next: u64,
     max_entries: usize,
     max_bytes: usize,
+    /// Counted at each eviction (not for lapsed or expired entries).
+    evictions: Counter,
 }
 
 #[derive(Debug)]
 struct Slot {
-    /// The encoded record (`IdemRecord::encode`): a lease, or the result to replay.
-    value: String,
+    /// The encoded record (`IdemRecord::encode`): a lease, or the result to replay. Shared,
+    /// so a replay clones the `Arc` under the lock and decodes after releasing it.
+    value: Arc<str>,
     until: Instant,
     /// Its place in `done` (completed) or `leases` (in flight).
     state: State,
@@ -122,16 +134,27 @@ fn cost(key: &str, value: &str) -> usize {
     key.len() + value.len() + ENTRY_OVERHEAD
 }
 
+/// For a replayable result (`D|{fingerprint}|{response}`), its not-replayable record
+/// (`N|{fingerprint}`): what is kept when the result itself cannot fit. Other kinds are
+/// already as small as a record gets.
+fn not_replayable(result: &str) -> Option<Arc<str>> {
+    let rest = result.strip_prefix("D|")?;
+    let (fingerprint, _) = rest.split_once('|')?;
+    Some(format!("N|{fingerprint}").into())
+}
+
 impl Idem {
-    fn new(caps: Caps) -> Self {
+    fn new(caps: Caps, evictions: Counter) -> Self {
         Idem {
             map: HashMap::new(),
             done: BTreeMap::new(),
             leases: BTreeMap::new(),
             bytes: 0,
+            lease_bytes: 0,
             next: 0,
             max_entries: caps.max_entries,
             max_bytes: caps.max_bytes,
+            evictions,
         }
     }
 
@@ -140,10 +163,42 @@ impl Idem {
         self.next
     }
 
+    /// Add `key` (absent) with its index entry; the books follow.
+    fn insert(&mut self, key: Arc<str>, value: Arc<str>, until: Instant, state: State) {
+        let c = cost(&key, &value);
+        self.bytes += c;
+        match state {
+            State::Lease(n) => {
+                self.lease_bytes += c;
+                self.leases.insert((until, n), key.clone());
+            }
+            State::Done(n) => {
+                self.done.insert(n, key.clone());
+            }
+        }
+        self.map.insert(
+            key,
+            Slot {
+                value,
+                until,
+                state,
+            },
+        );
+    }
+
+    /// Take `slot` (just removed from `map`) off the books.
+    fn unbook(&mut self, key: &str, slot: &Slot) {
+        let c = cost(key, &slot.value);
+        self.bytes -= c;
+        if matches!(slot.state, State::Lease(_)) {
+            self.lease_bytes -= c;
+        }
+    }
+
     /// Remove `key` and its index entry.
     fn remove(&mut self, key: &str) -> Option<Slot> {
         let (k, slot) = self.map.remove_entry(key)?;
-        self.bytes -= cost(&k, &slot.value);
+        self.unbook(&k, &slot);
         match slot.state {
             State::Lease(n) => self.leases.remove(&(slot.until, n)),
             State::Done(n) => self.done.remove(&n),
@@ -154,14 +209,16 @@ impl Idem {
     /// Drop lapsed leases and expired completed records from the fronts of their indexes.
     /// Amortised O(log n): each entry is dropped once. A completed record whose ttl is
     /// shorter than an older one's (a reload shortened the ttl) waits behind it; lookups
-    /// check expiry, so it is never served meanwhile.
+    /// check expiry, so it is never served meanwhile. Not evictions: nothing is counted.
     fn purge(&mut self, now: Instant) {
         while self
             .leases
             .first_key_value()
             .is_some_and(|(&(until, _), _)| until <= now)
         {
-            self.pop_lease();
+            if let Some(((_, n), key)) = self.leases.pop_first() {
+                self.drop_slot(&key, State::Lease(n));
+            }
         }
         while self
             .done
@@ -172,47 +229,45 @@ impl Idem {
         }
     }
 
-    /// Drop the lease at the front of `leases`.
-    fn pop_lease(&mut self) {
-        if let Some(((_, n), key)) = self.leases.pop_first() {
-            self.drop_slot(&key, State::Lease(n));
-        }
-    }
-
-    /// Drop the oldest completed record. False when there is none.
-    fn pop_done(&mut self) -> bool {
-        match self.done.pop_first() {
-            Some((n, key)) => {
-                self.drop_slot(&key, State::Done(n));
-                true
-            }
-            None => false,
-        }
+    /// Drop the oldest completed record. None when there is none; else whether a slot went.
+    fn pop_done(&mut self) -> Option<bool> {
+        let (n, key) = self.done.pop_first()?;
+        Some(self.drop_slot(&key, State::Done(n)))
     }
 
     /// Remove `key`'s slot if it is the one an index entry just taken out named.
-    fn drop_slot(&mut self, key: &str, state: State) {
+    fn drop_slot(&mut self, key: &str, state: State) -> bool {
         if self.map.get(key).is_some_and(|s| s.state == state)
             && let Some((k, slot)) = self.map.remove_entry(key)
         {
-            self.bytes -= cost(&k, &slot.value);
+            self.unbook(&k, &slot);
+            return true;
         }
+        false
     }
 
-    /// Evict the oldest completed records until `extra` more entries of `bytes` more fit.
-    /// Returns how many were evicted, or None when only leases are left and it still does
-    /// not fit.
-    fn make_room(&mut self, extra: usize, bytes: usize) -> Option<u64> {
-        let mut evicted = 0;
-        while self.map.len() + extra > self.max_entries
+    /// Whether `extra` more entries of `bytes` more would fit once every completed record
+    /// were evicted: the leases alone are what no eviction frees.
+    fn feasible(&self, extra: usize, bytes: usize) -> bool {
+        self.leases.len().saturating_add(extra) <= self.max_entries
+            && self.lease_bytes.saturating_add(bytes) <= self.max_bytes
+    }
+
+    /// Evict the oldest completed records, each counted, until `extra` more entries of
+    /// `bytes` more fit. Call only when [`Idem::feasible`]: then it always ends within the
+    /// caps; otherwise it stops once no completed record is left.
+    fn make_room(&mut self, extra: usize, bytes: usize) {
+        while self.map.len().saturating_add(extra) > self.max_entries
             || self.bytes.saturating_add(bytes) > self.max_bytes
         {
-            if !self.pop_done() {
-                return None;
+            match self.pop_done() {
+                None => return,
+                Some(true) => {
+                    self.evictions.inc();
+                }
+                Some(false) => {}
             }
-            evicted += 1;
         }
-        Some(evicted)
     }
 }
 
@@ -226,7 +281,7 @@ impl MemoryStore {
                 max: caps.max_revocations,
             }),
             records: std::sync::RwLock::new(records),
-            idem: Mutex::new(Idem::new(caps)),
+            idem: Mutex::new(Idem::new(caps, counters.evictions.clone())),
             counters,
         }
     }
@@ -265,7 +320,8 @@ impl MemoryStore {
     }
 
     /// Same contract as the Redis BEGIN script, atomic under the store's lock; refused with
-    /// `StoreError::Full` when the key is new and every entry is a live lease.
+    /// `StoreError::Full`, evicting nothing, when the key is new and the live leases alone
+    /// leave no room for its lease.
     pub fn idem_begin(
         &self,
         key: &str,
@@ -273,19 +329,24 @@ impl MemoryStore {
         lock_ttl: Duration,
     ) -> Result<Begin, StoreError> {
         let now = Instant::now();
+        let need = cost(key, lease);
         let mut idem = self.idem();
         idem.purge(now);
         match idem.map.get(key) {
-            Some(s) if s.until > now => return Ok(Begin::Existing(IdemRecord::decode(&s.value))),
+            Some(s) if s.until > now => {
+                let value = s.value.clone();
+                drop(idem);
+                return Ok(Begin::Existing(IdemRecord::decode(&value)));
+            }
             // Lapsed but not at an index front yet: gone, as far as anyone can tell.
             Some(_) => {
                 idem.remove(key);
             }
             None => {}
         }
-        let Some(evicted) = idem.make_room(1, cost(key, lease)) else {
-            let n = self.counters.lease_refusals.inc() + 1;
+        if !idem.feasible(1, need) {
             drop(idem);
+            let n = self.counters.lease_refusals.inc() + 1;
             // The first refusal and then every power of two: a flood of refusals must not
             // flood the log (the metric has the exact count).
             if n.is_power_of_two() {
@@ -295,59 +356,47 @@ impl MemoryStore {
                 );
             }
             return Err(StoreError::Full(
-                "every entry is an in-flight idempotency lease",
+                "the in-flight idempotency leases leave no room",
             ));
-        };
-        let until = now + lock_ttl;
+        }
+        idem.make_room(1, need);
         let n = idem.seq();
-        let key: Arc<str> = key.into();
-        idem.bytes += cost(&key, lease);
-        idem.leases.insert((until, n), key.clone());
-        idem.map.insert(
-            key,
-            Slot {
-                value: lease.to_string(),
-                until,
-                state: State::Lease(n),
-            },
-        );
-        drop(idem);
-        self.counters.evictions.inc_by(evicted);
+        idem.insert(key.into(), lease.into(), now + lock_ttl, State::Lease(n));
         Ok(Begin::Acquired)
     }
 
-    /// Same contract as the Redis FINISH script. A stored result may push the bytes over
-    /// the cap: older completed records are evicted first, this one last (it is the newest).
+    /// Same contract as the Redis FINISH script. A stored result may push the store over a
+    /// cap: older completed records are evicted to make room. A result that cannot fit
+    /// beside the leases even then is stored as `N|{fingerprint}` (not replayable), which
+    /// costs no more than the lease it replaces, evicting nothing for it.
     pub fn idem_finish(&self, key: &str, lease: &str, result: Option<&str>, ttl: Duration) -> bool {
         let now = Instant::now();
+        // Copied before the lock is taken: results run up to `max_stored_body_bytes`.
+        let result: Option<(Arc<str>, Option<Arc<str>>)> =
+            result.map(|r| (r.into(), not_replayable(r)));
         let mut idem = self.idem();
         let ours = idem.map.get(key).is_some_and(|s| {
-            matches!(s.state, State::Lease(_)) && s.value == lease && s.until > now
+            matches!(s.state, State::Lease(_)) && *s.value == *lease && s.until > now
         });
         if !ours {
             return false;
         }
         idem.remove(key);
-        let Some(result) = result else {
+        let Some((full, small)) = result else {
             return true;
         };
+        let value = match small {
+            Some(small) if !idem.feasible(1, cost(key, &full)) => small,
+            _ => full,
+        };
+        let need = cost(key, &value);
+        if idem.feasible(1, need) {
+            idem.make_room(1, need);
+        }
+        // Otherwise (only after a reload lowered the caps below the leases) it is kept over
+        // the cap: forgetting the record of a request that ran would let it run again.
         let n = idem.seq();
-        let key: Arc<str> = key.into();
-        idem.bytes += cost(&key, result);
-        idem.done.insert(n, key.clone());
-        idem.map.insert(
-            key,
-            Slot {
-                value: result.to_string(),
-                until: now + ttl,
-                state: State::Done(n),
-            },
-        );
-        // Leases alone fit (BEGIN made room for each): evicting completed records, this one
-        // last, always ends within the caps.
-        let evicted = idem.make_room(0, 0).unwrap_or(0);
-        drop(idem);
-        self.counters.evictions.inc_by(evicted);
+        idem.insert(key.into(), value, now + ttl, State::Done(n));
         true
     }
 
@@ -501,7 +550,8 @@ mod tests {
         use std::mem::size_of;
         let slot = size_of::<(Arc<str>, Slot)>();
         let index = size_of::<((Instant, u64), Arc<str>)>().max(size_of::<(u64, Arc<str>)>());
-        assert!(ENTRY_OVERHEAD >= slot + 2 * size_of::<usize>() + index);
+        // Two `Arc`s (key and value), two counters each.
+        assert!(ENTRY_OVERHEAD >= slot + 4 * size_of::<usize>() + index);
     }
 
     #[test]
@@ -596,34 +646,256 @@ mod tests {
         assert_eq!(m.sizes().idempotency_bytes, done + leased);
     }
 
-    #[test]
-    fn a_result_over_the_byte_cap_alone_is_evicted_itself_and_the_books_balance() {
-        let m = store(100, cost("k", &lease("k")) + 10, 10);
-        assert!(matches!(
-            m.idem_begin("k", &lease("k"), LONG),
-            Ok(Begin::Acquired)
-        ));
-        assert!(m.idem_finish("k", &lease("k"), Some(result()), LONG));
-        assert_eq!(m.counters.evictions.get(), 1);
-        assert_eq!(m.sizes().idempotency_records, 0);
-        assert_eq!(m.sizes().idempotency_bytes, 0);
-        // A wrong lease changes nothing; releasing ours leaves an empty store.
-        assert!(matches!(
-            m.idem_begin("k", &lease("k"), LONG),
-            Ok(Begin::Acquired)
-        ));
-        assert!(!m.idem_finish("k", &lease("not-ours"), Some(result()), LONG));
-        assert!(m.idem_finish("k", &lease("k"), None, LONG));
+    /// The books: entries, index entries, bytes, lease bytes.
+    fn books(m: &MemoryStore) -> (usize, usize, usize, usize, usize) {
         let idem = m.idem();
-        assert_eq!(
-            (
-                idem.map.len(),
-                idem.done.len(),
-                idem.leases.len(),
-                idem.bytes
+        let lease_bytes: usize = idem
+            .map
+            .iter()
+            .filter(|(_, s)| matches!(s.state, State::Lease(_)))
+            .map(|(k, s)| cost(k, &s.value))
+            .sum();
+        let bytes: usize = idem.map.iter().map(|(k, s)| cost(k, &s.value)).sum();
+        assert_eq!((idem.bytes, idem.lease_bytes), (bytes, lease_bytes));
+        (
+            idem.map.len(),
+            idem.done.len(),
+            idem.leases.len(),
+            idem.bytes,
+            idem.lease_bytes,
+        )
+    }
+
+    fn not_replayable_again(m: &MemoryStore, key: &str) {
+        assert!(
+            matches!(
+                m.idem_begin(key, &lease("retry"), LONG),
+                Ok(Begin::Existing(Some(IdemRecord::TooLarge { ref fingerprint }))) if fingerprint == "fp"
             ),
-            (0, 0, 0, 0)
+            "{key}: a retry is answered 409, never run again"
         );
+    }
+
+    #[test]
+    fn a_result_over_the_byte_cap_alone_is_kept_not_replayable_and_evicts_nothing() {
+        let small = cost("k", "N|fp");
+        let cap = cost("k1", result()) + small + cost("k2", &lease("k2"));
+        let big = result_of(cap);
+        let m = store(100, cap, 10);
+        complete(&m, "k1");
+        assert!(matches!(
+            m.idem_begin("k", &lease("k"), LONG),
+            Ok(Begin::Acquired)
+        ));
+        // Its result alone is over the cap: `N|fp` is kept in its place; k1 stays.
+        assert!(m.idem_finish("k", &lease("k"), Some(&big), LONG));
+        assert_eq!(m.counters.evictions.get(), 0);
+        assert_eq!(keys(&m), ["k", "k1"]);
+        assert_eq!(
+            books(&m),
+            (2, 2, 0, cost("k1", result()) + small, 0),
+            "entries, completed, leases, bytes, lease bytes"
+        );
+        not_replayable_again(&m, "k");
+        // A wrong lease changes nothing; releasing ours leaves the books balanced.
+        assert!(matches!(
+            m.idem_begin("k2", &lease("k2"), LONG),
+            Ok(Begin::Acquired)
+        ));
+        assert!(!m.idem_finish("k2", &lease("not-ours"), Some(result()), LONG));
+        assert!(m.idem_finish("k2", &lease("k2"), None, LONG));
+        assert_eq!(books(&m), (2, 2, 0, cost("k1", result()) + small, 0));
+        assert_eq!(m.counters.evictions.get(), 0);
+    }
+
+    /// A result of exactly `len` bytes.
+    fn result_of(len: usize) -> String {
+        let mut r = "D|fp|".to_string();
+        r.extend(std::iter::repeat_n('y', len - r.len()));
+        r
+    }
+
+    #[test]
+    fn a_result_at_the_byte_cap_is_stored_and_one_byte_over_is_not_replayable() {
+        let big = result_of(3000);
+        // At the cap: every other completed record makes room (each counted), it is kept.
+        let m = store(100, cost("k", &big), 10);
+        complete(&m, "k1");
+        complete(&m, "k2");
+        assert!(matches!(
+            m.idem_begin("k", &lease("k"), LONG),
+            Ok(Begin::Acquired)
+        ));
+        assert!(m.idem_finish("k", &lease("k"), Some(&big), LONG));
+        assert_eq!(keys(&m), ["k"]);
+        assert_eq!(m.counters.evictions.get(), 2);
+        assert_eq!(books(&m), (1, 1, 0, cost("k", &big), 0));
+        assert!(
+            matches!(
+                m.idem_begin("k", &lease("retry"), LONG),
+                Ok(Begin::Existing(None)),
+            ),
+            "the stored result itself (not a decodable response here)"
+        );
+
+        // One byte over: `N|fp` instead, the others stay.
+        let m = store(100, cost("k", &big) - 1, 10);
+        complete(&m, "k1");
+        complete(&m, "k2");
+        assert!(matches!(
+            m.idem_begin("k", &lease("k"), LONG),
+            Ok(Begin::Acquired)
+        ));
+        assert!(m.idem_finish("k", &lease("k"), Some(&big), LONG));
+        assert_eq!(keys(&m), ["k", "k1", "k2"]);
+        assert_eq!(m.counters.evictions.get(), 0);
+        not_replayable_again(&m, "k");
+    }
+
+    #[test]
+    fn a_result_that_fits_the_cap_but_not_beside_the_leases_is_not_replayable() {
+        let other = cost("other", &lease("other"));
+        let done = cost("k", result());
+        // Exactly room for the result beside the other lease: stored, k1 evicted (counted).
+        let m = store(100, other + done, 10);
+        complete(&m, "k1");
+        for k in ["other", "k"] {
+            assert!(matches!(
+                m.idem_begin(k, &lease(k), LONG),
+                Ok(Begin::Acquired)
+            ));
+        }
+        assert!(m.idem_finish("k", &lease("k"), Some(result()), LONG));
+        assert_eq!(keys(&m), ["k", "other"]);
+        assert_eq!(m.counters.evictions.get(), 1);
+        assert_eq!(books(&m), (2, 1, 1, other + done, other));
+
+        // One byte less: the result could never fit while `other` is in flight.
+        let m = store(100, other + done - 1, 10);
+        complete(&m, "k1");
+        for k in ["other", "k"] {
+            assert!(matches!(
+                m.idem_begin(k, &lease(k), LONG),
+                Ok(Begin::Acquired)
+            ));
+        }
+        let evicted_by_begins = m.counters.evictions.get();
+        assert!(m.idem_finish("k", &lease("k"), Some(result()), LONG));
+        assert_eq!(
+            m.counters.evictions.get(),
+            evicted_by_begins,
+            "FINISH evicted nothing"
+        );
+        not_replayable_again(&m, "k");
+    }
+
+    #[test]
+    fn a_begin_the_leases_leave_no_bytes_for_is_refused_before_anything_is_evicted() {
+        let a = cost("a", &lease("a"));
+        let done = cost("b", result());
+        let long_key = "c".repeat(1200);
+        let c = cost(&long_key, &lease("c"));
+        assert!(
+            c > done,
+            "the new lease needs more than the completed record frees"
+        );
+        // Exactly room for the two leases: the completed record is evicted, counted once.
+        let m = store(100, a + c, 10);
+        assert!(matches!(
+            m.idem_begin("a", &lease("a"), LONG),
+            Ok(Begin::Acquired)
+        ));
+        complete(&m, "b");
+        assert!(matches!(
+            m.idem_begin(&long_key, &lease("c"), LONG),
+            Ok(Begin::Acquired)
+        ));
+        assert_eq!(m.counters.evictions.get(), 1);
+        assert_eq!(m.counters.lease_refusals.get(), 0);
+        assert_eq!(books(&m), (2, 0, 2, a + c, a + c));
+
+        // One byte less: refused, and the completed record is still there.
+        let m = store(100, a + c - 1, 10);
+        assert!(matches!(
+            m.idem_begin("a", &lease("a"), LONG),
+            Ok(Begin::Acquired)
+        ));
+        complete(&m, "b");
+        assert!(matches!(
+            m.idem_begin(&long_key, &lease("c"), LONG),
+            Err(StoreError::Full(_))
+        ));
+        assert_eq!(m.counters.evictions.get(), 0);
+        assert_eq!(m.counters.lease_refusals.get(), 1);
+        assert_eq!(keys(&m), ["a", "b"]);
+        assert_eq!(books(&m), (2, 1, 1, a + done, a));
+    }
+
+    #[test]
+    fn a_begin_the_leases_leave_no_entry_for_is_refused_before_anything_is_evicted() {
+        let m = store(3, usize::MAX, 10);
+        for k in ["a", "b"] {
+            assert!(matches!(
+                m.idem_begin(k, &lease(k), LONG),
+                Ok(Begin::Acquired)
+            ));
+        }
+        complete(&m, "d");
+        let records = m.records.read().unwrap().clone();
+        let caps = |max_entries| Caps {
+            max_entries,
+            max_bytes: usize::MAX,
+            max_revocations: 10,
+        };
+        // Two leases and a cap of two: no room for a third lease, `d` is kept.
+        m.retune(records.clone(), caps(2));
+        assert!(matches!(
+            m.idem_begin("c", &lease("c"), LONG),
+            Err(StoreError::Full(_))
+        ));
+        assert_eq!(keys(&m), ["a", "b", "d"]);
+        assert_eq!(m.counters.evictions.get(), 0);
+        assert_eq!(m.counters.lease_refusals.get(), 1);
+        // A cap of three: `d` makes room, counted once.
+        m.retune(records.clone(), caps(3));
+        assert!(matches!(
+            m.idem_begin("c", &lease("c"), LONG),
+            Ok(Begin::Acquired)
+        ));
+        assert_eq!(keys(&m), ["a", "b", "c"]);
+        assert_eq!(m.counters.evictions.get(), 1);
+        // Below the leases (a reload), a result is still kept: the request ran.
+        m.retune(records, caps(1));
+        assert!(m.idem_finish("a", &lease("a"), Some(result()), LONG));
+        assert_eq!(keys(&m), ["a", "b", "c"]);
+        assert_eq!(m.counters.evictions.get(), 1);
+        assert!(matches!(
+            m.idem_begin("a", &lease("retry"), LONG),
+            Ok(Begin::Existing(_))
+        ));
+        assert_eq!(books(&m).0, 3);
+    }
+
+    #[test]
+    fn a_replay_decodes_the_stored_record_as_written() {
+        let m = store(10, usize::MAX, 10);
+        let done = IdemRecord::Done {
+            fingerprint: "fp".into(),
+            response: super::super::StoredResponse::new(201, &http::HeaderMap::new(), b"body"),
+        };
+        assert!(matches!(
+            m.idem_begin("k", &lease("k"), LONG),
+            Ok(Begin::Acquired)
+        ));
+        assert!(m.idem_finish("k", &lease("k"), Some(&done.encode()), LONG));
+        match m.idem_begin("k", &lease("retry"), LONG) {
+            Ok(Begin::Existing(Some(r))) => assert_eq!(r, done),
+            other => panic!("{other:?}"),
+        }
+        // The value is shared, not copied, by a replay in progress.
+        let held = m.idem().map.get("k").unwrap().value.clone();
+        assert_eq!(&*held, done.encode());
+        assert_eq!(Arc::strong_count(&held), 2);
     }
 
     #[test]
