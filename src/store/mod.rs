@@ -29,9 +29,9 @@ pub enum StoreError {
     Timeout,
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    /// The embedded store is at a cap and may not make room (only leases left, or a new
-    /// revocation beyond `embedded_max_revocations`). On the request path it is handled as
-    /// any store failure (`on_error`); `POST /revocations` answers 507.
+    /// The embedded store is at a cap and may not make room (the leases alone leave no room
+    /// for another, or a new revocation beyond `embedded_max_revocations`). On the request
+    /// path it is handled as any store failure (`on_error`); `POST /revocations` answers 507.
     #[error("embedded store full: {0}")]
     Full(&'static str),
 }
