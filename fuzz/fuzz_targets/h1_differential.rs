@@ -55,7 +55,10 @@ fn classify(data: &[u8], d: &Served, h: &Served, i: usize) {
             .collect();
         let dir = std::path::Path::new(&dir);
         let _ = std::fs::create_dir_all(dir);
-        let _ = std::fs::write(dir.join(format!("{}.bin", &name[..name.len().min(120)])), data);
+        let _ = std::fs::write(
+            dir.join(format!("{}.bin", &name[..name.len().min(120)])),
+            data,
+        );
         eprintln!("new disagreement: {kind} (request {i})");
     }
 }
@@ -84,17 +87,22 @@ fuzz_target!(|data: &[u8]| {
         );
         match (&a.body, &b.body) {
             (BodyOutcome::Complete(x), BodyOutcome::Complete(y)) => assert_eq!(
-                x,
-                y,
+                x, y,
                 "request {i}: doorman and hyper read different bodies from {text:?}"
             ),
             // One side has the whole body while the other waits for more: they disagree
             // on where the body ends.
             (BodyOutcome::Complete(x), BodyOutcome::Pending) => {
-                panic!("request {i}: doorman read a {}-byte body, hyper waits for more, from {text:?}", x.len())
+                panic!(
+                    "request {i}: doorman read a {}-byte body, hyper waits for more, from {text:?}",
+                    x.len()
+                )
             }
             (BodyOutcome::Pending, BodyOutcome::Complete(y)) => {
-                panic!("request {i}: hyper read a {}-byte body, doorman waits for more, from {text:?}", y.len())
+                panic!(
+                    "request {i}: hyper read a {}-byte body, doorman waits for more, from {text:?}",
+                    y.len()
+                )
             }
             (x, y) if std::mem::discriminant(x) != std::mem::discriminant(y) => {
                 classify(data, &d, &h, i);

@@ -11,7 +11,8 @@ use libfuzzer_sys::fuzz_target;
 
 fn same(whole: &Served, split: &Served, data: &[u8], how: &str) {
     assert_eq!(
-        whole.requests, split.requests,
+        whole.requests,
+        split.requests,
         "requests differ ({how}) for {:?}",
         String::from_utf8_lossy(data)
     );

@@ -6,8 +6,8 @@ use std::cell::RefCell;
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -55,7 +55,13 @@ impl AsyncRead for ScriptedIo {
             return Poll::Pending;
         }
         let pos = self.pos;
-        let end = self.ends.iter().copied().find(|&e| e > pos).unwrap_or(len).min(len);
+        let end = self
+            .ends
+            .iter()
+            .copied()
+            .find(|&e| e > pos)
+            .unwrap_or(len)
+            .min(len);
         let n = (end - pos).min(buf.remaining());
         buf.put_slice(&self.data[pos..pos + n]);
         self.pos += n;
@@ -151,7 +157,11 @@ thread_local! {
 /// arrives: no timer of the server's own ends that wait).
 fn run<F: std::future::Future<Output = Result<(), String>>>(conn: F) -> Option<Result<(), String>> {
     RUNTIME.with_borrow(|rt| {
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(3600), conn).await.ok() })
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(3600), conn)
+                .await
+                .ok()
+        })
     })
 }
 
