@@ -27,7 +27,7 @@ for t in $(cargo fuzz list); do
   [ -d "fuzz/regressions/$t" ] && dirs+=("fuzz/regressions/$t")
   log="fuzz/artifacts/$t/smoke.log"
   status=0
-  "$bin/$t" -max_total_time="$seconds" -jobs=1 -workers=1 -rss_limit_mb=2048 \
+  "$bin/$t" -max_total_time="$seconds" -rss_limit_mb=2048 \
     -malloc_limit_mb=2048 -timeout=10 -dict=fuzz/dict/http.dict \
     -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 "${dirs[@]}" >"$log" 2>&1 \
     || status=$?
