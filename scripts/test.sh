@@ -35,4 +35,6 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test --all-targets"
 cargo test --all-targets
+echo "== fuzz smoke (scripts/fuzz-smoke.sh: every fuzz target builds, then seeds + 5s each)"
+bash scripts/fuzz-smoke.sh
 echo "== all tests passed"

@@ -47,3 +47,99 @@ pub mod snapshot;
 pub mod store;
 pub mod tls;
 pub mod upstream;
+
+/// Entry points for the fuzz targets in `fuzz/` — not an API. Thin wrappers over the
+/// crate-private wire parsers (the targets must exercise the real code, not copies), with
+/// public mirrors of their `pub(crate)` result types.
+#[doc(hidden)]
+pub mod fuzzing {
+    use bytes::{Bytes, BytesMut};
+    use http::{HeaderMap, StatusCode, Version};
+
+    use crate::h1::client::{self, ResponseFraming};
+    use crate::h1::{Decoded, Decoder, Framing};
+
+    /// `h1::client::ResponseFraming`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum BodyEnd {
+        Empty,
+        Length(u64),
+        Chunked,
+        Close,
+    }
+
+    /// What `h1::client::parse_response` returns for a complete head.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct UpstreamHead {
+        pub status: StatusCode,
+        pub version: Version,
+        pub headers: HeaderMap,
+        pub framing: BodyEnd,
+        pub keep_alive: bool,
+    }
+
+    /// `h1::client::parse_response`: the replica's response head at the start of `buf`.
+    pub fn parse_response(
+        buf: &mut BytesMut,
+        head_request: bool,
+        max: usize,
+    ) -> Result<Option<UpstreamHead>, &'static str> {
+        let parsed = client::parse_response(buf, head_request, max)?;
+        Ok(parsed.map(|(resp, meta)| {
+            let (parts, ()) = resp.into_parts();
+            UpstreamHead {
+                status: parts.status,
+                version: parts.version,
+                headers: parts.headers,
+                framing: match meta.framing {
+                    ResponseFraming::Empty => BodyEnd::Empty,
+                    ResponseFraming::Length(n) => BodyEnd::Length(n),
+                    ResponseFraming::Chunked => BodyEnd::Chunked,
+                    ResponseFraming::Close => BodyEnd::Close,
+                },
+                keep_alive: meta.keep_alive,
+            }
+        }))
+    }
+
+    /// `h1::Decoder`: a body delimited by Content-Length or chunked, as both the downstream
+    /// connection and the upstream client decode them.
+    #[derive(Debug, Clone, Copy)]
+    pub struct BodyDecoder(Decoder);
+
+    /// One step of `BodyDecoder::decode`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Piece {
+        Data,
+        End,
+    }
+
+    impl BodyDecoder {
+        pub fn empty() -> Self {
+            BodyDecoder(Decoder::new(Framing::Empty))
+        }
+
+        pub fn length(n: u64) -> Self {
+            BodyDecoder(Decoder::new(Framing::Length(n)))
+        }
+
+        pub fn chunked() -> Self {
+            BodyDecoder(Decoder::new(Framing::Chunked))
+        }
+
+        pub fn decode(
+            &mut self,
+            buf: &mut BytesMut,
+            out: &mut Bytes,
+        ) -> Result<Option<Piece>, &'static str> {
+            Ok(self.0.decode(buf, out)?.map(|d| match d {
+                Decoded::Data => Piece::Data,
+                Decoded::End => Piece::End,
+            }))
+        }
+
+        pub fn finished(&self) -> bool {
+            self.0.finished()
+        }
+    }
+}
