@@ -123,12 +123,7 @@ fuzz_target!(|data: &[u8]| {
         && let Some(h) = host_for_matching(a)
     {
         assert!(!h.bytes().any(|b| b.is_ascii_uppercase()), "{a:?} → {h:?}");
-        // Open finding path-host-trailing-dots (docs/fuzzing.md): of two or more trailing
-        // dots only one is removed (`a..` → `a.`). Skipped unless DOORMAN_FUZZ_STRICT is set.
-        let open = h.ends_with('.') && std::env::var_os("DOORMAN_FUZZ_STRICT").is_none();
-        if !open {
-            assert!(!h.ends_with('.'), "{a:?} → {h:?}");
-            assert_eq!(host_for_matching(&h).as_deref(), Some(&*h), "{a:?} → {h:?}");
-        }
+        assert!(!h.ends_with('.'), "{a:?} → {h:?}");
+        assert_eq!(host_for_matching(&h).as_deref(), Some(&*h), "{a:?} → {h:?}");
     }
 });

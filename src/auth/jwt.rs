@@ -235,7 +235,12 @@ impl Verifier {
         if header.contains_key("crit") {
             return Err(Reject::Critical);
         }
-        // jku / x5u / jwk / x5c are never looked at: keys come from configuration only.
+        // jku / x5u / jwk / x5c are never looked at: keys come from configuration only. Still,
+        // a registered parameter of the wrong JSON type makes the header mean different
+        // things to different readers (jsonwebtoken refuses it): refused here too.
+        if !registered_header_types_hold(&header) {
+            return Err(Reject::Malformed);
+        }
         let candidates: Vec<&JwtKey> = match header.get("kid") {
             Some(Value::String(kid)) => {
                 let key = self
@@ -442,12 +447,24 @@ impl<'de> Visitor<'de> for Strict<'_> {
 
 /// A NumericDate (RFC 7519 §2): a JSON number of seconds, fractional allowed. Anything else
 /// present under the name is refused.
+/// RFC 7515 §4.1 / RFC 7519 §5: the registered header parameters' JSON types.
+fn registered_header_types_hold(header: &Map<String, Value>) -> bool {
+    header.iter().all(|(name, v)| match name.as_str() {
+        "typ" | "cty" | "kid" | "jku" | "x5u" | "x5t" | "x5t#S256" | "alg" => v.is_string(),
+        "jwk" => v.is_object(),
+        "x5c" => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+        _ => true,
+    })
+}
+
 fn numeric_date(v: Option<&Value>) -> Result<Option<u64>, Reject> {
+    // 2^64: a float at or above it would saturate `as u64` into a date that never comes.
+    const ABOVE_U64: f64 = 18_446_744_073_709_551_616.0;
     match v {
         None => Ok(None),
         Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
             (Some(u), _) => Ok(Some(u)),
-            (None, Some(f)) if f.is_finite() && f >= 0.0 => Ok(Some(f as u64)),
+            (None, Some(f)) if f.is_finite() && f >= 0.0 && f < ABOVE_U64 => Ok(Some(f as u64)),
             _ => Err(Reject::BadClaim),
         },
         Some(_) => Err(Reject::BadClaim),
@@ -460,6 +477,46 @@ mod tests {
 
     fn parsed(json: &str) -> Result<Map<String, Value>, Reject> {
         json_object(&URL_SAFE_NO_PAD.encode(json))
+    }
+
+    #[test]
+    fn numeric_dates_never_saturate() {
+        for (v, want) in [
+            (serde_json::json!(1_700_000_000u64), Ok(Some(1_700_000_000))),
+            (serde_json::json!(1.7e9), Ok(Some(1_700_000_000))),
+            (
+                serde_json::json!(1.8e19),
+                Ok(Some(18_000_000_000_000_000_000)),
+            ),
+            (serde_json::json!(1e20), Err(Reject::BadClaim)),
+            (
+                serde_json::json!(1.8446744073709552e19),
+                Err(Reject::BadClaim),
+            ),
+            (serde_json::json!(-1), Err(Reject::BadClaim)),
+            (serde_json::json!("1"), Err(Reject::BadClaim)),
+        ] {
+            assert_eq!(numeric_date(Some(&v)), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn registered_header_parameters_must_have_their_types() {
+        let ok = parsed(r#"{"alg":"HS256","typ":"JWT","kid":"k","x5c":["a"],"jwk":{},"zz":1}"#);
+        assert!(registered_header_types_hold(&ok.unwrap()));
+        for bad in [
+            r#"{"alg":"HS256","typ":1}"#,
+            r#"{"alg":"HS256","cty":null}"#,
+            r#"{"alg":"HS256","x5c":"a"}"#,
+            r#"{"alg":"HS256","x5c":[1]}"#,
+            r#"{"alg":"HS256","jwk":"k"}"#,
+            r#"{"alg":"HS256","x5t#S256":false}"#,
+        ] {
+            assert!(
+                !registered_header_types_hold(&parsed(bad).unwrap()),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
