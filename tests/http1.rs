@@ -132,16 +132,6 @@ impl Wire {
     }
 }
 
-async fn proxy_with_replica() -> (Replica, TestProxy) {
-    let r = Replica::start("r").await;
-    let p = TestProxy::start(
-        "",
-        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
-    )
-    .await;
-    (r, p)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     let (r, p) = proxy_with_replica().await;

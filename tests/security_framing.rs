@@ -386,16 +386,6 @@ fn responses(mut bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
     out
 }
 
-async fn proxy_with_replica() -> (Replica, TestProxy) {
-    let r = Replica::start("r").await;
-    let p = TestProxy::start(
-        "",
-        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
-    )
-    .await;
-    (r, p)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn framing_and_smuggling_shapes_get_their_exact_answer() {
     let (r, p) = proxy_with_replica().await;

@@ -17,12 +17,6 @@ async fn proxy(server_extra: &str) -> (TestProxy, Replica, JwtKit) {
     (TestProxy::start(server_extra, &rest).await, r, kit)
 }
 
-fn status_of(raw: &str) -> u16 {
-    raw.get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {raw:?}"))
-}
-
 /// Header names and values the replica received, in order, lower-case names.
 fn seen_headers(r: &Replica) -> Vec<(String, String)> {
     let seen = r.seen();

@@ -21,12 +21,6 @@ async fn proxy(server_extra: &str) -> (TestProxy, Replica, JwtKit) {
     (TestProxy::start(server_extra, &rest).await, r, kit)
 }
 
-fn status_of(raw: &str) -> u16 {
-    raw.get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {raw:?}"))
-}
-
 /// Bypass forms: (target, status). 401: normalised onto `/api…`, which wants a token.
 /// 400: refused as ambiguous. 404: names no route once normalised.
 const BYPASSES: &[(&str, u16)] = &[

@@ -876,6 +876,24 @@ pub fn assert_json_error(status: u16, resp: &http::Response<()>, body: &[u8], wa
     assert!(!text.contains("127.0.0.1"), "address leaked: {text}");
 }
 
+/// The status code of a raw HTTP/1.1 response (`raw_exchange`'s output).
+pub fn status_of(raw: &str) -> u16 {
+    raw.get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {raw:?}"))
+}
+
+/// One recording replica behind a proxy that sends every path to it.
+pub async fn proxy_with_replica() -> (Replica, TestProxy) {
+    let r = Replica::start("r").await;
+    let p = TestProxy::start(
+        "",
+        &(group_toml("api", &[r.addr], "") + &route_toml("/", "api")),
+    )
+    .await;
+    (r, p)
+}
+
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(request).await.unwrap();
