@@ -464,7 +464,7 @@ fn numeric_date(v: Option<&Value>) -> Result<Option<u64>, Reject> {
         None => Ok(None),
         Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
             (Some(u), _) => Ok(Some(u)),
-            (None, Some(f)) if f.is_finite() && f >= 0.0 && f < ABOVE_U64 => Ok(Some(f as u64)),
+            (None, Some(f)) if (0.0..ABOVE_U64).contains(&f) => Ok(Some(f as u64)),
             _ => Err(Reject::BadClaim),
         },
         Some(_) => Err(Reject::BadClaim),
