@@ -12,6 +12,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 mod common;
 use common::{client, replica};
 use doorman::balance::{Ring, RoundRobin, key_hash};
+use doorman::message::target::{PathPolicy, normalise};
 use doorman::pipeline::{idempotency_fingerprint, new_request_id, strip_hop_by_hop};
 use doorman::server::{self, Listeners};
 use doorman::snapshot::Snapshot;
@@ -50,6 +51,28 @@ fn balancer(c: &mut Criterion) {
     let rr100 = RoundRobin::new(&weights);
     c.bench_function("round_robin_select_100_weighted", |b| {
         b.iter(|| black_box(rr100.select()))
+    });
+}
+
+/// The normalise stage's path work: a plain path (the common case: checked in one scan,
+/// borrowed) and one with every kind of rewrite (dot segments, an escape, a double slash).
+fn target(c: &mut Criterion) {
+    let policy = PathPolicy::default();
+    c.bench_function("normalise_plain_path", |b| {
+        b.iter(|| {
+            black_box(normalise(
+                black_box("/api/v1/orders/12345?expand=items"),
+                policy,
+            ))
+        })
+    });
+    c.bench_function("normalise_rewritten_path", |b| {
+        b.iter(|| {
+            black_box(normalise(
+                black_box("/api/./v1//%6Frders/12345/../12346?expand=items"),
+                policy,
+            ))
+        })
     });
 }
 
@@ -165,5 +188,5 @@ fn end_to_end(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, balancer, headers, end_to_end);
+criterion_group!(benches, balancer, headers, target, end_to_end);
 criterion_main!(benches);
