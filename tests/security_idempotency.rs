@@ -388,15 +388,17 @@ async fn retry_past_503(p: &TestProxy, key: &str) -> (http::Response<()>, Bytes)
     panic!("the store never answered again");
 }
 
-/// FINISH against a Redis that holds writes: the client still gets its response while Redis
-/// still holds them (FINISH gave up on its own rather than waiting for Redis; that it gives
-/// up after the store timeout, not a fixed 2 s, is checked by
-/// `a_finish_redis_runs_after_the_stall_is_replayed`), the failure is counted, and the key
-/// is never released: while Redis holds writes a retry is 503; once the stalled connection
-/// is gone (killed, the FINISH with it), a retry finds the lease: 409.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_finish_lost_to_a_stalled_redis_keeps_the_lease() {
-    let redis = RedisServer::start();
+/// A keyed POST through a proxy on `redis` (store timeout 100 ms, lease 30 s) to a replica
+/// that answers when its gate opens: returns once the replica has been called (BEGIN done),
+/// with the request still in flight.
+async fn gated_post_on_redis(
+    redis: &RedisServer,
+    key: &'static str,
+) -> (
+    Scripted,
+    TestProxy,
+    tokio::task::JoinHandle<(http::Response<()>, Bytes)>,
+) {
     let store = format!(
         "[store]\nredis_url = \"{}\"\ntimeout = \"100ms\"\n",
         redis.url()
@@ -411,8 +413,21 @@ async fn a_finish_lost_to_a_stalled_redis_keeps_the_lease() {
     )
     .await;
     let mut c = p.h1().await;
-    let first = tokio::spawn(async move { post(&mut c, "stalled").await });
+    let first = tokio::spawn(async move { post(&mut c, key).await });
     within("the replica is called", r.arrived.notified()).await;
+    (r, p, first)
+}
+
+/// FINISH against a Redis that holds writes: the client still gets its response while Redis
+/// still holds them (FINISH gave up on its own rather than waiting for Redis; that it gives
+/// up after the store timeout, not a fixed 2 s, is checked by
+/// `a_finish_redis_runs_after_the_stall_is_replayed`), the failure is counted, and the key
+/// is never released: while Redis holds writes a retry is 503; once the stalled connection
+/// is gone (killed, the FINISH with it), a retry finds the lease: 409.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finish_lost_to_a_stalled_redis_keeps_the_lease() {
+    let redis = RedisServer::start();
+    let (r, p, first) = gated_post_on_redis(&redis, "stalled").await;
     // BEGIN is done; from now on Redis holds every write (EVAL included) unanswered. The
     // pause ends by itself after 60 s should the test fail before unpausing.
     redis.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]).await;
@@ -465,22 +480,7 @@ async fn a_finish_lost_to_a_stalled_redis_keeps_the_lease() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_finish_redis_runs_after_the_stall_is_replayed() {
     let redis = RedisServer::start();
-    let store = format!(
-        "[store]\nredis_url = \"{}\"\ntimeout = \"100ms\"\n",
-        redis.url()
-    );
-    let r = Scripted::start(vec![Act::Gated]).await;
-    let p = proxy(
-        &r,
-        "",
-        &store,
-        "response_timeout = \"5s\"",
-        "lock_ttl = \"30s\"",
-    )
-    .await;
-    let mut c = p.h1().await;
-    let first = tokio::spawn(async move { post(&mut c, "late-finish").await });
-    within("the replica is called", r.arrived.notified()).await;
+    let (r, p, first) = gated_post_on_redis(&redis, "late-finish").await;
     redis.cmd(&["CLIENT", "PAUSE", "1000", "WRITE"]).await;
     r.open_gate();
     let (resp, body) = within("the response despite the store", first)
