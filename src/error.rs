@@ -232,7 +232,7 @@ pub fn error_response(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(crate::pipeline::X_REQUEST_ID, request_id.clone());
+    headers.insert(crate::message::X_REQUEST_ID, request_id.clone());
     resp
 }
 

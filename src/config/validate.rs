@@ -1038,7 +1038,7 @@ impl Validator {
         let mut forward_claims = Vec::new();
         for (claim, header) in raw.forward_claims {
             match http::HeaderName::from_bytes(header.as_bytes()) {
-                Ok(h) if !crate::pipeline::HOP_BY_HOP.contains(&h) && h != http::header::HOST => {
+                Ok(h) if !crate::message::HOP_BY_HOP.contains(&h) && h != http::header::HOST => {
                     forward_claims.push((claim, h))
                 }
                 _ => self.err(

@@ -600,7 +600,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         // unread bytes would reset the connection under the answer.
         self.linger.store(true, Ordering::Relaxed);
         info!(error = %err, "request head refused");
-        let resp = err.to_response(&crate::pipeline::new_request_id());
+        let resp = err.to_response(&crate::message::new_request_id());
         let (parts, body) = resp.into_parts();
         let data = body
             .collect()

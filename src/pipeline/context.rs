@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, Method, Request, Uri};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
-use super::X_REQUEST_ID;
-use super::limits::{is_sane_request_id, new_request_id};
+use crate::message::{X_REQUEST_ID, is_sane_request_id, new_request_id};
 
 /// Where the server is in its life: connections and tunnels watch this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -10,26 +10,14 @@ use http_body_util::Either;
 use tokio::sync::oneshot;
 use tracing::debug;
 
+use super::ResponseBody;
 use super::body::{BodyError, DownstreamBody, LimitedBody, RelayBody};
 use super::context::{AwaitingUpstream, ConnInfo, Phase, reached};
-use super::{ResponseBody, X_REQUEST_ID};
 use crate::error::ProxyError;
 use crate::h1::{OnUpgrade, Rewind};
 use crate::idle::{self, Tracked};
+use crate::message::{HOP_BY_HOP, X_REQUEST_ID};
 use crate::upstream::{SendError, Upstream, UpstreamGroup};
-
-/// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
-/// de-facto ones proxies also drop.
-pub const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHORIZATION,
-];
 
 /// HTTP/2 over cleartext upgrade settings: meaningless past this hop, and the tool of h2c
 /// smuggling when paired with `Upgrade: h2c`.

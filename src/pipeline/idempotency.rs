@@ -26,10 +26,11 @@ use tracing::{info, warn};
 
 use super::body::DownstreamBody;
 use super::context::{ConnInfo, RequestCtx};
-use super::{RelayBody, ResponseBody, X_REQUEST_ID, forward};
+use super::{RelayBody, ResponseBody, forward};
 use crate::auth::VerifiedToken;
 use crate::config::{IdempotencyMode, IdempotencySettings, OnError};
 use crate::error::{NotReplayable, ProxyError};
+use crate::message::X_REQUEST_ID;
 use crate::metrics::Metrics;
 use crate::snapshot::{Route, Snapshot};
 use crate::store::{Begin, IdemRecord, StoredResponse};

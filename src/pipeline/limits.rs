@@ -1,6 +1,6 @@
-//! Stage 1: request limits and the request id.
+//! Stage 1: request limits.
 
-use http::{HeaderValue, Request};
+use http::Request;
 
 use crate::config::ServerSettings;
 use crate::error::ProxyError;
@@ -35,28 +35,6 @@ pub(super) fn head_size<B>(req: &Request<B>) -> usize {
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
     line + authority + headers + 2
-}
-
-/// A client-supplied request id is kept when it is 1..=128 visible, unambiguous characters.
-pub fn is_sane_request_id(v: &[u8]) -> bool {
-    !v.is_empty()
-        && v.len() <= 128
-        && v.iter().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'=' | b'/')
-        })
-}
-
-/// 32 lower-case hex digits from a thread-local fast PRNG: unique enough to correlate logs,
-/// cheap enough for every request. Not a secret.
-pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
-    let mut buf = [0u8; 32];
-    for b in buf.iter_mut() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
-    }
-    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
 #[cfg(test)]
@@ -138,23 +116,5 @@ mod tests {
             .body(())
             .unwrap();
         assert!(check(&req, &settings()).is_ok());
-    }
-
-    #[test]
-    fn request_id_sanity() {
-        assert!(is_sane_request_id(b"abc-123_X.y:z"));
-        assert!(!is_sane_request_id(b""));
-        assert!(!is_sane_request_id(b"has space"));
-        assert!(!is_sane_request_id(b"quote\"d"));
-        assert!(!is_sane_request_id(&[b'a'; 129]));
-    }
-
-    #[test]
-    fn generated_ids_are_hex_and_distinct() {
-        let a = new_request_id();
-        let b = new_request_id();
-        assert_eq!(a.len(), 32);
-        assert!(a.as_bytes().iter().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, b);
     }
 }

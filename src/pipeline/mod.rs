@@ -24,22 +24,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http::header::HeaderName;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use tracing::{info, warn};
 
+pub use crate::message::{HOP_BY_HOP, X_REQUEST_ID, is_sane_request_id, new_request_id};
 pub use body::{BodyError, DownstreamBody, DownstreamError, LimitedBody, RelayBody};
 pub use context::{AwaitingUpstream, ConnInfo, Phase, RequestCtx, reached};
-pub use forward::{HOP_BY_HOP, strip_hop_by_hop};
+pub use forward::strip_hop_by_hop;
 pub use idempotency::fingerprint as idempotency_fingerprint;
-pub use limits::{is_sane_request_id, new_request_id};
 
 use crate::error::{Fault, ProxyError};
 use crate::metrics::{GaugeGuard, MethodLabel, Metrics};
 use crate::snapshot::Snapshot;
-
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What doorman sends downstream: the replica's streamed body, or a small body of its own.
 pub type ResponseBody = Either<RelayBody, Full<Bytes>>;
