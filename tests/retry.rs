@@ -156,3 +156,55 @@ async fn an_exhausted_retry_budget_stops_retrying() {
     assert_eq!(a.count() + b.count() + failed, 80);
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyed_write_is_retried_after_a_refused_connection_and_pays_into_the_budget() {
+    let a = Replica::start("a").await;
+    let dead = closed_port().await;
+    // Every request meets the dead replica first (the retry's pick moves round robin on
+    // too) and needs one retry. A budget of 1.0 sustains that only if keyed requests pay
+    // into it: without their deposits the floor of 10 retries is spent after 10 requests.
+    let toml = format!(
+        "[upstreams.api]\nservers = [{{ address = \"{dead}\" }}, {{ address = \"{}\" }}]\nretries = 1\nretry_budget = 1.0\n[upstreams.api.health]\neject_after_failures = 0\n[[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\nidempotency = \"required\"\n",
+        a.addr
+    );
+    let p = TestProxy::start("", &toml).await;
+    let mut c = p.h1().await;
+    let post = |c: &mut Client, i: usize| {
+        c.request(Method::POST, &format!("/pay/{i}"))
+            .header("idempotency-key", format!("key-{i}"))
+            .header("content-length", "8")
+            .body(full("amount=1"))
+            .unwrap()
+    };
+    for i in 0..60 {
+        let req = post(&mut c, i);
+        assert_eq!(c.send_collect(req).await.0.status(), 200, "keyed POST {i}");
+    }
+    let seen = a.seen();
+    assert_eq!(seen.len(), 60, "each keyed POST reached the live replica");
+    for i in 0..60 {
+        let hits: Vec<&Seen> = seen
+            .iter()
+            .filter(|s| s.uri == format!("/pay/{i}"))
+            .collect();
+        assert_eq!(hits.len(), 1, "POST {i} reached a replica exactly once");
+        assert_eq!(hits[0].body_len, 8, "with its whole body");
+    }
+    // The retried request's outcome was stored under its key like any other.
+    let req = post(&mut c, 0);
+    let (resp, _) = c.send_collect(req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["idempotent-replayed"], "true");
+    assert_eq!(a.count(), 60, "the replay cost no replica a call");
+
+    let mut admin = Client::plain(p.addrs.admin).await;
+    let (_, body) = admin.get("/metrics").await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let retries: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("doorman_retries_total{"))
+        .collect();
+    assert_eq!(retries, [r#"doorman_retries_total{group="api"} 60"#]);
+    p.stop().await;
+}

@@ -107,6 +107,20 @@ impl Drop for AwaitingUpstream<'_> {
     }
 }
 
+/// Where a request went: the last replica tried and how many attempts it took.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Attempts {
+    pub upstream: Option<SocketAddr>,
+    pub count: u32,
+}
+
+impl Attempts {
+    pub(super) fn on(&mut self, upstream: SocketAddr) {
+        self.upstream = Some(upstream);
+        self.count += 1;
+    }
+}
+
 /// What one request accumulates as it moves through the stages.
 #[derive(Debug)]
 pub struct RequestCtx {
@@ -116,9 +130,8 @@ pub struct RequestCtx {
     pub uri: Uri,
     /// The matched route's metric handles and label.
     pub route: Option<Arc<crate::metrics::RouteMetrics>>,
-    pub upstream: Option<SocketAddr>,
-    /// Attempts made on replicas (retries included).
-    pub attempts: u32,
+    /// The replicas the request was sent to (retries included).
+    pub attempts: Attempts,
     /// The verified token, for the access log's subject.
     pub token: Option<Arc<crate::auth::VerifiedToken>>,
     /// The request carried an idempotency key the route enforces.
@@ -151,8 +164,7 @@ impl RequestCtx {
             method: req.method().clone(),
             uri: req.uri().clone(),
             route: None,
-            upstream: None,
-            attempts: 0,
+            attempts: Attempts::default(),
             token: None,
             keyed: false,
             on_abandon: None,

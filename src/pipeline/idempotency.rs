@@ -1,4 +1,4 @@
-//! Stage 5: idempotency keys on write requests (draft-ietf-httpapi-idempotency-key-header,
+//! The idempotency stage: keys on write requests (draft-ietf-httpapi-idempotency-key-header,
 //! Stripe's design). A keyed request takes a lease in the store, is forwarded once, and its
 //! response is stored for `ttl`; a retry gets the stored response, a concurrent duplicate
 //! 409, and the same key on a different request 422.
@@ -15,6 +15,7 @@
 //! expires after `lock_ttl`, then the key can be processed again. docs/idempotency.md has
 //! the states of a key.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,8 +26,8 @@ use http_body_util::{BodyExt, Either, Full};
 use tracing::{info, warn};
 
 use super::body::DownstreamBody;
-use super::context::{ConnInfo, RequestCtx};
-use super::{RelayBody, ResponseBody, forward};
+use super::context::{Attempts, ConnInfo};
+use super::{RelayBody, ResponseBody};
 use crate::auth::VerifiedToken;
 use crate::config::{IdempotencyMode, IdempotencySettings, OnError};
 use crate::error::{NotReplayable, ProxyError};
@@ -143,21 +144,37 @@ fn commits(status: http::StatusCode, s: &IdempotencySettings) -> bool {
     !retryable(status) && (s.store_server_errors || !status.is_server_error())
 }
 
-/// Run a keyed request: begin (lease or record), then forward once and finish, or answer
-/// from the record.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn run(
+/// What the idempotency stage's `begin` decided for a keyed request.
+pub(super) enum Begun {
+    /// Answered from the store: a replay of the stored response.
+    Replay(Response<ResponseBody>),
+    /// To be forwarded, its body held whole. With a lease, the stage's `finish` must follow
+    /// (`Lease::forward_and_finish`); without one (the store failed and `on_error = open`),
+    /// the request is forwarded as any other.
+    Forward {
+        parts: http::request::Parts,
+        body: Bytes,
+        lease: Option<Lease>,
+    },
+}
+
+/// The idempotency stage's first half, for a request that carries a key: read and
+/// fingerprint the body, then take the key's lease in the store — or answer from what the
+/// store holds (a replay; or 409 in flight, 422 mismatch, 409 not replayable).
+pub(super) async fn begin(
     req: Request<DownstreamBody>,
-    host: &str,
     key: String,
-    token: Option<Arc<VerifiedToken>>,
-    sticky: Option<u64>,
-    ctx: &mut RequestCtx,
-    conn: &Arc<ConnInfo>,
     route: &Route,
+    token: Option<&VerifiedToken>,
+    request_id: &HeaderValue,
+    conn: &Arc<ConnInfo>,
     snap: &Arc<Snapshot>,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<Begun, ProxyError> {
     let s = &snap.idempotency;
+    // Keys are scoped to the host too (routes may match many hosts).
+    let host = super::route::host_of(&req)
+        .map(|h| h.into_owned())
+        .unwrap_or_default();
     let (parts, body) = req.into_parts();
     // Bodies are buffered to fingerprint them, under the tighter of both limits; a declared
     // length over it fails fast.
@@ -172,8 +189,8 @@ pub(super) async fn run(
     let body = super::body::read_all(body, limit, conn.idle_timeout).await?;
 
     let fp = fingerprint(&parts, &body);
-    let subject = token.as_ref().and_then(|t| t.sub.as_deref());
-    let store_key = store_key(s, host, &route.path_prefix, subject, &key);
+    let subject = token.and_then(|t| t.sub.as_deref());
+    let store_key = store_key(s, &host, &route.path_prefix, subject, &key);
     let lease = IdemRecord::Lease {
         owner: format!("{:032x}", fastrand::u128(..)),
         fingerprint: fp.clone(),
@@ -182,13 +199,15 @@ pub(super) async fn run(
     .encode();
 
     // The lease runs from no earlier than now: the store starts its `lock_ttl` when BEGIN
-    // arrives. Measuring from here rather than from when the job starts (after BEGIN's
+    // arrives. Measuring from here rather than from when forwarding starts (after BEGIN's
     // round trip and the choice of a replica) errs on the safe side.
     let lease_start = tokio::time::Instant::now();
     let begin = snap.store.idem_begin(&store_key, &lease, s.lock_ttl);
     match snap.metrics.store_op("idem_begin", begin).await {
         Ok(Begin::Acquired) => {}
-        Ok(Begin::Existing(record)) => return answer_from(record, &fp, &ctx.request_id),
+        Ok(Begin::Existing(record)) => {
+            return answer_from(record, &fp, request_id).map(Begun::Replay);
+        }
         Err(e) => {
             // The script may have run before the answer was lost: drop our lease if it is
             // there, so the key is not blocked for lock_ttl.
@@ -196,56 +215,34 @@ pub(super) async fn run(
             tokio::spawn(async move {
                 let _ = store.idem_finish(&k, &l, None, Duration::ZERO).await;
             });
-            match snap.on_error {
-                OnError::Closed => return Err(ProxyError::StoreUnavailable(e.to_string())),
+            return match snap.on_error {
+                OnError::Closed => Err(ProxyError::StoreUnavailable(e.to_string())),
                 OnError::Open => {
                     Metrics::count_op(&snap.metrics.store_open_passes, "idempotency");
                     warn!(error = %e, "idempotency skipped (store on_error = open): forwarding without a lease");
-                    let group = &route.group;
-                    let upstream =
-                        &group.servers[group.select_for(sticky).ok_or(ProxyError::NoUpstream)?];
-                    ctx.upstream = Some(upstream.address);
-                    return forward::send_buffered(
+                    Ok(Begun::Forward {
                         parts,
                         body,
-                        &ctx.request_id,
-                        conn,
-                        group,
-                        upstream,
-                    )
-                    .await;
+                        lease: None,
+                    })
                 }
-            }
+            };
         }
     }
-    // A replica is chosen only once the lease is ours: replays and conflicts touch none.
-    let Some(upstream) = route.group.select_for(sticky) else {
-        let release = snap
-            .store
-            .idem_finish(&store_key, &lease, None, Duration::ZERO);
-        if snap.metrics.store_op("idem_finish", release).await.is_err() {
-            Metrics::count_op(&snap.metrics.idempotency_store_failures, "release");
-        }
-        return Err(ProxyError::NoUpstream);
-    };
-    ctx.upstream = Some(route.group.servers[upstream].address);
-
-    // Forward and finish in a task of its own: a client that goes away mid-request must not
-    // leave the key without its result.
-    let job = Job {
+    let lease = Lease {
         snap: snap.clone(),
-        group: route.group.clone(),
-        upstream,
         conn: conn.clone(),
-        request_id: ctx.request_id.clone(),
+        request_id: request_id.clone(),
         store_key,
         lease,
         fingerprint: fp,
         deadline: body_deadline(lease_start, s.lock_ttl, snap.store_timeout()),
     };
-    tokio::spawn(job.run(parts, body))
-        .await
-        .map_err(|e| ProxyError::Internal(format!("idempotent forward task: {e}")))?
+    Ok(Begun::Forward {
+        parts,
+        body,
+        lease: Some(lease),
+    })
 }
 
 /// Marks a response answered from a stored record (for metrics and the access log: a
@@ -296,10 +293,10 @@ fn answer_from(
     }
 }
 
-struct Job {
+/// A key's lease, held from `begin` until `finish` stores the request's outcome or
+/// releases the key.
+pub(super) struct Lease {
     snap: Arc<Snapshot>,
-    group: Arc<crate::upstream::UpstreamGroup>,
-    upstream: usize,
     conn: Arc<ConnInfo>,
     request_id: HeaderValue,
     store_key: String,
@@ -309,7 +306,7 @@ struct Job {
     deadline: tokio::time::Instant,
 }
 
-/// The end of a job's lease budget: forwarding and reading the body stop here, so that
+/// The end of a lease's budget: forwarding and reading the body stop here, so that
 /// FINISH, which may then take the store timeout, still lands while the lease is ours —
 /// landing after it, FINISH finds no lease (`lease_expired`), nothing is stored, the key is
 /// free and the committed request could run a second time. `FINISH_MARGIN` covers what
@@ -338,42 +335,54 @@ enum BodyEnd {
     Stalled,
 }
 
-impl Job {
-    /// Forward, read and store within the lease: the job must end before `lock_ttl` does, or
-    /// a retry could take the key while this request still runs.
+impl Lease {
+    /// Forward (`exchange`: the forward stage) and then `finish`, in a task of its own: a
+    /// client that goes away mid-request must not leave the key without its outcome. The
+    /// task ends within the lease: forwarding stops at the lease budget's deadline, so a
+    /// retry can never take the key while this request still runs.
+    pub(super) async fn forward_and_finish<F>(
+        self,
+        exchange: F,
+    ) -> (Result<Response<ResponseBody>, ProxyError>, Option<Attempts>)
+    where
+        F: Future<Output = (Result<Response<ResponseBody>, ProxyError>, Attempts)> + Send + 'static,
+    {
+        let job = async move {
+            // lock_ttl > response_timeout is checked at load, but connecting and uploading
+            // the buffered body to a slow replica come before the response_timeout clock.
+            match tokio::time::timeout_at(self.deadline, exchange).await {
+                Ok((outcome, attempts)) => (self.finish(outcome).await, Some(attempts)),
+                Err(_) => {
+                    warn!(request_id = ?self.request_id, "idempotent request ran past its lease budget before a response head");
+                    self.store(None).await;
+                    (Err(ProxyError::UpstreamTimeout), None)
+                }
+            }
+        };
+        match tokio::spawn(job).await {
+            Ok(done) => done,
+            Err(e) => (
+                Err(ProxyError::Internal(format!(
+                    "idempotent forward task: {e}"
+                ))),
+                None,
+            ),
+        }
+    }
+
+    /// The idempotency stage's second half: the forward stage's outcome decides the key.
     ///
     /// Until the replica's response head arrives (under the group's `response_timeout`, as
     /// for any request) nothing is committed, and a failure releases the key (or, with
     /// `store_server_errors`, stores the error). A head whose status `commits` accepts
     /// commits the key: from then on it is never released, whatever becomes of the body
     /// (see `committed`).
-    async fn run(
-        self,
-        parts: http::request::Parts,
-        body: Bytes,
+    async fn finish(
+        &self,
+        outcome: Result<Response<ResponseBody>, ProxyError>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let s = &self.snap.idempotency;
-        let deadline = self.deadline;
-        let upstream = &self.group.servers[self.upstream];
-        let sent = forward::send_buffered(
-            parts,
-            body,
-            &self.request_id,
-            &self.conn,
-            &self.group,
-            upstream,
-        );
-        // lock_ttl > response_timeout is checked at load, but connecting and uploading the
-        // buffered body to a slow replica come before the response_timeout clock.
-        let result = match tokio::time::timeout_at(deadline, sent).await {
-            Ok(r) => r,
-            Err(_) => {
-                warn!(request_id = ?self.request_id, "idempotent request ran past its lease budget before a response head");
-                self.finish(None).await;
-                return Err(ProxyError::UpstreamTimeout);
-            }
-        };
-        let resp = match result {
+        let resp = match outcome {
             Err(e) => {
                 // A refused connection never reached the replica: the key is always released.
                 // A timeout or a broken answer may have run: stored only Stripe-style.
@@ -382,20 +391,20 @@ impl Job {
                     let r = e.to_response(&self.request_id);
                     let (p, b) = r.into_parts();
                     let body = b.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                    self.finish(Some(self.done(p.status.as_u16(), &p.headers, &body)))
+                    self.store(Some(self.done(p.status.as_u16(), &p.headers, &body)))
                         .await;
                 } else {
-                    self.finish(None).await;
+                    self.store(None).await;
                 }
                 return Err(e);
             }
             Ok(resp) => resp,
         };
         if !commits(resp.status(), s) {
-            self.finish(None).await;
+            self.store(None).await;
             return Ok(resp);
         }
-        self.committed(resp, deadline).await
+        self.committed(resp).await
     }
 
     /// The replica sent a head that commits the key: read the body and store the outcome.
@@ -412,9 +421,9 @@ impl Job {
     async fn committed(
         &self,
         resp: Response<ResponseBody>,
-        deadline: tokio::time::Instant,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let s = &self.snap.idempotency;
+        let deadline = self.deadline;
         let (parts, body) = resp.into_parts();
         let mut stream = match body {
             Either::Left(relay) => relay.into_stream(),
@@ -424,7 +433,7 @@ impl Job {
                     .await
                     .map(|c| c.to_bytes())
                     .unwrap_or_default();
-                self.finish(Some(self.done(
+                self.store(Some(self.done(
                     parts.status.as_u16(),
                     &parts.headers,
                     &bytes,
@@ -473,7 +482,7 @@ impl Job {
                 } else {
                     chunks.concat().into()
                 };
-                self.finish(Some(self.done(
+                self.store(Some(self.done(
                     parts.status.as_u16(),
                     &parts.headers,
                     &body,
@@ -485,23 +494,23 @@ impl Job {
                 let record = IdemRecord::TooLarge {
                     fingerprint: self.fingerprint.clone(),
                 };
-                self.finish(Some(record.encode())).await;
+                self.store(Some(record.encode())).await;
                 RelayBody::resume(chunks, stream)
             }
             BodyEnd::OutOfLease => {
-                self.finish(Some(not_replayable(
+                self.store(Some(not_replayable(
                     "still streaming when the lease budget ran out",
                 )))
                 .await;
                 RelayBody::resume(chunks, stream)
             }
             BodyEnd::Broken(e) => {
-                self.finish(Some(not_replayable(&e.to_string()))).await;
+                self.store(Some(not_replayable(&e.to_string()))).await;
                 RelayBody::cut(chunks, stream, e)
             }
             BodyEnd::Stalled => {
                 let why = format!("no data from the replica for {idle:?} (idle_timeout)");
-                self.finish(Some(not_replayable(&why))).await;
+                self.store(Some(not_replayable(&why))).await;
                 RelayBody::cut(chunks, stream, UpstreamBodyError::new(why))
             }
         };
@@ -534,7 +543,7 @@ impl Job {
     /// under the store timeout like every store call on the request path: the client waits
     /// for it. Not done in time, the key keeps our lease until `lock_ttl` (a retry gets 409,
     /// never a second run) and `doorman_idempotency_store_failures_total` counts it.
-    async fn finish(&self, result: Option<String>) {
+    async fn store(&self, result: Option<String>) {
         let ttl: Duration = self.snap.idempotency.ttl;
         let finish =
             self.snap

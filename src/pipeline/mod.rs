@@ -1,22 +1,24 @@
-//! The request pipeline. `handle` is the one place where stage order is written:
+//! The request pipeline. `stages` is the one place where stage order is written, and the
+//! only caller of select and forward:
 //!
-//! 1. limits    — head size (431), declared body size (413), request id
-//! 2. normalise — target → (authority, normal path), forged-header removal (400, 405)
-//! 3. route     — host + path prefix on segment boundaries → route and its group (404, 405)
-//! 4. auth      — bearer JWT verified, revocation checked, claims forwarded (401 / 503)
-//! 5. idempotency — keyed writes: lease / replay / 409 / 422, result stored (400 / 409 / 422)
-//! 6. select    — the group's balancer picks a replica (503 when none may take traffic)
-//! 7. forward   — hop-by-hop stripped, X-Forwarded-* set, bodies streamed both ways
-//! 8. complete  — request id on the response, access log line
+//! - limits       head size (431), declared body size (413)
+//! - normalise    target → (authority, normal path), forged-header removal (400, 405)
+//! - route        host + path prefix on segment boundaries → route and group (404, 405)
+//! - auth         bearer JWT verified, revocation checked, claims forwarded (401, 503)
+//! - idempotency  begin: key rules, lease / replay / in flight / mismatch (400, 409, 422)
+//! - select       the group's balancer picks a replica (503 when none may take traffic)
+//! - forward      one loop: send, retry where safe within the budget (502, 504)
+//! - idempotency  finish: the outcome stored under the lease, or the key released
+//! - complete     request id on the response, metrics, the access log line (`handle`)
 
 mod auth;
 mod body;
 mod context;
 mod forward;
+mod headers;
 mod idempotency;
 mod limits;
 mod normalise;
-mod retry;
 mod route;
 mod select;
 
@@ -30,13 +32,15 @@ use tracing::{info, warn};
 
 pub use crate::message::{HOP_BY_HOP, X_REQUEST_ID, is_sane_request_id, new_request_id};
 pub use body::{BodyError, DownstreamBody, DownstreamError, LimitedBody, RelayBody};
-pub use context::{AwaitingUpstream, ConnInfo, Phase, RequestCtx, reached};
-pub use forward::strip_hop_by_hop;
+pub use context::{Attempts, AwaitingUpstream, ConnInfo, Phase, RequestCtx, reached};
+pub use headers::strip_hop_by_hop;
 pub use idempotency::fingerprint as idempotency_fingerprint;
 
 use crate::error::{Fault, ProxyError};
 use crate::metrics::{GaugeGuard, MethodLabel, Metrics};
 use crate::snapshot::Snapshot;
+use forward::Outgoing;
+use idempotency::Begun;
 
 /// What doorman sends downstream: the replica's streamed body, or a small body of its own.
 pub type ResponseBody = Either<RelayBody, Full<Bytes>>;
@@ -75,7 +79,7 @@ pub async fn handle(
                     info!(request_id = ?ctx.request_id, error = %err, "request refused")
                 }
                 Fault::Upstream | Fault::Internal => {
-                    warn!(request_id = ?ctx.request_id, upstream = %OrDash(ctx.upstream), error = %err, "request failed")
+                    warn!(request_id = ?ctx.request_id, upstream = %OrDash(ctx.attempts.upstream), error = %err, "request failed")
                 }
             }
             err.to_response(&ctx.request_id).map(Either::Right)
@@ -130,16 +134,17 @@ fn idempotency_outcome(result: &Result<Response<ResponseBody>, ProxyError>) -> &
     }
 }
 
+/// The stages, in order. A stage that must answer early returns a response or an error.
 async fn stages(
     mut req: Request<DownstreamBody>,
     ctx: &mut RequestCtx,
     conn: &Arc<ConnInfo>,
     snap: &Arc<Snapshot>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    // Limits first, on the request as it came: an oversized or malformed request never
-    // reaches routing or a replica, and costs no normalising.
+    // limits: on the request as it came, so an oversized or malformed request never reaches
+    // routing or a replica, and costs no normalising.
     limits::check(&req, &snap.settings)?;
-    // Normalise next: every stage after it, and the replica, see the same request.
+    // normalise: every stage after it, and the replica, see the same request.
     let is_claim_header = |name: &str| {
         snap.auth
             .as_ref()
@@ -148,68 +153,81 @@ async fn stages(
     if normalise::request(&mut req, &snap.settings, &is_claim_header)? {
         ctx.uri = req.uri().clone();
     }
-    // Route before select: the route decides which group's balancer is asked.
-    let host = route::host_of(&req);
-    let route = snap
-        .route(
-            host.as_deref(),
-            &crate::message::target::routing_view(req.uri().path()),
-        )
-        .ok_or(ProxyError::NoRoute)?;
+    // route: before select, as the route decides which group's balancer is asked.
+    let route = route::find(&req, snap)?;
     ctx.route = Some(route.metrics.clone());
     normalise::method_allowed(req.method(), &route.allow_methods)?;
-    // Auth after route (the route says whether a token is needed), before any replica is
-    // chosen: an unauthenticated request never costs upstream capacity.
+    // auth: the route says whether a token is needed; an unauthenticated request never
+    // costs upstream capacity.
     let token = auth::check(req.headers_mut(), route.auth, snap).await?;
     ctx.token = token.clone();
-    // Idempotency after auth (the key is scoped to the verified subject), before select
-    // (a duplicate must never cost a replica a call).
-    // The sticky key is read before the body or the request is consumed.
+    // The sticky key is read before idempotency consumes the request.
     let sticky = select::sticky_hash(&req, &route.group, token.as_deref(), conn);
+    // idempotency begin: after auth (the key is scoped to the verified subject), before
+    // select (a duplicate never costs a replica a call).
     let key = idempotency::client_key(&req, route.idempotency, &snap.idempotency)
         .inspect_err(|_| ctx.keyed = true)?;
-    if let Some(key) = key {
-        ctx.keyed = true;
-        // Keys are scoped to the host too (routes may match many hosts).
-        let host = route::host_of(&req)
-            .map(|h| h.into_owned())
-            .unwrap_or_default();
-        // Boxed: keyed writes are the minority, and their large future would otherwise be
-        // part of every request's (moved by value into hyper's dispatcher).
-        return Box::pin(idempotency::run(
-            req, &host, key, token, sticky, ctx, conn, route, snap,
-        ))
-        .await;
-    }
-    let group = &route.group;
-    group.deposit_retry_budget();
-    let index = group.select_for(sticky).ok_or(ProxyError::NoUpstream)?;
-    // Requests that can be re-sent on another replica where that is safe: bodiless ones,
-    // and small declared bodies (read whole first, as nginx buffers request bodies). A
-    // streamed body of unknown or large size, or an upgrade, can be sent once only.
-    let bodiless = http_body::Body::is_end_stream(req.body());
-    let replayable = bodiless || retry::replayable_length(&req, snap.settings.max_body_bytes);
-    if group.retries == 0 || !replayable || forward::asks_upgrade(&req) {
-        let upstream = &group.servers[index];
-        ctx.upstream = Some(upstream.address);
-        ctx.attempts = 1;
-        return forward::send(
-            req,
-            &ctx.request_id,
-            conn,
-            group,
-            upstream,
-            snap.settings.max_body_bytes,
-        )
-        .await;
-    }
-    let (parts, body) = req.into_parts();
-    let body = if bodiless {
-        Bytes::new()
-    } else {
-        body::read_all(body, snap.settings.max_body_bytes, conn.idle_timeout).await?
+    let (outgoing, lease) = match key {
+        None => (Outgoing::Request(req), None),
+        Some(key) => {
+            ctx.keyed = true;
+            // Boxed: keyed writes are the minority, and their large future would otherwise
+            // be part of every request's (moved by value into hyper's dispatcher).
+            let begun = idempotency::begin(
+                req,
+                key,
+                route,
+                token.as_deref(),
+                &ctx.request_id,
+                conn,
+                snap,
+            );
+            match Box::pin(begun).await? {
+                Begun::Replay(resp) => return Ok(resp),
+                Begun::Forward { parts, body, lease } => (Outgoing::Held(parts, body), lease),
+            }
+        }
     };
-    retry::forward_with_retries(parts, body, index, sticky, ctx, conn, group).await
+    // select
+    let group = &route.group;
+    let first = select::replica(group, sticky);
+    if let Ok(index) = first {
+        ctx.attempts.upstream = Some(group.servers[index].address);
+    }
+    let max_body_bytes = snap.settings.max_body_bytes;
+    let Some(lease) = lease else {
+        // forward
+        let exchange = forward::Exchange {
+            group,
+            conn,
+            request_id: &ctx.request_id,
+            sticky,
+            max_body_bytes,
+        };
+        return forward::forward(outgoing, first?, &exchange, &mut ctx.attempts).await;
+    };
+    // forward, then idempotency finish: in a task of their own, within the lease.
+    let (group, conn, request_id) = (route.group.clone(), conn.clone(), ctx.request_id.clone());
+    let exchange = async move {
+        let mut attempts = Attempts::default();
+        let exchange = forward::Exchange {
+            group: &group,
+            conn: &conn,
+            request_id: &request_id,
+            sticky,
+            max_body_bytes,
+        };
+        let sent = match first {
+            Ok(first) => forward::forward(outgoing, first, &exchange, &mut attempts).await,
+            Err(e) => Err(e),
+        };
+        (sent, attempts)
+    };
+    let (sent, attempts) = Box::pin(lease.forward_and_finish(exchange)).await;
+    if let Some(attempts) = attempts {
+        ctx.attempts = attempts;
+    }
+    sent
 }
 
 /// Last stage: count the request (the request id is already on the response). Its access
@@ -220,7 +238,7 @@ fn record(ctx: &RequestCtx, m: &Metrics, status: u16, idempotency: Option<&'stat
         m,
         MethodLabel::of(&ctx.method),
         status,
-        ctx.upstream,
+        ctx.attempts.upstream,
         ctx.started.elapsed(),
     );
     if let Some(outcome) = idempotency {
@@ -262,9 +280,13 @@ impl AccessLog {
             uri: ctx.uri.clone(),
             route: ctx.route.as_ref().map(|r| r.label.0.clone()),
             status,
-            upstream: ctx.upstream,
-            // A keyed request forwarded from its own task: one attempt, when it had one.
-            attempts: ctx.attempts.max(u32::from(ctx.upstream.is_some())),
+            upstream: ctx.attempts.upstream,
+            // A keyed request whose client left while its task forwarded it: at least the
+            // attempt on the replica selected for it.
+            attempts: ctx
+                .attempts
+                .count
+                .max(u32::from(ctx.attempts.upstream.is_some())),
             started: ctx.started,
             head_us: ctx.started.elapsed().as_micros() as u64,
             upstream_us,

@@ -16,7 +16,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Version};
 
-use super::forward::strip_connection_named;
+use super::headers::strip_connection_named;
 use crate::config::{ServerSettings, Underscores};
 use crate::error::ProxyError;
 use crate::message::target::{self, PathPolicy};

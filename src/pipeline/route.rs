@@ -1,10 +1,22 @@
-//! Stage 3 helper: which host the request is for. The normalise stage has settled it in
-//! `Host` (the absolute-form target's or :authority wins) and refused a missing, repeated
-//! or invalid one, so this only reads it in matching form.
+//! The route stage: the first route whose host and path prefix match the request. The
+//! normalise stage has settled the host in `Host` (the absolute-form target's or
+//! :authority wins) and refused a missing, repeated or invalid one, so this only reads it in
+//! matching form; prefixes match on segment boundaries of the routing view of the path.
 
 use std::borrow::Cow;
 
 use http::{Request, header};
+
+use crate::error::ProxyError;
+use crate::message::target::routing_view;
+use crate::snapshot::{Route, Snapshot};
+
+/// The request's route (404 when none matches).
+pub(super) fn find<'s, B>(req: &Request<B>, snap: &'s Snapshot) -> Result<&'s Route, ProxyError> {
+    let host = host_of(req);
+    snap.route(host.as_deref(), &routing_view(req.uri().path()))
+        .ok_or(ProxyError::NoRoute)
+}
 
 /// The request's host, lower-cased, without port or trailing dot; None for an HTTP/1.0
 /// request that named none.

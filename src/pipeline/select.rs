@@ -1,6 +1,9 @@
-//! Stage 6 helper: the sticky key of a request, for consistent-hash groups.
+//! The select stage: the replica the route's group picks for a request — by its balancer,
+//! with the request's sticky key for consistent-hash groups.
 
 use http::{Request, header};
+
+use crate::error::ProxyError;
 
 use crate::auth::VerifiedToken;
 use crate::balance::key_hash;
@@ -8,6 +11,13 @@ use crate::config::HashKey;
 use crate::upstream::UpstreamGroup;
 
 use super::context::ConnInfo;
+
+/// The select stage: the group's pick for the request (503 when no replica may take
+/// traffic). Every selection pays into the group's retry budget.
+pub(super) fn replica(group: &UpstreamGroup, sticky: Option<u64>) -> Result<usize, ProxyError> {
+    group.deposit_retry_budget();
+    group.select_for(sticky).ok_or(ProxyError::NoUpstream)
+}
 
 /// The ring position of the request's key, or None (not a sticky group, or no key: the
 /// group falls back to round robin). Hashes borrowed bytes: no allocation except for a
