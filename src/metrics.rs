@@ -515,6 +515,16 @@ impl Metrics {
             self.idempotency_store_failures.clone(),
         );
         r.register(
+            "revocation_resyncs",
+            "Times the Redis revocation view became coherent again (a fresh read of the whole list)",
+            self.revocation_resyncs.clone(),
+        );
+        r.register(
+            "log_dropped_lines",
+            "Log lines dropped because the non-blocking log writer's buffer was full",
+            self.log_dropped.clone(),
+        );
+        r.register(
             "store_duration_seconds",
             "State store operations on the request path",
             self.store_duration.clone(),

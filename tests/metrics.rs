@@ -196,6 +196,15 @@ async fn metrics_count_exactly_what_a_scripted_workload_did() {
         m.histogram_count("doorman_request_duration_seconds", &[("route", "/")]),
         12
     );
+    // Families counted elsewhere are exported too (they once were counted but never
+    // registered); with the embedded store and a quiet log, both are zero.
+    for family in [
+        "doorman_revocation_resyncs_total",
+        "doorman_log_dropped_lines_total",
+    ] {
+        assert!(m.has(family, &[]), "{family} exported");
+        assert_eq!(m.value(family, &[]), 0.0, "{family}");
+    }
     let auth = |kind: &str| m.value("doorman_auth_verifications_total", &[("outcome", kind)]);
     assert_eq!(auth("ok"), 4.0);
     assert_eq!(auth("missing"), 2.0);
