@@ -391,6 +391,21 @@ async fn server_errors_release_the_key_or_are_stored_by_policy() {
             assert!(!resp.headers().contains_key("idempotent-replayed"));
         }
         p.stop().await;
+        // No replica may take traffic (weight 0): nothing was sent, so nothing is stored.
+        let r = Replica::start("r").await;
+        let rest = format!(
+            "{store}\n[idempotency]\nstore_server_errors = true\n[upstreams.api]\nservers = [{{ address = \"{}\", weight = 0 }}]\n[[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\nidempotency = \"required\"\n",
+            r.addr
+        );
+        let p = TestProxy::start("", &rest).await;
+        let mut c = p.h1().await;
+        for _ in 0..2 {
+            let (resp, _) = post(&mut c, "/", Some("no-replica"), "x").await;
+            assert_eq!(resp.status(), 503);
+            assert!(!resp.headers().contains_key("idempotent-replayed"));
+        }
+        assert_eq!(r.count(), 0);
+        p.stop().await;
     }
 }
 

@@ -1,7 +1,9 @@
 //! The idempotency stage: keys on write requests (draft-ietf-httpapi-idempotency-key-header,
-//! Stripe's design). A keyed request takes a lease in the store, is forwarded once, and its
-//! response is stored for `ttl`; a retry gets the stored response, a concurrent duplicate
-//! 409, and the same key on a different request 422.
+//! Stripe's design), in two halves around the forward stage: `begin` takes a lease in the
+//! store (or answers from it), the forward stage sends the request as it sends any other
+//! (re-sent only where that is safe), and `finish` stores the response for `ttl`. A retry
+//! gets the stored response, a concurrent duplicate 409, and the same key on a different
+//! request 422.
 //!
 //! The request is *committed* once the replica's response head arrives with a status that
 //! is stored rather than released (`commits`): from then on the key is never released, so
@@ -384,9 +386,11 @@ impl Lease {
         let s = &self.snap.idempotency;
         let resp = match outcome {
             Err(e) => {
-                // A refused connection never reached the replica: the key is always released.
-                // A timeout or a broken answer may have run: stored only Stripe-style.
-                let keep = s.store_server_errors && !matches!(e, ProxyError::UpstreamConnect(_));
+                // No replica to send to, or a refused connection: the request never reached
+                // one, and the key is always released. A timeout or a broken answer may have
+                // run: stored only Stripe-style.
+                let reached = !matches!(e, ProxyError::NoUpstream | ProxyError::UpstreamConnect(_));
+                let keep = s.store_server_errors && reached;
                 if keep {
                     let r = e.to_response(&self.request_id);
                     let (p, b) = r.into_parts();
