@@ -1,4 +1,4 @@
-//! Stage 4: who is calling. Verify the bearer token (cached after its first signature
+//! The auth stage: who is calling. Verify the bearer token (cached after its first signature
 //! check), refuse revoked tokens from the store's local view, and forward the configured
 //! claims upstream — after removing any copies the client sent itself.
 

@@ -1,4 +1,5 @@
-//! Stage 1: request limits.
+//! The limits stage: the head's size (431) and the declared body size (413), checked on the
+//! request as it came, before anything else reads it.
 
 use http::Request;
 

@@ -1,4 +1,4 @@
-//! Stage 2: normalise. Every later stage — routing, auth, idempotency, the access log — and
+//! The normalise stage. Every later stage — routing, auth, idempotency, the access log — and
 //! the replica decide on the same request: the one this stage leaves behind.
 //!
 //! - headers: names with `_` dropped/refused (`underscores_in_headers`), the headers the
