@@ -172,28 +172,20 @@ impl Validator {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::keys;
+    use super::super::tests::{MINIMAL_REST, keys};
 
     #[test]
     fn typed_values_are_checked_even_when_all_keys_are_known() {
-        let text = r#"
+        let text = format!(
+            r#"
             [server]
             listen = "nope"
             idle_timeout = "forever"
             max_header_bytes = 10
-
-            [tls]
-            certificates = [{ cert = "/nonexistent/a.crt", key = "/nonexistent/a.key" }]
-
-            [upstreams.api]
-            servers = [{ address = "127.0.0.1:9001" }]
-
-            [[routes]]
-            path_prefix = "/"
-            upstream = "api"
-        "#;
+            {MINIMAL_REST}"#
+        );
         assert_eq!(
-            keys(text),
+            keys(&text),
             vec![
                 "server.listen",
                 "server.max_header_bytes",
