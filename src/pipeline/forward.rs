@@ -429,7 +429,7 @@ fn forwarded_for_value(headers: &HeaderMap, ip: &HeaderValue) -> HeaderValue {
 }
 
 /// Tell apart who failed: our own body limit, the client's body, or the replica.
-fn classify(e: SendError, upstream: &Upstream) -> ProxyError {
+fn classify(e: SendError<BodyError>, upstream: &Upstream) -> ProxyError {
     match e {
         SendError::Body(BodyError::TooLarge) => ProxyError::BodyTooLarge,
         SendError::Body(BodyError::Downstream(d)) => ProxyError::DownstreamAborted(d.to_string()),

@@ -35,10 +35,8 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tracing::debug;
 
-use super::UpstreamRequestBody;
 use crate::h1::client::{RequestFraming, ResponseFraming, encode_request, parse_response};
 use crate::h1::{Decoded, Decoder, Framing, Rewind};
-use crate::pipeline::BodyError;
 
 /// The longest response head read from a replica; longer is a 502 (nginx's
 /// `proxy_buffer_size` plays this part, at 4 or 8 KiB).
@@ -48,19 +46,31 @@ const READ_SIZE: usize = 8 * 1024;
 /// Request body bytes gathered behind the head (or the previous chunk) before a write.
 const WRITE_BATCH: usize = 64 * 1024;
 
-/// Why a request got no response head from the replica.
+/// A request body as `ConnPool::send` takes it: its bytes, and word of when all of them have
+/// gone out (the caller's upload watch ends there, and its response-head wait begins).
+pub trait RequestBody:
+    Body<Data = Bytes, Error: std::fmt::Display + Send> + Unpin + Send + 'static
+{
+    /// All of the body has been written to the replica. Called for a body that was empty
+    /// from the start too, which is never polled to its end.
+    fn sent(&mut self);
+}
+
+/// Why a request got no response head from the replica. `E` is the request body's own
+/// error, handed back as it came so the caller can tell its causes apart.
 #[derive(Debug)]
-pub enum SendError {
+pub enum SendError<E> {
     /// No connection could be made: nothing was sent.
     Connect(String),
-    /// The request body could not be read from the client, or is over the limit.
-    Body(BodyError),
+    /// The request body failed to yield its bytes (its source broke off, or it refused to
+    /// go on, e.g. over a size limit).
+    Body(E),
     /// The request went out (at least in part) on a connection that then failed, or the
     /// replica's answer was not HTTP/1.1.
     Request(String),
 }
 
-impl SendError {
+impl<E: std::fmt::Display> SendError<E> {
     /// The cause in one line, for the log and the error detail.
     pub fn detail(&self) -> String {
         match self {
@@ -198,7 +208,7 @@ impl ConnPool {
             .retain_mut(|c| c.since.elapsed() < timeout && c.conn.alive());
     }
 
-    async fn connect(&self) -> Result<Conn, SendError> {
+    async fn connect<E>(&self) -> Result<Conn, SendError<E>> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address))
             .await
             .map_err(|_| {
@@ -221,13 +231,13 @@ impl ConnPool {
     /// body hands the connection back to this pool once it has been read to the end.
     /// `host` is written as the Host header (for a request that has none), and `extra`'s
     /// lines after the request's own headers.
-    pub async fn send(
+    pub async fn send<B: RequestBody>(
         self: &Arc<Self>,
         parts: &http::request::Parts,
         host: Option<&[u8]>,
         extra: &[(&str, &[u8])],
-        mut body: UpstreamRequestBody,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+        mut body: B,
+    ) -> Result<Response<UpstreamBody>, SendError<B::Error>> {
         let framing = if body.is_end_stream() {
             RequestFraming::None
         } else {
@@ -354,9 +364,10 @@ struct Exchange {
     /// Reading or writing the connection failed (not the request body, not a bad answer):
     /// what a dead pooled connection looks like.
     socket_failed: bool,
-    /// Writing failed: kept while whatever the replica already sent is read, since a replica
-    /// that refuses a request (413, 401) often closes as it answers, before the body's end.
-    write_error: Option<SendError>,
+    /// Writing failed (the cause): kept while whatever the replica already sent is read, since
+    /// a replica that refuses a request (413, 401) often closes as it answers, before the
+    /// body's end.
+    write_error: Option<String>,
 }
 
 impl Exchange {
@@ -397,23 +408,23 @@ impl Exchange {
         self.upload_done
     }
 
-    fn poll(
+    fn poll<B: RequestBody>(
         &mut self,
         cx: &mut Context<'_>,
         conn: &mut Conn,
-        body: &mut UpstreamRequestBody,
+        body: &mut B,
         head_request: bool,
-    ) -> Poll<Result<(Response<()>, crate::h1::client::ResponseMeta), SendError>> {
+    ) -> Poll<Result<(Response<()>, crate::h1::client::ResponseMeta), SendError<B::Error>>> {
         if !self.upload_done
             && self.write_error.is_none()
             && let Stream::Whole(io) = &mut conn.io
             && let Poll::Ready(Err(e)) = self.poll_upload(cx, io, body)
         {
             match e {
-                // The client's body failed, or is over the limit: nothing more to do here.
-                SendError::Body(_) => return Poll::Ready(Err(e)),
                 // The replica may have answered already: read what it sent first.
-                e => self.write_error = Some(e),
+                SendError::Request(d) => self.write_error = Some(d),
+                // The client's body failed, or is over the limit: nothing more to do here.
+                e => return Poll::Ready(Err(e)),
             }
         }
         loop {
@@ -448,18 +459,21 @@ impl Exchange {
             };
             self.socket_failed = true;
             // A failed write says more than the close that follows it.
-            return Poll::Ready(Err(self.write_error.take().unwrap_or(failed)));
+            return Poll::Ready(Err(self
+                .write_error
+                .take()
+                .map_or(failed, SendError::Request)));
         }
     }
 
     /// Write the head and the body as far as the socket and the body allow. Ready(Ok) once
     /// all of it is written.
-    fn poll_upload(
+    fn poll_upload<B: RequestBody>(
         &mut self,
         cx: &mut Context<'_>,
         io: &mut (impl AsyncWrite + Unpin),
-        body: &mut UpstreamRequestBody,
-    ) -> Poll<Result<(), SendError>> {
+        body: &mut B,
+    ) -> Poll<Result<(), SendError<B::Error>>> {
         loop {
             // Gather what the body has ready behind what waits to be written.
             // Bounded by what the buffer holds in all, written or not: it is cleared only once
@@ -522,7 +536,7 @@ impl Exchange {
         }
     }
 
-    fn add_data(&mut self, data: &Bytes) -> Result<(), SendError> {
+    fn add_data<E>(&mut self, data: &Bytes) -> Result<(), SendError<E>> {
         if data.is_empty() {
             return Ok(());
         }
@@ -663,10 +677,10 @@ impl Drop for UpstreamBody {
 /// The replica answered before the request body's end: the rest of the body goes on in a
 /// task of its own while the response is relayed, as the two directions are independent
 /// (a client may send its whole body before it reads). The connection is not reused after.
-fn finish_upload(
+fn finish_upload<B: RequestBody>(
     conn: Conn,
     mut x: Exchange,
-    mut body: UpstreamRequestBody,
+    mut body: B,
 ) -> (Conn, Option<tokio::task::AbortHandle>) {
     let Conn { io, buf } = conn;
     let tcp = match io {

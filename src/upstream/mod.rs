@@ -3,6 +3,6 @@
 mod client;
 mod pool;
 
-pub use client::{ConnPool, SendError, UpstreamBody, UpstreamBodyError};
+pub use client::{ConnPool, RequestBody, SendError, UpstreamBody, UpstreamBodyError};
 
-pub use pool::{InFlight, Sticky, Upstream, UpstreamGroup, UpstreamRequestBody};
+pub use pool::{InFlight, Sticky, Upstream, UpstreamGroup};

@@ -6,15 +6,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::Authority;
+use http_body_util::Empty;
 
-use super::client::ConnPool;
+use super::client::{ConnPool, RequestBody};
 use crate::balance::{Ring, RoundRobin};
 use crate::config::{Balance, HashKey, HealthSpec, UpstreamSpec};
 use crate::metrics::{GroupMetrics, Metrics, Name, ReplicaMetrics};
 
-/// The body type doorman sends upstream: the downstream body under the size limit.
-pub type UpstreamRequestBody = crate::pipeline::LimitedBody;
+/// A health check's request has no body.
+impl RequestBody for Empty<Bytes> {
+    fn sent(&mut self) {}
+}
 
 /// One replica, with what the hot path needs precomputed.
 #[derive(Debug)]
@@ -316,8 +320,7 @@ impl UpstreamGroup {
         let Ok(uri) = http::Uri::try_from(path) else {
             return false;
         };
-        let (tx, _rx) = tokio::sync::oneshot::channel();
-        let body = crate::pipeline::LimitedBody::buffered(bytes::Bytes::new(), tx);
+        let body = Empty::<Bytes>::new();
         let (mut parts, ()) = http::Request::new(()).into_parts();
         parts.uri = uri;
         parts.headers.insert(
