@@ -1,8 +1,8 @@
 //! Upstream replicas and the connections doorman keeps to them.
 
 mod client;
-mod pool;
+mod group;
 
 pub use client::{ConnPool, RequestBody, SendError, UpstreamBody, UpstreamBodyError};
 
-pub use pool::{InFlight, Sticky, Upstream, UpstreamGroup};
+pub use group::{InFlight, Sticky, Upstream, UpstreamGroup};
