@@ -1,5 +1,5 @@
 //! An upstream group: its replicas, its balancer, and per replica the HTTP/1.1 keep-alive
-//! pool (`client.rs`) built with the group's connect timeout and keep-alive limits.
+//! pool (`pool.rs`) built with the group's connect timeout and keep-alive limits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::uri::Authority;
 use http_body_util::Empty;
 
-use super::client::{ConnPool, RequestBody};
+use super::pool::{ConnPool, RequestBody};
 use crate::balance::{Ring, RoundRobin};
 use crate::config::{Balance, HashKey, HealthSpec, UpstreamSpec};
 use crate::metrics::{GroupMetrics, Metrics, Name, ReplicaMetrics};

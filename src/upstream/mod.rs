@@ -1,8 +1,8 @@
 //! Upstream replicas and the connections doorman keeps to them.
 
-mod client;
 mod group;
+mod pool;
 
-pub use client::{ConnPool, RequestBody, SendError, UpstreamBody, UpstreamBodyError};
+pub use pool::{ConnPool, RequestBody, SendError, UpstreamBody, UpstreamBodyError};
 
 pub use group::{InFlight, Sticky, Upstream, UpstreamGroup};
