@@ -59,6 +59,9 @@ impl<E: std::fmt::Display> SendError<E> {
     }
 }
 
+/// A response head as read from the replica, and how its body is framed.
+type Head = (Response<()>, ResponseMeta);
+
 /// One request written and its response head read, on one connection, in the caller's
 /// task. The body keeps being written while the response is awaited, and an answer that
 /// comes before the body's end ends the upload (the connection is then not reused).
@@ -127,7 +130,7 @@ impl Exchange {
         conn: &mut Conn,
         body: &mut B,
         head_request: bool,
-    ) -> Poll<Result<(Response<()>, ResponseMeta), SendError<B::Error>>> {
+    ) -> Poll<Result<Head, SendError<B::Error>>> {
         if !self.upload_done
             && self.write_error.is_none()
             && let Stream::Whole(io) = &mut conn.io

@@ -1,24 +1,18 @@
-//! An upstream group: its replicas, its balancer, and per replica the HTTP/1.1 keep-alive
-//! pool (`pool.rs`) built with the group's connect timeout and keep-alive limits.
+//! An upstream group: its replicas and their health state, its balancer, its retry budget,
+//! and per replica the HTTP/1.1 keep-alive pool (`pool.rs`) built with the group's connect
+//! timeout and keep-alive limits. Active checks that feed the health state are `health.rs`'s.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::Authority;
-use http_body_util::Empty;
 
-use super::pool::{ConnPool, RequestBody};
+use super::pool::ConnPool;
 use crate::balance::{Ring, RoundRobin};
 use crate::config::{Balance, HashKey, HealthSpec, UpstreamSpec};
 use crate::metrics::{GroupMetrics, Metrics, Name, ReplicaMetrics};
-
-/// A health check's request has no body.
-impl RequestBody for Empty<Bytes> {
-    fn sent(&mut self) {}
-}
 
 /// One replica, with what the hot path needs precomputed.
 #[derive(Debug)]
@@ -110,7 +104,7 @@ impl Upstream {
     }
 
     /// Active health: one check's outcome, flipping state after the thresholds.
-    fn record_check(&self, ok: bool, health: &HealthSpec) {
+    pub(super) fn record_check(&self, ok: bool, health: &HealthSpec) {
         if ok {
             self.checks_failed.store(0, Ordering::Relaxed);
             let n = self.checks_ok.fetch_add(1, Ordering::Relaxed) + 1;
@@ -278,27 +272,6 @@ impl UpstreamGroup {
         self.servers.iter().any(Upstream::usable)
     }
 
-    /// Start active health checks (when `health.path` is set). The task holds the group
-    /// weakly and ends when the group's snapshot is gone. Call within a tokio runtime.
-    pub fn start_health_checks(self: &Arc<Self>) {
-        let Some(path) = self.health.path.clone() else {
-            return;
-        };
-        let group = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let Some(g) = group.upgrade() else { return };
-                let interval = g.health.interval;
-                for s in &g.servers {
-                    let ok = g.check(s, &path).await;
-                    s.record_check(ok, &g.health);
-                }
-                drop(g);
-                tokio::time::sleep(interval).await;
-            }
-        });
-    }
-
     /// Close idle upstream connections past the keep-alive timeout, every half of it, so
     /// they close when traffic stops too. The task holds the group weakly and ends when the
     /// group's snapshot is gone. Call within a tokio runtime.
@@ -314,36 +287,6 @@ impl UpstreamGroup {
                 }
             }
         });
-    }
-
-    async fn check(&self, s: &Upstream, path: &str) -> bool {
-        let Ok(uri) = http::Uri::try_from(path) else {
-            return false;
-        };
-        let body = Empty::<Bytes>::new();
-        let (mut parts, ()) = http::Request::new(()).into_parts();
-        parts.uri = uri;
-        parts.headers.insert(
-            http::header::USER_AGENT,
-            http::HeaderValue::from_static("doorman-health"),
-        );
-        // No Host of its own: the replica's authority is written as Host.
-        let host = Some(s.authority.as_str().as_bytes());
-        // The whole check, the body included, within the timeout: checks run one replica
-        // after another, so one stalled body would stop them all.
-        let check = async {
-            let resp = s.pool.send(&parts, host, &[], body).await.ok()?;
-            let ok = resp.status().is_success() || resp.status().is_redirection();
-            // Read to the end, so the pooled connection can be reused.
-            http_body_util::BodyExt::collect(resp.into_body())
-                .await
-                .ok()?;
-            Some(ok)
-        };
-        matches!(
-            tokio::time::timeout(self.health.timeout, check).await,
-            Ok(Some(true))
-        )
     }
 
     /// The replica for a request whose sticky key hashes to `key` (None: no key, or not a
