@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use crate::error::ProxyError;
-use crate::upstream::{UpstreamBody, UpstreamBodyError};
+use crate::upstream::{self, UpstreamBody, UpstreamBodyError};
 
 /// A request body as the client sends it: from doorman's HTTP/1.1 connection, or from
 /// hyper's HTTP/2 one.
@@ -149,13 +149,6 @@ impl LimitedBody {
         }
     }
 
-    /// The upload is over: all of it was sent (the client's code calls this for a body it
-    /// sent whole, which it may never poll to its end when it had none).
-    pub fn sent(&mut self) {
-        self.done.take();
-        self.linger = None;
-    }
-
     /// The upload's progress counter, when there is an upload to watch.
     pub fn progress(&self) -> Option<Arc<AtomicU64>> {
         self.progress.clone()
@@ -218,6 +211,15 @@ impl Body for LimitedBody {
             Source::Stream(inner) => inner.size_hint(),
             Source::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
+    }
+}
+
+impl upstream::RequestBody for LimitedBody {
+    /// The upload is over: all of it was sent (called too for a body sent whole that was
+    /// never polled to its end because it had none).
+    fn sent(&mut self) {
+        self.done.take();
+        self.linger = None;
     }
 }
 

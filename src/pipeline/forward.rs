@@ -296,7 +296,7 @@ async fn deadlines(
 }
 
 /// Tell apart who failed: our own body limit, the client's body, or the replica.
-fn classify(e: SendError, upstream: &Upstream) -> ProxyError {
+fn classify(e: SendError<BodyError>, upstream: &Upstream) -> ProxyError {
     match e {
         SendError::Body(BodyError::TooLarge) => ProxyError::BodyTooLarge,
         SendError::Body(BodyError::Downstream(d)) => ProxyError::DownstreamAborted(d.to_string()),

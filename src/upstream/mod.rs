@@ -1,8 +1,15 @@
-//! Upstream replicas and the connections doorman keeps to them.
+//! Upstream replicas and the connections doorman keeps to them: the group (`group.rs`,
+//! probed by `health.rs`), one keep-alive pool per replica (`pool.rs`) of connections
+//! (`conn.rs`), a request sent on one (`exchange.rs`) and its response body (`body.rs`).
 
-mod client;
+mod body;
+mod conn;
+mod exchange;
+mod group;
+mod health;
 mod pool;
 
-pub use client::{ConnPool, SendError, UpstreamBody, UpstreamBodyError};
-
-pub use pool::{InFlight, Sticky, Upstream, UpstreamGroup, UpstreamRequestBody};
+pub use body::{UpstreamBody, UpstreamBodyError};
+pub use exchange::{RequestBody, SendError};
+pub use group::{InFlight, Sticky, Upstream, UpstreamGroup};
+pub use pool::ConnPool;

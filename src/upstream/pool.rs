@@ -1,383 +1,236 @@
-//! An upstream group: its replicas, its balancer, and per replica the HTTP/1.1 keep-alive
-//! pool (`client.rs`) built with the group's connect timeout and keep-alive limits.
+//! The HTTP/1.1 keep-alive connections to one replica, and sending a request on one.
+//!
+//! One pool per replica: a LIFO stack of idle connections, so a replica sees a handful of
+//! long-lived connections. A connection goes back on the stack when its response body has
+//! been read to the end — by the response body itself, as it finishes — so finishing a
+//! request takes one short lock. An idle connection is not polled: at checkout its
+//! readiness (kept by the reactor, no syscall) tells whether the replica closed it.
+//!
+//! A request is sent again on a new connection, once, when a pooled connection turns out
+//! to be dead and nothing can have been acted on: the write failed, or the replica closed
+//! before sending any byte of a response to a bodiless GET, HEAD, OPTIONS or TRACE (the
+//! keep-alive race: the replica timed the connection out as the request left). Every other
+//! failure goes back to the caller.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use http::uri::Authority;
+use bytes::BytesMut;
+use http::{Method, Response, StatusCode};
+use tokio::net::TcpStream;
+use tracing::debug;
 
-use super::client::ConnPool;
-use crate::balance::{Ring, RoundRobin};
-use crate::config::{Balance, HashKey, HealthSpec, UpstreamSpec};
-use crate::metrics::{GroupMetrics, Metrics, Name, ReplicaMetrics};
+use super::body::UpstreamBody;
+use super::conn::{Conn, Stream};
+use super::exchange::{Exchange, RequestBody, SendError, finish_upload};
+use crate::h1::client::{RequestFraming, encode_request};
 
-/// The body type doorman sends upstream: the downstream body under the size limit.
-pub type UpstreamRequestBody = crate::pipeline::LimitedBody;
-
-/// One replica, with what the hot path needs precomputed.
-#[derive(Debug)]
-pub struct Upstream {
-    pub address: SocketAddr,
-    pub weight: u32,
-    /// `ip:port` as a URI authority, parsed once.
-    pub authority: Authority,
-    /// Requests sent and waiting for their response head (for bounded-load hashing).
-    pub in_flight: AtomicUsize,
-    /// Active checks: up until `unhealthy_threshold` failures in a row.
-    pub healthy: AtomicBool,
-    checks_ok: AtomicU32,
-    checks_failed: AtomicU32,
-    /// Passive: consecutive connect failures / 5xx, and the ejection that may follow.
-    failures: AtomicU32,
-    ejected_until_ms: AtomicU64,
-    pub metrics: ReplicaMetrics,
-    /// Idle keep-alive connections to this replica, and how new ones are made.
-    pub pool: Arc<ConnPool>,
+struct Idle {
+    conn: Conn,
+    since: Instant,
 }
 
-/// Retries available when traffic is quiet (the budget's floor), and its cap, in milli-retries.
-const RETRY_FLOOR: i64 = 10_000;
-const RETRY_CAP: i64 = 100_000;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// The idle connections to one replica and how new ones are made.
+pub struct ConnPool {
+    address: SocketAddr,
+    connect_timeout: Duration,
+    /// At most this many idle connections are kept (0: none, a connection per request).
+    max_idle: usize,
+    idle_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
 }
 
-impl Upstream {
-    /// May this replica take traffic now?
-    #[inline]
-    pub fn usable(&self) -> bool {
-        self.weight > 0
-            && self.healthy.load(Ordering::Relaxed)
-            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+impl std::fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnPool")
+            .field("address", &self.address)
+            .field("idle", &self.idle_count())
+            .finish()
+    }
+}
+
+impl ConnPool {
+    pub fn new(
+        address: SocketAddr,
+        connect_timeout: Duration,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Self {
+        ConnPool {
+            address,
+            connect_timeout,
+            max_idle,
+            idle_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
     }
 
-    /// The replica's state in words (status page): why it takes no traffic, or "up".
-    pub fn state(&self) -> &'static str {
-        if self.weight == 0 {
-            "drained"
-        } else if !self.healthy.load(Ordering::Relaxed) {
-            "unhealthy"
-        } else if self.ejected_until_ms.load(Ordering::Relaxed) > now_ms() {
-            "ejected"
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // The list stays consistent whatever panicked while holding it: one push or pop.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Idle connections held now.
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The most recently used idle connection still open and not past the idle timeout.
+    fn checkout(&self) -> Option<Conn> {
+        let mut idle = self.lock();
+        while let Some(mut c) = idle.pop() {
+            if c.since.elapsed() < self.idle_timeout && c.conn.alive() {
+                return Some(c.conn);
+            }
+        }
+        None
+    }
+
+    pub(super) fn checkin(&self, conn: Conn) {
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Close the connections idle for longer than the idle timeout or closed by the
+    /// replica (called periodically, so they close when traffic stops, not at the next
+    /// request).
+    pub fn prune(&self) {
+        let timeout = self.idle_timeout;
+        self.lock()
+            .retain_mut(|c| c.since.elapsed() < timeout && c.conn.alive());
+    }
+
+    async fn connect<E>(&self) -> Result<Conn, SendError<E>> {
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address))
+            .await
+            .map_err(|_| {
+                SendError::Connect(format!(
+                    "connect timed out after {:?}",
+                    self.connect_timeout
+                ))
+            })?
+            .map_err(|e| SendError::Connect(format!("connect: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        Ok(Conn {
+            io: Stream::Whole(tcp),
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// Send a request (written in origin-form) and wait for the response head. The response
+    /// body hands the connection back to this pool once it has been read to the end.
+    /// `host` is written as the Host header (for a request that has none), and `extra`'s
+    /// lines after the request's own headers.
+    pub async fn send<B: RequestBody>(
+        self: &Arc<Self>,
+        parts: &http::request::Parts,
+        host: Option<&[u8]>,
+        extra: &[(&str, &[u8])],
+        mut body: B,
+    ) -> Result<Response<UpstreamBody>, SendError<B::Error>> {
+        let framing = if body.is_end_stream() {
+            RequestFraming::None
         } else {
-            "up"
-        }
-    }
-
-    /// Take over another replica's health state (the same address in the group a reload
-    /// replaced): passive failures and ejection always; the active-check verdict only when
-    /// checks still run (`active`) — otherwise nothing would ever bring it back.
-    fn inherit(&self, old: &Upstream, active: bool) {
-        let copy = |to: &AtomicU32, from: &AtomicU32| {
-            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed)
+            match body.size_hint().exact() {
+                Some(n) => RequestFraming::Length(n),
+                None => RequestFraming::Chunked,
+            }
         };
-        if active {
-            self.healthy
-                .store(old.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
-            copy(&self.checks_ok, &old.checks_ok);
-            copy(&self.checks_failed, &old.checks_failed);
-        }
-        copy(&self.failures, &old.failures);
-        self.ejected_until_ms.store(
-            old.ejected_until_ms.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-    }
-
-    /// Passive health: the outcome of one proxied request (false: connect failure or 5xx).
-    pub fn report(&self, ok: bool, health: &HealthSpec) {
-        if ok {
-            self.failures.store(0, Ordering::Relaxed);
-            return;
-        }
-        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if health.eject_after_failures > 0 && n >= health.eject_after_failures {
-            self.failures.store(0, Ordering::Relaxed);
-            let until = now_ms() + health.eject_for.as_millis() as u64;
-            self.ejected_until_ms.store(until, Ordering::Relaxed);
-            self.metrics.ejections.inc();
-            tracing::warn!(upstream = %self.address, failures = n, eject_for = ?health.eject_for, "replica ejected");
-        }
-    }
-
-    /// Active health: one check's outcome, flipping state after the thresholds.
-    fn record_check(&self, ok: bool, health: &HealthSpec) {
-        if ok {
-            self.checks_failed.store(0, Ordering::Relaxed);
-            let n = self.checks_ok.fetch_add(1, Ordering::Relaxed) + 1;
-            if n >= health.healthy_threshold && !self.healthy.swap(true, Ordering::Relaxed) {
-                tracing::info!(upstream = %self.address, "replica healthy again");
-            }
-        } else {
-            self.checks_ok.store(0, Ordering::Relaxed);
-            let n = self.checks_failed.fetch_add(1, Ordering::Relaxed) + 1;
-            if n >= health.unhealthy_threshold && self.healthy.swap(false, Ordering::Relaxed) {
-                tracing::warn!(upstream = %self.address, checks_failed = n, "replica unhealthy");
-            }
-        }
-    }
-}
-
-/// Counts a request as in flight on a replica while it lives.
-pub struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    pub fn new(upstream: &'a Upstream) -> Self {
-        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(&upstream.in_flight)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Sticky selection for a consistent-hash group.
-#[derive(Debug)]
-pub struct Sticky {
-    pub key: HashKey,
-    pub ring: Ring,
-    pub balance_factor: Option<f64>,
-}
-
-#[derive(Debug)]
-pub struct UpstreamGroup {
-    pub name: String,
-    /// The name as a metric label.
-    pub label: Name,
-    pub metrics: GroupMetrics,
-    pub servers: Vec<Upstream>,
-    /// Round robin, and the fallback of a sticky group for requests without a key.
-    pub balancer: RoundRobin,
-    pub sticky: Option<Sticky>,
-    pub health: HealthSpec,
-    pub retries: u32,
-    /// Retry budget in milli-retries: each request deposits `retry_budget × 1000`, each retry
-    /// withdraws 1000 (a token bucket, capped, with a small floor for quiet periods).
-    retry_tokens: std::sync::atomic::AtomicI64,
-    retry_deposit: i64,
-    /// Sum of the servers' weights (bounded-load caps are weighted shares of it).
-    pub total_weight: u32,
-    pub response_timeout: Duration,
-    /// How long an idle upstream connection is kept.
-    keepalive_timeout: Duration,
-}
-
-impl UpstreamGroup {
-    pub fn build(spec: &UpstreamSpec, metrics: &Metrics) -> Self {
-        let name = Name(spec.name.as_str().into());
-        let servers: Vec<Upstream> = spec
-            .servers
-            .iter()
-            .map(|s| Upstream {
-                address: s.address,
-                weight: s.weight,
-                authority: Authority::try_from(s.address.to_string())
-                    .expect("a socket address is a valid authority"),
-                in_flight: AtomicUsize::new(0),
-                healthy: AtomicBool::new(true),
-                checks_ok: AtomicU32::new(0),
-                checks_failed: AtomicU32::new(0),
-                failures: AtomicU32::new(0),
-                ejected_until_ms: AtomicU64::new(0),
-                metrics: metrics.replica(&name, s.address),
-                pool: Arc::new(ConnPool::new(
-                    s.address,
-                    spec.connect_timeout,
-                    spec.keepalive,
-                    spec.keepalive_timeout,
-                )),
-            })
-            .collect();
-        let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
-
-        UpstreamGroup {
-            name: spec.name.clone(),
-            metrics: metrics.group(&name),
-            label: name,
-            servers,
-            balancer: RoundRobin::new(&weights),
-            sticky: match &spec.balance {
-                Balance::RoundRobin => None,
-                Balance::ConsistentHash(h) => Some(Sticky {
-                    key: h.key.clone(),
-                    ring: Ring::new(
-                        &spec
-                            .servers
-                            .iter()
-                            .map(|s| (s.address, s.weight))
-                            .collect::<Vec<_>>(),
-                        h.virtual_nodes,
-                    ),
-                    balance_factor: h.balance_factor,
-                }),
-            },
-            total_weight: weights.iter().sum(),
-            health: spec.health.clone(),
-            retries: spec.retries,
-            retry_tokens: std::sync::atomic::AtomicI64::new(RETRY_FLOOR),
-            retry_deposit: (spec.retry_budget * 1000.0) as i64,
-            response_timeout: spec.response_timeout,
-            keepalive_timeout: spec.keepalive_timeout,
-        }
-    }
-
-    /// Count one request toward the retry budget.
-    #[inline]
-    pub fn deposit_retry_budget(&self) {
-        if self.retries > 0 {
-            let t = self
-                .retry_tokens
-                .fetch_add(self.retry_deposit, Ordering::Relaxed);
-            if t > RETRY_CAP {
-                self.retry_tokens.store(RETRY_CAP, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Take one retry from the budget, if it has one.
-    pub fn withdraw_retry(&self) -> bool {
-        self.retry_tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                (t >= 1000).then_some(t - 1000)
-            })
-            .is_ok()
-    }
-
-    /// Like `select_for`, skipping replicas already tried for this request.
-    pub fn select_excluding(&self, key: Option<u64>, tried: &[usize]) -> Option<usize> {
-        let ok = |i: usize| self.servers[i].usable() && !tried.contains(&i);
-        match (&self.sticky, key) {
-            (Some(sticky), Some(hash)) => sticky.ring.pick(hash, ok),
-            _ => self.balancer.select_where(ok),
-        }
-    }
-
-    /// After a reload changed this group: replicas that stayed keep their health state.
-    pub fn inherit_health(&self, old: &UpstreamGroup) {
-        for s in &self.servers {
-            if let Some(o) = old.servers.iter().find(|o| o.address == s.address) {
-                s.inherit(o, self.health.path.is_some());
-            }
-        }
-    }
-
-    /// Whether any replica may take traffic (for /ready).
-    pub fn has_live_replica(&self) -> bool {
-        self.servers.iter().any(Upstream::usable)
-    }
-
-    /// Start active health checks (when `health.path` is set). The task holds the group
-    /// weakly and ends when the group's snapshot is gone. Call within a tokio runtime.
-    pub fn start_health_checks(self: &Arc<Self>) {
-        let Some(path) = self.health.path.clone() else {
-            return;
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let head = || {
+            let mut head = Vec::with_capacity(256 + 64 * (parts.headers.len() + extra.len()));
+            encode_request(
+                &mut head,
+                &parts.method,
+                target,
+                host,
+                &parts.headers,
+                extra,
+                framing,
+            );
+            head
         };
-        let group = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let Some(g) = group.upgrade() else { return };
-                let interval = g.health.interval;
-                for s in &g.servers {
-                    let ok = g.check(s, &path).await;
-                    s.record_check(ok, &g.health);
+        let head_request = parts.method == Method::HEAD;
+        // Safe to send twice if nothing came back: no body, and a method without effects.
+        let resendable = framing == RequestFraming::None
+            && matches!(
+                parts.method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+            );
+        let mut retried = false;
+        let mut x = Exchange::new(head(), framing);
+        loop {
+            // A retry goes on a new connection, not another pooled one of the same age.
+            let pooled = if retried { None } else { self.checkout() };
+            let (mut conn, reused) = match pooled {
+                Some(c) => (c, true),
+                // Boxed: connecting is rare, and its future would otherwise grow every
+                // request's.
+                None => (Box::pin(self.connect()).await?, false),
+            };
+            let outcome =
+                std::future::poll_fn(|cx| x.poll(cx, &mut conn, &mut body, head_request)).await;
+            match outcome {
+                Ok((resp, meta)) => {
+                    let uploaded = x.uploaded();
+                    let (conn, upload) = if uploaded {
+                        (conn, None)
+                    } else {
+                        finish_upload(conn, x, body)
+                    };
+                    return Ok(self.respond(conn, resp, meta, uploaded, upload));
                 }
-                drop(g);
-                tokio::time::sleep(interval).await;
-            }
-        });
-    }
-
-    /// Close idle upstream connections past the keep-alive timeout, every half of it, so
-    /// they close when traffic stops too. The task holds the group weakly and ends when the
-    /// group's snapshot is gone. Call within a tokio runtime.
-    pub fn start_pool_reaper(self: &Arc<Self>) {
-        let group = Arc::downgrade(self);
-        let every = (self.keepalive_timeout / 2).max(Duration::from_millis(100));
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(g) = group.upgrade() else { return };
-                for s in &g.servers {
-                    s.pool.prune();
+                // Only the socket failing, on a connection that had been idle, and only when
+                // nothing can have been acted on.
+                Err(e)
+                    if reused
+                        && !retried
+                        && x.socket_failed
+                        && (x.nothing_written() || (resendable && x.nothing_read())) =>
+                {
+                    debug!(upstream = %self.address, error = %e.detail(), "pooled connection closed; sending on a new one");
+                    retried = true;
+                    // Nothing written: what was gathered (the head, body bytes already taken
+                    // from the client) is all still there to send. Otherwise a bodiless
+                    // request's head is written again.
+                    x = if x.nothing_written() {
+                        x.again()
+                    } else {
+                        Exchange::new(head(), framing)
+                    };
                 }
+                Err(e) => return Err(e),
             }
-        });
-    }
-
-    async fn check(&self, s: &Upstream, path: &str) -> bool {
-        let Ok(uri) = http::Uri::try_from(path) else {
-            return false;
-        };
-        let (tx, _rx) = tokio::sync::oneshot::channel();
-        let body = crate::pipeline::LimitedBody::buffered(bytes::Bytes::new(), tx);
-        let (mut parts, ()) = http::Request::new(()).into_parts();
-        parts.uri = uri;
-        parts.headers.insert(
-            http::header::USER_AGENT,
-            http::HeaderValue::from_static("doorman-health"),
-        );
-        // No Host of its own: the replica's authority is written as Host.
-        let host = Some(s.authority.as_str().as_bytes());
-        // The whole check, the body included, within the timeout: checks run one replica
-        // after another, so one stalled body would stop them all.
-        let check = async {
-            let resp = s.pool.send(&parts, host, &[], body).await.ok()?;
-            let ok = resp.status().is_success() || resp.status().is_redirection();
-            // Read to the end, so the pooled connection can be reused.
-            http_body_util::BodyExt::collect(resp.into_body())
-                .await
-                .ok()?;
-            Some(ok)
-        };
-        matches!(
-            tokio::time::timeout(self.health.timeout, check).await,
-            Ok(Some(true))
-        )
-    }
-
-    /// The replica for a request whose sticky key hashes to `key` (None: no key, or not a
-    /// sticky group → round robin). With a balance factor, a replica at its cap of
-    /// `ceil(factor × (in-flight + 1) / replicas)` passes the key on along the ring.
-    pub fn select_for(&self, key: Option<u64>) -> Option<usize> {
-        let usable = |i: usize| self.servers[i].usable();
-        let Some(sticky) = &self.sticky else {
-            return self.balancer.select_where(usable);
-        };
-        let Some(hash) = key else {
-            self.metrics.hash_fallbacks.inc();
-            return self.balancer.select_where(usable);
-        };
-        let Some(factor) = sticky.balance_factor else {
-            return sticky.ring.pick(hash, usable);
-        };
-        // Each replica's cap is its weighted share of the in-flight requests (plus this one),
-        // times the factor: a replica at its normal share is never passed over.
-        let total: usize = self
-            .servers
-            .iter()
-            .map(|s| s.in_flight.load(Ordering::Relaxed))
-            .sum();
-        let scale = factor * (total + 1) as f64 / f64::from(self.total_weight.max(1));
-        let home = sticky.ring.pick(hash, usable);
-        let picked = sticky
-            .ring
-            .pick(hash, |i| {
-                let s = &self.servers[i];
-                let cap = (scale * f64::from(s.weight)).ceil() as usize;
-                s.usable() && s.in_flight.load(Ordering::Relaxed) < cap
-            })
-            .or(home);
-        if picked != home {
-            self.metrics.bounded_load_spills.inc();
         }
-        picked
+    }
+
+    /// The response, its body reading on from the connection.
+    fn respond(
+        self: &Arc<Self>,
+        conn: Conn,
+        resp: Response<()>,
+        meta: crate::h1::client::ResponseMeta,
+        uploaded: bool,
+        upload: Option<tokio::task::AbortHandle>,
+    ) -> Response<UpstreamBody> {
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        // Reused only when the request went out whole and the response says it may be.
+        let reusable = meta.keep_alive && uploaded && !switching && self.max_idle > 0;
+        let body = UpstreamBody::new(
+            conn,
+            meta.framing,
+            switching,
+            reusable.then(|| self.clone()),
+            upload,
+        );
+        resp.map(|()| body)
     }
 }
