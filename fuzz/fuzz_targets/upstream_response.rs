@@ -1,6 +1,7 @@
 //! The upstream response parser (`h1::client::parse_response`) and the body decoder after
-//! it, as `upstream::client` uses them: interim 1xx answers skipped, the body read to its
-//! end, the connection reused only when the response allows it and nothing follows the body.
+//! it, as `upstream::exchange` and `upstream::body` use them: interim 1xx answers skipped,
+//! the body read to its end, the connection reused only when the response allows it and
+//! nothing follows the body.
 //!
 //! Checked: an incomplete head leaves the buffer untouched; the head parsed from bytes
 //! arriving in pieces (split points from the input) is the one parsed from the whole; the
@@ -15,7 +16,7 @@ use doorman_fuzz::{find, hash, split_points};
 use http::StatusCode;
 use libfuzzer_sys::fuzz_target;
 
-/// As `upstream::client`'s limit.
+/// As `upstream::exchange`'s limit.
 const MAX: usize = 64 * 1024;
 
 type Parsed = Result<Option<UpstreamHead>, &'static str>;
@@ -183,7 +184,7 @@ fuzz_target!(|input: &[u8]| {
             assert_eq!(data.len() as u64, n);
         }
     }
-    // upstream::client: reused when the response allows it, it is not a 101, the body
+    // upstream::body: reused when the response allows it, it is not a 101, the body
     // was read to its end and nothing came after it.
     let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
     let reusable = head.keep_alive
