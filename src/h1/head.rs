@@ -32,8 +32,10 @@ pub(super) struct Meta {
     pub(super) upgrade: bool,
 }
 
+/// Why a request head cannot be served; the status each deserves is noted, the answer is
+/// the caller's (`Refusal`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum HeadError {
+pub enum HeadError {
     /// Longer than the connection's head limit, or too many header lines: 431.
     TooLarge,
     /// Not a valid HTTP/1.x request head: 400, with the reason.

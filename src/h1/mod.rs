@@ -8,8 +8,9 @@
 //! - keep-alive by default on HTTP/1.1, on request on HTTP/1.0; pipelined requests are
 //!   answered in order;
 //! - a head that does not arrive within `header_timeout` (counted from the end of the
-//!   previous response) closes the connection; a head over `max_head` bytes is a 431, a
-//!   malformed one a 400, both as doorman's JSON errors, and the connection closes;
+//!   previous response) closes the connection; a head over `max_head` bytes (431), a
+//!   malformed one (400) or one asking for what doorman does not do (501) is answered
+//!   with the caller's `Refusal`, and the connection closes;
 //! - request bodies by Content-Length or chunked (trailers are read and dropped); the
 //!   request-smuggling shapes are refused and the connection closed: Content-Length
 //!   together with Transfer-Encoding, two different Content-Lengths, a Content-Length
@@ -47,15 +48,16 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info};
+use tracing::debug;
 
 pub use body::{BodyError, RequestBody, Rewind};
 pub(crate) use body::{Decoded, Decoder};
 pub(crate) use head::Framing;
-use head::{BodyFraming, HeadError};
+pub use head::HeadError;
+use head::BodyFraming;
 
 /// Bytes read at a time while a head is incomplete: on the stack, copied into a buffer
 /// sized to what arrived.
@@ -65,6 +67,11 @@ const BODY_READ: usize = 16 * 1024;
 /// Data frames up to this size are copied behind the response head (one write for both);
 /// larger ones are written from where they are.
 const INLINE_DATA: usize = 16 * 1024;
+
+/// How the caller answers a request head the codec refuses: the codec knows why (too
+/// large, malformed, unsupported), the caller what the answer looks like. The response is
+/// written with its body's length and the connection closes after it.
+pub type Refusal = fn(HeadError) -> Response<Full<Bytes>>;
 
 /// What a connection keeps from the snapshot it was accepted under.
 #[derive(Debug, Clone, Copy)]
@@ -118,15 +125,15 @@ impl fmt::Debug for Connection {
 
 impl Connection {
     /// Serve `io`, whose first bytes (already read, e.g. to sniff the protocol) are `read`.
-    /// `linger` is set when the connection closes with a request body unread; `hold` just
-    /// before the last write of a response after which it closes (see `send`).
+    /// Each request goes to `service`; a head that cannot be served is answered with
+    /// `refuse`'s response. `linger` is set when the connection closes with bytes unread.
     pub fn new<I, S, F, B>(
         io: I,
         read: BytesMut,
         service: S,
+        refuse: Refusal,
         limits: Limits,
         linger: Arc<AtomicBool>,
-        hold: Arc<AtomicBool>,
     ) -> Self
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -141,9 +148,9 @@ impl Connection {
             buf: read,
             rest: Bytes::new(),
             limits,
+            refusal: refuse,
             closing: closing.clone(),
             linger,
-            hold,
         };
         Connection {
             serving: Box::pin(state.run(service)),
@@ -176,9 +183,9 @@ struct Serving<I> {
     /// before `buf`.
     rest: Bytes,
     limits: Limits,
+    refusal: Refusal,
     closing: Arc<AtomicBool>,
     linger: Arc<AtomicBool>,
-    hold: Arc<AtomicBool>,
 }
 
 /// How the exchange of one request ended, for the connection.
@@ -462,8 +469,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
             sent: 0,
             ended: false,
         };
-        // The connection closes after this response: its end is left for the close to flush.
-        let closes = !keep_alive && !upgrading;
         let mut ended = framing == BodyFraming::None || body.is_end_stream();
         if !ended {
             // The replica's head and body usually arrive together: one write for both.
@@ -472,8 +477,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
                 ended = writer.ended || body.is_end_stream();
                 if let Some(data) = data {
                     let suffix = writer.suffix();
-                    let last = closes && ended;
-                    self.send([&out, &data, suffix], &mut feeder, &mut unfinished, last)
+                    self.send([&out, &data, suffix], &mut feeder, &mut unfinished)
                         .await?;
                     out.clear();
                 }
@@ -482,8 +486,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         if ended {
             writer.finish(&mut out);
         }
-        let last = closes && ended;
-        self.send([&out, &[], &[]], &mut feeder, &mut unfinished, last)
+        self.send([&out, &[], &[]], &mut feeder, &mut unfinished)
             .await?;
         while !ended {
             out.clear();
@@ -507,16 +510,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
             };
             let data = writer.frame(frame, &mut out)?;
             ended = writer.ended || body.is_end_stream();
-            let last = closes && ended;
             match data {
                 Some(data) => {
                     let suffix = writer.suffix();
-                    self.send([&out, &data, suffix], &mut feeder, &mut unfinished, last)
+                    self.send([&out, &data, suffix], &mut feeder, &mut unfinished)
                         .await?;
                     out.clear();
                     if ended {
                         writer.finish(&mut out);
-                        self.send([&out, &[], &[]], &mut feeder, &mut unfinished, last)
+                        self.send([&out, &[], &[]], &mut feeder, &mut unfinished)
                             .await?;
                     }
                 }
@@ -524,7 +526,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
                     if ended {
                         writer.finish(&mut out);
                     }
-                    self.send([&out, &[], &[]], &mut feeder, &mut unfinished, last)
+                    self.send([&out, &[], &[]], &mut feeder, &mut unfinished)
                         .await?;
                 }
             }
@@ -553,22 +555,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
     /// Write `parts` and flush. While a request body is still arriving, it keeps being read
     /// meanwhile: a client that sends its whole body before reading would otherwise
     /// deadlock against a response larger than the socket buffers.
-    ///
-    /// `last`: the end of a response after which the connection closes. It is not flushed
-    /// here, and `hold` asks a TLS socket (`tls::Corked`) to keep it: the close sends it
-    /// and the close_notify in one write.
     async fn send(
         &mut self,
         parts: [&[u8]; 3],
         feeder: &mut Option<Feeder>,
         unfinished: &mut bool,
-        last: bool,
     ) -> io::Result<()> {
         if feeder.is_none() {
-            if last {
-                self.hold.store(true, Ordering::Relaxed);
-                return write_all_vectored(&mut self.io, parts).await;
-            }
             write_all_vectored(&mut self.io, parts).await?;
             return self.io.flush().await;
         }
@@ -591,16 +584,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
 
     /// Answer a head that cannot be served, then close.
     async fn refuse(&mut self, e: HeadError) -> io::Result<()> {
-        let err = match e {
-            HeadError::TooLarge => crate::error::ProxyError::HeadTooLarge,
-            HeadError::Bad(why) => crate::error::ProxyError::BadRequest(why),
-            HeadError::Unsupported(why) => crate::error::ProxyError::NotImplemented(why),
-        };
         // The client may still be sending (the rest of a huge head, a body): closing on
         // unread bytes would reset the connection under the answer.
         self.linger.store(true, Ordering::Relaxed);
-        info!(error = %err, "request head refused");
-        let resp = err.to_response(&crate::message::new_request_id());
+        let resp = (self.refusal)(e);
         let (parts, body) = resp.into_parts();
         let data = body
             .collect()
