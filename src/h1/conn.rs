@@ -433,14 +433,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
         if !ended {
             // The replica's head and body usually arrive together: one write for both.
             if let Some(frame) = futures_util::FutureExt::now_or_never(body.frame()) {
-                let data = writer.frame(frame, &mut out)?;
+                self.put_frame(&mut writer, frame, &mut out, &mut feeder, &mut unfinished)
+                    .await?;
                 ended = writer.ended || body.is_end_stream();
-                if let Some(data) = data {
-                    let suffix = writer.suffix();
-                    self.send([&out, &data, suffix], &mut feeder, &mut unfinished)
-                        .await?;
-                    out.clear();
-                }
             }
         }
         if ended {
@@ -468,27 +463,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
                     continue;
                 }
             };
-            let data = writer.frame(frame, &mut out)?;
+            let wrote = self
+                .put_frame(&mut writer, frame, &mut out, &mut feeder, &mut unfinished)
+                .await?;
             ended = writer.ended || body.is_end_stream();
-            match data {
-                Some(data) => {
-                    let suffix = writer.suffix();
-                    self.send([&out, &data, suffix], &mut feeder, &mut unfinished)
-                        .await?;
-                    out.clear();
-                    if ended {
-                        writer.finish(&mut out);
-                        self.send([&out, &[], &[]], &mut feeder, &mut unfinished)
-                            .await?;
-                    }
-                }
-                None => {
-                    if ended {
-                        writer.finish(&mut out);
-                    }
-                    self.send([&out, &[], &[]], &mut feeder, &mut unfinished)
-                        .await?;
-                }
+            if ended {
+                writer.finish(&mut out);
+            }
+            if !wrote || ended {
+                self.send([&out, &[], &[]], &mut feeder, &mut unfinished)
+                    .await?;
             }
         }
         drop(body);
@@ -510,6 +494,26 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Serving<I> {
             _ if keep_alive => Next::KeepAlive,
             _ => Next::Close,
         })
+    }
+
+    /// Add a polled frame of the response body to `out`. A data frame too large to copy is
+    /// written at once, behind what `out` holds (then emptied): true when that happened.
+    async fn put_frame<E: fmt::Display>(
+        &mut self,
+        writer: &mut BodyWriter,
+        frame: Option<Result<http_body::Frame<Bytes>, E>>,
+        out: &mut Vec<u8>,
+        feeder: &mut Option<Feeder>,
+        unfinished: &mut bool,
+    ) -> io::Result<bool> {
+        let Some(data) = writer.frame(frame, out)? else {
+            return Ok(false);
+        };
+        let suffix = writer.suffix();
+        self.send([out.as_slice(), &data, suffix], feeder, unfinished)
+            .await?;
+        out.clear();
+        Ok(true)
     }
 
     /// Write `parts` and flush. While a request body is still arriving, it keeps being read
