@@ -1,7 +1,7 @@
 //! doorman's HTTP/1.1 codec: the downstream connection (`Connection`), request heads and
-//! bodies, the response on the wire, upgrades, protocol sniffing, and the upstream side's
-//! wire format (`client`). It knows bytes, heads and framing; what a request means, and how
-//! a refused head is answered, is its caller's.
+//! bodies, the response on the wire, upgrades and replayed IO, protocol sniffing, and the
+//! upstream side's wire format (`client`). It knows bytes, heads and framing; what a
+//! request means, and how a refused head is answered, is its caller's.
 
 mod body;
 pub(crate) mod client;
@@ -9,13 +9,15 @@ mod conn;
 mod encode;
 mod feed;
 mod head;
+mod rewind;
 mod sniff;
 mod upgrade;
 
-pub use body::{BodyError, RequestBody, Rewind};
+pub use body::{BodyError, RequestBody};
 pub(crate) use body::{Decoded, Decoder};
 pub use conn::{Connection, Limits, Refusal};
 pub(crate) use head::Framing;
 pub use head::HeadError;
+pub use rewind::Rewind;
 pub use sniff::{Sniffed, sniff};
 pub use upgrade::{Io, NotUpgraded, OnUpgrade, Upgraded};
