@@ -390,7 +390,7 @@ async fn connection(
                     deadline,
                     acceptor.accept(Corked::new(tcp)).into_fallible(),
                 ));
-                let mut tls = match handshake.await {
+                let tls = match handshake.await {
                     Ok(Ok(mut tls)) => {
                         Metrics::count(&metrics.tls_handshakes, "ok");
                         tls.get_mut().0.handshake_done();
@@ -423,7 +423,6 @@ async fn connection(
                     limits.idle_timeout,
                     Some(open(if http == Http::H2 { "h2" } else { "h1" })),
                 ));
-                tls.get_mut().0.hold_when(conn.hold_writes.clone());
                 serve(tls, http, conn, limits, snapshot)
             };
             serving.await
@@ -552,14 +551,18 @@ where
         // counts them as it does HTTP/2's; both get the same JSON 431.
         max_head: (settings.max_header_bytes * 2).max(16 * 1024),
     };
-    h1::Connection::new(
-        io,
-        read,
-        service,
-        limits,
-        conn.linger.clone(),
-        conn.hold_writes.clone(),
-    )
+    // The codec says why a head is refused; the answer is doorman's JSON error, as for any
+    // other refusal.
+    let refuse = |e: h1::HeadError| {
+        let err = match e {
+            h1::HeadError::TooLarge => crate::error::ProxyError::HeadTooLarge,
+            h1::HeadError::Bad(why) => crate::error::ProxyError::BadRequest(why),
+            h1::HeadError::Unsupported(why) => crate::error::ProxyError::NotImplemented(why),
+        };
+        info!(error = %err, "request head refused");
+        err.to_response(&crate::message::new_request_id())
+    };
+    h1::Connection::new(io, read, service, refuse, limits, conn.linger.clone())
 }
 
 /// One request through the pipeline, under the snapshot current when it starts (kept to

@@ -207,6 +207,20 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// A refused head answered with the status doorman's server gives it; the body (doorman's
+/// JSON error there) does not matter to the targets.
+fn refused(e: doorman::h1::HeadError) -> Response<Full<Bytes>> {
+    use http::StatusCode;
+    let status = match e {
+        doorman::h1::HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        doorman::h1::HeadError::Bad(_) => StatusCode::BAD_REQUEST,
+        doorman::h1::HeadError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+    };
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"refused")));
+    *resp.status_mut() = status;
+    resp
+}
+
 /// The client's bytes to doorman's HTTP/1.1 connection, in reads ending at `ends`.
 pub fn doorman(data: &[u8], ends: Vec<usize>) -> Served {
     let (io, out) = ScriptedIo::new(Bytes::copy_from_slice(data), ends);
@@ -233,8 +247,8 @@ pub fn doorman(data: &[u8], ends: Vec<usize>) -> Served {
         io,
         bytes::BytesMut::new(),
         service,
+        refused,
         limits,
-        Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
     );
     let end = run(async { conn.await.map_err(|e| e.to_string()) });

@@ -38,16 +38,16 @@ pub(crate) fn encode_request(
     dst.extend_from_slice(target.as_bytes());
     dst.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = host {
-        super::head::line(dst, b"host", host);
+        super::encode::line(dst, b"host", host);
     }
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
-        super::head::line(dst, name.as_str().as_bytes(), value.as_bytes());
+        super::encode::line(dst, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in extra {
-        super::head::line(dst, name.as_bytes(), value);
+        super::encode::line(dst, name.as_bytes(), value);
     }
     match framing {
         RequestFraming::None => {
@@ -61,15 +61,15 @@ pub(crate) fn encode_request(
                     | Method::CONNECT
             );
             if !bodiless {
-                super::head::line(dst, b"content-length", b"0");
+                super::encode::line(dst, b"content-length", b"0");
             }
         }
-        RequestFraming::Length(n) => super::head::line(
+        RequestFraming::Length(n) => super::encode::line(
             dst,
             b"content-length",
             itoa::Buffer::new().format(n).as_bytes(),
         ),
-        RequestFraming::Chunked => super::head::line(dst, b"transfer-encoding", b"chunked"),
+        RequestFraming::Chunked => super::encode::line(dst, b"transfer-encoding", b"chunked"),
     }
     dst.extend_from_slice(b"\r\n");
 }

@@ -1,13 +1,11 @@
-//! HTTP/1.1 message heads: a request head parsed (httparse) into `http` types without
-//! copying — every header value is a slice of the read buffer — and a response head
-//! written into one buffer with the framing headers this side decides.
+//! HTTP/1.1 request heads: parsed (httparse) into `http` types without copying — every
+//! header value is a slice of the read buffer — with the framing and connection facts the
+//! codec acts on, and the request-smuggling shapes refused.
 
-use std::cell::RefCell;
 use std::mem::MaybeUninit;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
 
 use crate::message::content_length::Lengths;
 
@@ -32,8 +30,10 @@ pub(super) struct Meta {
     pub(super) upgrade: bool,
 }
 
+/// Why a request head cannot be served; the status each deserves is noted, the answer is
+/// the caller's (`Refusal`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum HeadError {
+pub enum HeadError {
     /// Longer than the connection's head limit, or too many header lines: 431.
     TooLarge,
     /// Not a valid HTTP/1.x request head: 400, with the reason.
@@ -197,114 +197,6 @@ impl Codings {
         }
         Ok(())
     }
-}
-
-/// How a response body is delimited on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum BodyFraming {
-    /// HEAD, 1xx, 204, 304: no body whatever the headers say.
-    None,
-    Length(u64),
-    Chunked,
-    /// HTTP/1.0 client, length unknown: the body ends when the connection closes.
-    Close,
-}
-
-/// Write a response head: the status line, the response's own headers (less the framing
-/// ones this side decides), then `Date`, the framing and the `Connection` verdict.
-pub(super) fn encode(
-    dst: &mut Vec<u8>,
-    version: Version,
-    status: StatusCode,
-    headers: &HeaderMap,
-    framing: BodyFraming,
-    keep_alive: bool,
-    upgrading: bool,
-) {
-    dst.extend_from_slice(if version == Version::HTTP_10 {
-        b"HTTP/1.0 "
-    } else {
-        b"HTTP/1.1 "
-    });
-    dst.extend_from_slice(status.as_str().as_bytes());
-    dst.push(b' ');
-    dst.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    dst.extend_from_slice(b"\r\n");
-    let mut has_date = false;
-    for (name, value) in headers {
-        if name == header::TRANSFER_ENCODING || (name == header::CONNECTION && !upgrading) {
-            continue;
-        }
-        // Kept as sent only for HEAD and 304: it then describes the body a GET would get.
-        // 1xx and 204 never carry one; otherwise the length written is the one sent.
-        if name == header::CONTENT_LENGTH
-            && (framing != BodyFraming::None
-                || status.is_informational()
-                || status == StatusCode::NO_CONTENT)
-        {
-            continue;
-        }
-        has_date |= name == header::DATE;
-        line(dst, name.as_str().as_bytes(), value.as_bytes());
-    }
-    if !has_date {
-        DATE.with_borrow_mut(|d| line(dst, b"date", d.now()));
-    }
-    match framing {
-        BodyFraming::Length(n) => line(
-            dst,
-            b"content-length",
-            itoa::Buffer::new().format(n).as_bytes(),
-        ),
-        BodyFraming::Chunked => line(dst, b"transfer-encoding", b"chunked"),
-        _ => {}
-    }
-    if !upgrading {
-        if !keep_alive {
-            line(dst, b"connection", b"close");
-        } else if version == Version::HTTP_10 {
-            line(dst, b"connection", b"keep-alive");
-        }
-    }
-    dst.extend_from_slice(b"\r\n");
-}
-
-pub(super) fn line(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    dst.extend_from_slice(name);
-    dst.extend_from_slice(b": ");
-    dst.extend_from_slice(value);
-    dst.extend_from_slice(b"\r\n");
-}
-
-/// Whether `Connection: close` is among the response's own headers.
-pub(super) fn asks_close(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
-}
-
-/// The IMF-fixdate of the current second, formatted once per second per thread.
-struct CachedDate {
-    second: u64,
-    text: Vec<u8>,
-}
-
-impl CachedDate {
-    fn now(&mut self) -> &[u8] {
-        let now = SystemTime::now();
-        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if second != self.second || self.text.is_empty() {
-            self.second = second;
-            self.text = httpdate::fmt_http_date(now).into_bytes();
-        }
-        &self.text
-    }
-}
-
-thread_local! {
-    static DATE: RefCell<CachedDate> = const { RefCell::new(CachedDate { second: 0, text: Vec::new() }) };
 }
 
 #[cfg(test)]
@@ -541,86 +433,5 @@ mod tests {
         assert!(!m.keep_alive);
         assert!(!meta("CONNECT a:443 HTTP/1.1\r\nconnection: keep-alive\r\n\r\n").keep_alive);
         assert!(!meta("CONNECT a:443 HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").keep_alive);
-    }
-
-    fn encoded(
-        version: Version,
-        headers: &[(&str, &str)],
-        framing: BodyFraming,
-        keep_alive: bool,
-    ) -> String {
-        let mut map = HeaderMap::new();
-        for (n, v) in headers {
-            map.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        let mut out = Vec::new();
-        encode(
-            &mut out,
-            version,
-            StatusCode::OK,
-            &map,
-            framing,
-            keep_alive,
-            false,
-        );
-        let text = String::from_utf8(out).unwrap();
-        // The date changes; its shape is checked once, then it is left out.
-        let date = text.lines().find(|l| l.starts_with("date: ")).unwrap();
-        assert!(
-            date.ends_with(" GMT") && date.len() == "date: ".len() + 29,
-            "{date}"
-        );
-        text.lines()
-            .filter(|l| !l.starts_with("date: "))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    #[test]
-    fn response_heads_carry_the_framing_and_connection_verdict() {
-        assert_eq!(
-            encoded(
-                Version::HTTP_11,
-                &[("x-a", "1"), ("connection", "keep-alive")],
-                BodyFraming::Length(2),
-                true
-            ),
-            "HTTP/1.1 200 OK\nx-a: 1\ncontent-length: 2\n"
-        );
-        assert_eq!(
-            encoded(
-                Version::HTTP_11,
-                &[("transfer-encoding", "chunked"), ("content-length", "9")],
-                BodyFraming::Chunked,
-                false
-            ),
-            "HTTP/1.1 200 OK\ntransfer-encoding: chunked\nconnection: close\n"
-        );
-        assert_eq!(
-            encoded(
-                Version::HTTP_10,
-                &[("content-length", "7")],
-                BodyFraming::Length(7),
-                true
-            ),
-            "HTTP/1.0 200 OK\ncontent-length: 7\nconnection: keep-alive\n"
-        );
-        assert_eq!(
-            encoded(Version::HTTP_10, &[], BodyFraming::Close, false),
-            "HTTP/1.0 200 OK\nconnection: close\n"
-        );
-        // A HEAD answer keeps the length a GET would have had.
-        assert_eq!(
-            encoded(
-                Version::HTTP_11,
-                &[("content-length", "42")],
-                BodyFraming::None,
-                true
-            ),
-            "HTTP/1.1 200 OK\ncontent-length: 42\n"
-        );
     }
 }

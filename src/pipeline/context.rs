@@ -54,10 +54,6 @@ pub struct ConnInfo {
     /// Set when the last request ended before its body was read to the end: closing the
     /// connection then lingers (see `idle::Tracked::lingering`).
     pub linger: Arc<AtomicBool>,
-    /// Set by `h1` before the last write of a response after which the connection closes:
-    /// a TLS socket (`tls::Corked`) then holds the writes for the close, so the close_notify
-    /// leaves with them.
-    pub hold_writes: Arc<AtomicBool>,
     /// Counts the connection as open for as long as it (or a tunnel it became) lives.
     _open: Option<crate::metrics::GaugeGuard>,
 }
@@ -85,7 +81,6 @@ impl ConnInfo {
             phase,
             idle_timeout,
             linger: Arc::default(),
-            hold_writes: Arc::default(),
             _open: open,
         }
     }
