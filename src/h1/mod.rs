@@ -33,6 +33,8 @@
 mod body;
 pub(crate) mod client;
 mod head;
+#[cfg(test)]
+mod conn_tests;
 
 use std::fmt;
 use std::future::{Future, poll_fn};
