@@ -210,7 +210,10 @@ async fn tunnel_echo(upgrade: OnUpgrade, tx: mpsc::UnboundedSender<String>) {
         match io.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                let _ = tx.send(format!("tunnel read {:?}", String::from_utf8_lossy(&buf[..n])));
+                let _ = tx.send(format!(
+                    "tunnel read {:?}",
+                    String::from_utf8_lossy(&buf[..n])
+                ));
                 if io.write_all(&buf[..n]).await.is_err() {
                     break;
                 }
@@ -318,7 +321,10 @@ async fn drive(mut conn: Connection, shutdown: oneshot::Receiver<()>) -> io::Res
 
 impl Client {
     async fn send(&mut self, bytes: &[u8]) {
-        self.io.write_all(bytes).await.expect("the server side is gone");
+        self.io
+            .write_all(bytes)
+            .await
+            .expect("the server side is gone");
     }
 
     /// Let the connection's task run until it waits for something (the runtime is
@@ -375,7 +381,11 @@ impl Client {
 
     /// Nothing more arrives, and the connection is not closed either.
     async fn assert_quiet(&mut self) {
-        assert!(self.buf.is_empty() && !self.eof, "unexpected {:?}", self.buf);
+        assert!(
+            self.buf.is_empty() && !self.eof,
+            "unexpected {:?}",
+            self.buf
+        );
         let read = timeout(QUIET, self.io.read_buf(&mut self.buf)).await;
         assert!(
             read.is_err(),
@@ -668,7 +678,7 @@ async fn the_connection_ends_exactly_when_the_request_or_response_says_so() {
         let mut c = start(svc, limits());
         // The next request is already there: the verdict decides whether it is read.
         let next = if v.request.contains("HTTP/1.0") {
-            "GET /next HTTP/1.0\r\n\r\n"
+            "GET /next HTTP/1.0\r\nconnection: keep-alive\r\n\r\n"
         } else {
             "GET /next HTTP/1.1\r\n\r\n"
         };
@@ -676,7 +686,11 @@ async fn the_connection_ends_exactly_when_the_request_or_response_says_so() {
         let first = c.response().await;
         assert_eq!(first.text, v.answer, "{}", v.name);
         let date = first.date.as_deref().unwrap_or_default();
-        assert!(date.ends_with(" GMT") && date.len() == 29, "{}: {date:?}", v.name);
+        assert!(
+            date.ends_with(" GMT") && date.len() == 29,
+            "{}: {date:?}",
+            v.name
+        );
         let first_seen = v.answer.rsplit("\r\n").next().unwrap();
         if v.keeps {
             let second = c.response().await;
@@ -709,7 +723,8 @@ async fn a_response_of_unknown_length_is_chunked_on_1_1_and_ends_at_close_on_1_0
 
     // HTTP/1.0 has no chunking: the close ends the body, whatever the client asked for.
     let mut c = start(unsized_svc(), limits());
-    c.send(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").await;
+    c.send(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+        .await;
     assert_eq!(
         c.response().await.text,
         "HTTP/1.0 200 OK\r\nconnection: close\r\n\r\nhello"
@@ -853,7 +868,10 @@ async fn a_101_hands_the_connection_over_with_the_bytes_behind_the_head() {
     // Both ways, after the handoff: what looks like a request is tunnel data now.
     c.send(b"GET / HTTP/1.1\r\n\r\n").await;
     assert_eq!(c.take(18).await, b"GET / HTTP/1.1\r\n\r\n");
-    assert_eq!(probe.next().await, "tunnel read \"GET / HTTP/1.1\\r\\n\\r\\n\"");
+    assert_eq!(
+        probe.next().await,
+        "tunnel read \"GET / HTTP/1.1\\r\\n\\r\\n\""
+    );
     // The client's close ends the tunnel, which closes its side.
     c.io.shutdown().await.unwrap();
     assert_eq!(probe.next().await, "tunnel closed");
@@ -1050,7 +1068,11 @@ async fn a_refused_head_gets_its_status_and_the_connection_closes() {
     for r in refusals() {
         let (svc, mut probe) = service();
         let mut c = start(svc, limits());
-        let after = if r.follow { "GET /after HTTP/1.1\r\n\r\n" } else { "" };
+        let after = if r.follow {
+            "GET /after HTTP/1.1\r\n\r\n"
+        } else {
+            ""
+        };
         c.send(format!("{}{after}", r.wire).as_bytes()).await;
         let resp = c.response().await;
         assert_eq!(resp.status_line, r.status_line, "{}", r.name);

@@ -32,9 +32,9 @@
 
 mod body;
 pub(crate) mod client;
-mod head;
 #[cfg(test)]
 mod conn_tests;
+mod head;
 
 use std::fmt;
 use std::future::{Future, poll_fn};
