@@ -94,6 +94,12 @@ impl Probe {
 /// request the connection abandoned.
 struct DropNote(Option<(mpsc::UnboundedSender<String>, String)>);
 
+impl DropNote {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
 impl Drop for DropNote {
     fn drop(&mut self) {
         if let Some((tx, note)) = self.0.take() {
@@ -159,15 +165,15 @@ fn service() -> (
                     let _ = tx.send(verdict);
                 });
             }
-            let mut note = DropNote(None);
-            if path == "/wait" {
+            let waits = path == "/wait";
+            let note = DropNote(waits.then(|| (tx.clone(), format!("{what} abandoned"))));
+            if waits {
                 let _ = tx.send(format!("{what} waiting"));
-                note = DropNote(Some((tx.clone(), format!("{what} abandoned"))));
                 gate.acquire().await.unwrap().forget();
             }
             let close = path == "/close";
             let body = req.into_body().collect().await.map(|b| b.to_bytes());
-            note.0 = None;
+            note.disarm();
             let mut resp = match body {
                 Ok(body) => {
                     let text = format!("{what} <{}>", String::from_utf8_lossy(&body));
@@ -337,11 +343,6 @@ impl Client {
 
     async fn response(&mut self) -> Resp {
         self.read_response(false).await
-    }
-
-    /// The answer to a HEAD request: a head without a body, whatever it announces.
-    async fn head_response(&mut self) -> Resp {
-        self.read_response(true).await
     }
 
     async fn read_response(&mut self, to_head: bool) -> Resp {
