@@ -6,6 +6,8 @@
 mod body;
 pub(crate) mod client;
 mod conn;
+#[cfg(test)]
+mod conn_tests;
 mod encode;
 mod feed;
 mod head;
