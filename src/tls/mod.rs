@@ -178,7 +178,10 @@ mod tests {
             ],
         );
         for (name, suite) in cipher_suites() {
-            assert_eq!(suite.suite().as_str(), Some(&*format!("TLS13_{}", &name[4..])));
+            assert_eq!(
+                suite.suite().as_str(),
+                Some(&*format!("TLS13_{}", &name[4..]))
+            );
         }
 
         // None configured: the provider's own list, untouched.
