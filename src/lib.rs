@@ -15,7 +15,7 @@
 //! - [`reload`]   SIGHUP / POST /reload: prepare a new snapshot beside the old, then swap
 //! - [`server`]   listeners, accept loops, connection serving, idle watchdog, graceful drain
 //! - [`h1`]       the downstream HTTP/1.1 codec: heads, bodies, keep-alive, upgrades
-//! - [`tls`]      rustls server config: TLS 1.3 only, SNI, ALPN; key schedule; corked handshake
+//! - [`tls`]      rustls server config: TLS 1.3 only, SNI, ALPN; rustls' own aws-lc-rs suites
 //! - [`pipeline`] the request stages and the per-request context
 //! - [`auth`]     JWT verification (algorithms pinned by configured keys) and its token cache
 //! - [`store`]    shared state: revocation view and idempotency records (Redis or embedded)

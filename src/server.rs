@@ -32,7 +32,6 @@ use crate::metrics::{GaugeGuard, Metrics, ProtocolLabels};
 use crate::pipeline::{self, ConnInfo, DownstreamBody, Phase, reached};
 use crate::reload::{self, ReloadRequests, Reloader};
 use crate::snapshot::SharedSnapshot;
-use crate::tls::Corked;
 
 /// The sockets doorman serves, bound before `run` so callers (tests, `demo`) can bind port 0
 /// and learn the real addresses, and so a bind failure is reported before anything starts.
@@ -383,25 +382,19 @@ async fn connection(
             let serving = {
                 // Boxed: the handshake's state (a TLS stream, 1.2 KiB) is needed only until
                 // the stream moves into its HTTP connection, not for the task's whole life.
-                // The socket can hold writes (`tls::Corked`): a closing response leaves
-                // with its close_notify.
-                let deadline = tokio::time::Instant::now() + limits.header_timeout;
-                let handshake = Box::pin(tokio::time::timeout_at(
-                    deadline,
-                    acceptor.accept(Corked::new(tcp)).into_fallible(),
+                let handshake = Box::pin(tokio::time::timeout(
+                    limits.header_timeout,
+                    acceptor.accept(tcp),
                 ));
                 let tls = match handshake.await {
-                    Ok(Ok(mut tls)) => {
+                    Ok(Ok(tls)) => {
                         Metrics::count(&metrics.tls_handshakes, "ok");
-                        tls.get_mut().0.handshake_done();
                         tls
                     }
-                    Ok(Err((e, mut io))) => {
+                    // tokio-rustls has already tried to send the alert that says why.
+                    Ok(Err(e)) => {
                         Metrics::count(&metrics.tls_handshakes, handshake_failure(&e));
                         debug!(error = %e, "TLS handshake failed");
-                        // The alert that says why, within what is left of the deadline.
-                        let alert = std::future::poll_fn(|cx| io.poll_send_held(cx));
-                        let _ = tokio::time::timeout_at(deadline, alert).await;
                         return;
                     }
                     Err(_) => {

@@ -241,8 +241,7 @@ async fn cipher_suites_set_the_servers_order_and_the_default_follows_the_client(
 }
 
 /// A response after which the connection closes (the client asked) arrives whole, and the
-/// TLS stream then ends with a close_notify (a clean end of stream, not a truncation): doorman
-/// leaves that response's end for the close to flush, with the close_notify, in one write.
+/// TLS stream then ends with a close_notify (a clean end of stream, not a truncation).
 /// Small and large bodies, chunked from the replica, over new connections with tickets.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_closing_response_arrives_whole_then_a_close_notify() {
@@ -275,8 +274,8 @@ async fn a_closing_response_arrives_whole_then_a_close_notify() {
     p.stop().await;
 }
 
-/// A returning client resumes with a ticket from its first connection (a PSK with ECDHE,
-/// the key schedule's other start), on both hashes, and both connections carry a request.
+/// A returning client resumes with a ticket from its first connection (a PSK with ECDHE), on
+/// both hashes, and both connections carry a request.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_returning_client_resumes_with_its_ticket_on_both_hashes() {
     use rustls::HandshakeKind;

@@ -1,5 +1,5 @@
-//! rustls server configuration: TLS 1.3 only, SNI certificate choice, ALPN h2 + http/1.1;
-//! the suites' key schedule (`hkdf`) and the socket under a TLS stream (`corked`).
+//! rustls server configuration: TLS 1.3 only, SNI certificate choice, ALPN h2 + http/1.1,
+//! on rustls' own aws-lc-rs provider as it ships.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,11 +10,6 @@ use rustls::sign::CertifiedKey;
 
 use crate::config::CertificateSpec;
 
-mod corked;
-mod hkdf;
-
-pub use corked::Corked;
-
 /// ALPN protocols we offer, in order of preference.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
@@ -22,17 +17,11 @@ pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 pub fn cipher_suites() -> [(&'static str, rustls::SupportedCipherSuite); 3] {
     use rustls::crypto::aws_lc_rs::cipher_suite as cs;
     [
-        (
-            "TLS_AES_128_GCM_SHA256",
-            hkdf::suite(cs::TLS13_AES_128_GCM_SHA256),
-        ),
-        (
-            "TLS_AES_256_GCM_SHA384",
-            hkdf::suite(cs::TLS13_AES_256_GCM_SHA384),
-        ),
+        ("TLS_AES_128_GCM_SHA256", cs::TLS13_AES_128_GCM_SHA256),
+        ("TLS_AES_256_GCM_SHA384", cs::TLS13_AES_256_GCM_SHA384),
         (
             "TLS_CHACHA20_POLY1305_SHA256",
-            hkdf::suite(cs::TLS13_CHACHA20_POLY1305_SHA256),
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
         ),
     ]
 }
@@ -46,15 +35,9 @@ pub fn server_config(
     suites: &[rustls::SupportedCipherSuite],
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    provider.cipher_suites = if suites.is_empty() {
-        provider
-            .cipher_suites
-            .into_iter()
-            .map(hkdf::suite)
-            .collect()
-    } else {
-        suites.iter().copied().map(hkdf::suite).collect()
-    };
+    if !suites.is_empty() {
+        provider.cipher_suites = suites.to_vec();
+    }
     let resolver = SniResolver::new(certs)
         .ok_or_else(|| rustls::Error::General("no certificate configured".into()))?;
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
@@ -158,5 +141,62 @@ mod tests {
         );
         // No suites configured: rustls' own, and the client's order is honoured.
         assert!(!cfg.ignore_client_order);
+    }
+
+    /// The same `&'static` suite, not merely one with the same id (rustls' `PartialEq`
+    /// compares ids only, which a rebuilt suite would pass).
+    fn same_suite(a: rustls::SupportedCipherSuite, b: rustls::SupportedCipherSuite) -> bool {
+        use rustls::SupportedCipherSuite::{Tls12, Tls13};
+        match (a, b) {
+            (Tls13(a), Tls13(b)) => std::ptr::eq(a, b),
+            (Tls12(a), Tls12(b)) => std::ptr::eq(a, b),
+            _ => false,
+        }
+    }
+
+    fn assert_rustls_own(
+        got: &[rustls::SupportedCipherSuite],
+        want: &[rustls::SupportedCipherSuite],
+    ) {
+        assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+        for (g, w) in got.iter().zip(want) {
+            assert!(same_suite(*g, *w), "{g:?} is not rustls' own {w:?}");
+            assert_eq!(g.fips(), w.fips(), "{g:?}");
+        }
+    }
+
+    #[test]
+    fn suites_are_rustls_own_as_shipped() {
+        use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider};
+        let named: Vec<_> = cipher_suites().iter().map(|(_, s)| *s).collect();
+        assert_rustls_own(
+            &named,
+            &[
+                cs::TLS13_AES_128_GCM_SHA256,
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+            ],
+        );
+        for (name, suite) in cipher_suites() {
+            assert_eq!(
+                suite.suite().as_str(),
+                Some(&*format!("TLS13_{}", &name[4..]))
+            );
+        }
+
+        // None configured: the provider's own list, untouched.
+        let stock = default_provider();
+        let cfg = server_config(&[spec(&["a.test"])], &[]).unwrap();
+        assert_rustls_own(&cfg.crypto_provider().cipher_suites, &stock.cipher_suites);
+        assert_eq!(cfg.crypto_provider().fips(), stock.fips());
+
+        // Configured: exactly those, in that order.
+        let chosen = [
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS13_AES_128_GCM_SHA256,
+        ];
+        let cfg = server_config(&[spec(&["a.test"])], &chosen).unwrap();
+        assert_rustls_own(&cfg.crypto_provider().cipher_suites, &chosen);
+        assert!(cfg.ignore_client_order);
     }
 }
