@@ -38,7 +38,7 @@ use crate::store::{Revoke, StoreError};
 
 /// State the admin endpoints report on.
 #[derive(Debug, Default)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub ready: AtomicBool,
     /// None when the server was started without a config file to reload (tests, demo).
     pub reloader: Option<Arc<Reloader>>,
@@ -73,7 +73,10 @@ fn totals(snap: &Snapshot) -> Totals {
 }
 
 impl AdminState {
-    pub fn new(reloader: Option<Arc<Reloader>>, listeners: crate::server::BoundAddrs) -> Self {
+    pub(crate) fn new(
+        reloader: Option<Arc<Reloader>>,
+        listeners: crate::server::BoundAddrs,
+    ) -> Self {
         AdminState {
             ready: AtomicBool::new(false),
             reloader,
@@ -83,7 +86,7 @@ impl AdminState {
     }
 
     /// Record the current totals (called every few seconds by the server).
-    pub fn sample(&self, snap: &Snapshot) {
+    pub(crate) fn sample(&self, snap: &Snapshot) {
         let now = std::time::Instant::now();
         let mut h = self.history.lock().unwrap_or_else(|e| e.into_inner());
         h.push_back((now, totals(snap)));
@@ -106,7 +109,7 @@ impl AdminState {
 }
 
 /// Serve the admin endpoints until `stop` (a reload moved the listener) or abort.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     snapshot: SharedSnapshot,

@@ -26,7 +26,7 @@ use crate::config::{
 use crate::server::{self, Listeners};
 use crate::snapshot::Snapshot;
 
-pub const REPLICAS: usize = 3;
+pub(crate) const REPLICAS: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {

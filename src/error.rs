@@ -11,7 +11,7 @@ use http_body_util::Full;
 
 /// Who caused a failed request: decides the log level and, later, the metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     Downstream,
     Upstream,
     Internal,
@@ -19,7 +19,7 @@ pub enum Fault {
 
 /// Why a key whose request already ran has no response to replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotReplayable {
+pub(crate) enum NotReplayable {
     /// The response was larger than `max_stored_body_bytes`.
     TooLarge,
     /// The replica sent a response head that commits the key, but the body did not arrive
@@ -29,7 +29,7 @@ pub enum NotReplayable {
 
 /// Every way a proxied request can fail before the upstream's own response is relayed.
 #[derive(Debug)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// The request cannot be proxied as sent (no Host, bad framing, ...).
     BadRequest(&'static str),
     /// The request uses a feature doorman does not implement (a transfer coding other
@@ -74,7 +74,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// The one mapping from error to HTTP status.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
@@ -98,7 +98,7 @@ impl ProxyError {
         }
     }
 
-    pub fn fault(&self) -> Fault {
+    pub(crate) fn fault(&self) -> Fault {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::NotImplemented(_)
@@ -122,7 +122,7 @@ impl ProxyError {
     }
 
     /// What the client is told: short, stable, free of internals.
-    pub fn client_message(&self) -> &'static str {
+    pub(crate) fn client_message(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(why) => why,
             ProxyError::NotImplemented(why) => why,
@@ -156,7 +156,7 @@ impl ProxyError {
 
     /// The JSON error response: `{"error": "...", "request_id": "..."}`; a 401 also carries
     /// the RFC 6750 `WWW-Authenticate` challenge.
-    pub fn to_response(&self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+    pub(crate) fn to_response(&self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
         let mut resp = error_response(self.status(), self.client_message(), request_id);
         if let ProxyError::Unauthorized(why) = self {
             let challenge = match why {
@@ -216,7 +216,7 @@ impl fmt::Display for ProxyError {
 impl std::error::Error for ProxyError {}
 
 /// A JSON error response with the request id echoed in body and header.
-pub fn error_response(
+pub(crate) fn error_response(
     status: StatusCode,
     message: &str,
     request_id: &HeaderValue,

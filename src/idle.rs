@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Resolves once `activity` has not changed for `idle` while `busy()` was false, checked
 /// every quarter of `idle` (so it fires between `idle` and `1.25 × idle` of real quiet).
-pub async fn quiet(activity: &AtomicU64, idle: Duration, busy: impl Fn() -> bool) {
+pub(crate) async fn quiet(activity: &AtomicU64, idle: Duration, busy: impl Fn() -> bool) {
     let tick = (idle / 4).max(Duration::from_millis(1));
     let mut last = activity.load(Ordering::Relaxed);
     let mut quiet_for = Duration::ZERO;
@@ -41,7 +41,7 @@ pub async fn quiet(activity: &AtomicU64, idle: Duration, busy: impl Fn() -> bool
 /// Wrapped, a wake that was not the watchdog's costs the task waker's registration (two
 /// compare-and-swaps, no clone while the task's waker stays the same) and an atomic swap.
 /// Like the future it wraps, it must not be polled again once it completed.
-pub struct Rarely<'a, F> {
+pub(crate) struct Rarely<'a, F> {
     inner: Pin<&'a mut F>,
     signal: Arc<Signal>,
     waker: Waker,
@@ -65,7 +65,7 @@ impl Wake for Signal {
 }
 
 impl<'a, F: Future> Rarely<'a, F> {
-    pub fn new(inner: Pin<&'a mut F>) -> Self {
+    pub(crate) fn new(inner: Pin<&'a mut F>) -> Self {
         let signal = Arc::new(Signal {
             woken: AtomicBool::new(true),
             task: AtomicWaker::new(),
@@ -102,7 +102,7 @@ const LINGER_TOTAL: Duration = Duration::from_secs(5);
 const LINGER_QUIET: Duration = Duration::from_secs(1);
 
 /// Counts every completed read and write on the wrapped IO.
-pub struct Tracked<I> {
+pub(crate) struct Tracked<I> {
     inner: I,
     activity: Arc<AtomicU64>,
     linger: Option<Linger>,
@@ -121,7 +121,7 @@ struct Linger {
 }
 
 impl<I> Tracked<I> {
-    pub fn new(inner: I, activity: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(inner: I, activity: Arc<AtomicU64>) -> Self {
         Tracked {
             inner,
             activity,
@@ -130,7 +130,7 @@ impl<I> Tracked<I> {
     }
 
     /// Like `new`, with a lingering close whenever `wanted` is set at shutdown.
-    pub fn lingering(inner: I, activity: Arc<AtomicU64>, wanted: Arc<AtomicBool>) -> Self {
+    pub(crate) fn lingering(inner: I, activity: Arc<AtomicU64>, wanted: Arc<AtomicBool>) -> Self {
         Tracked {
             inner,
             activity,

@@ -29,15 +29,17 @@
 //! - [`demo`]     `doorman demo`: three replicas, an in-memory certificate, the proxy
 //! - [`compare`]  `doorman compare`: round robin vs consistent hash on local replicas, a report
 
+#![warn(unreachable_pub)]
+
 pub mod admin;
 pub mod auth;
 pub mod balance;
 pub mod compare;
 pub mod config;
 pub mod demo;
-pub mod error;
-pub mod h1;
-pub mod idle;
+mod error;
+mod h1;
+mod idle;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;
@@ -45,8 +47,8 @@ pub mod reload;
 pub mod server;
 pub mod snapshot;
 pub mod store;
-pub mod tls;
-pub mod upstream;
+mod tls;
+mod upstream;
 
 /// Entry points for the fuzz targets in `fuzz/` — not an API. Thin wrappers over the
 /// crate-private wire parsers (the targets must exercise the real code, not copies), with
@@ -55,6 +57,8 @@ pub mod upstream;
 pub mod fuzzing {
     use bytes::{Bytes, BytesMut};
     use http::{HeaderMap, StatusCode, Version};
+
+    pub use crate::h1::{BodyError, Connection, HeadError, Limits, RequestBody};
 
     use crate::h1::client::{self, ResponseFraming};
     use crate::h1::{Decoded, Decoder, Framing};

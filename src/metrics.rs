@@ -29,7 +29,7 @@ use prometheus_client::registry::Registry;
 
 /// A label value shared rather than copied (route prefixes, group names).
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
-pub struct Name(pub Arc<str>);
+pub(crate) struct Name(pub Arc<str>);
 
 impl EncodeLabelValue for Name {
     fn encode(&self, w: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
@@ -39,7 +39,7 @@ impl EncodeLabelValue for Name {
 
 /// A replica address, or "-" when no replica was involved.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub struct Replica(pub Option<SocketAddr>);
+pub(crate) struct Replica(pub Option<SocketAddr>);
 
 impl EncodeLabelValue for Replica {
     fn encode(&self, w: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
@@ -53,7 +53,7 @@ impl EncodeLabelValue for Replica {
 /// The method, folded into a fixed set.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(clippy::upper_case_acronyms)]
-pub enum MethodLabel {
+pub(crate) enum MethodLabel {
     GET,
     HEAD,
     POST,
@@ -65,7 +65,7 @@ pub enum MethodLabel {
 }
 
 impl MethodLabel {
-    pub fn of(m: &http::Method) -> Self {
+    pub(crate) fn of(m: &http::Method) -> Self {
         match *m {
             http::Method::GET => Self::GET,
             http::Method::HEAD => Self::HEAD,
@@ -81,10 +81,10 @@ impl MethodLabel {
 
 /// 1xx … 5xx: holds the class only, so 200 and 204 are one series.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub struct StatusClass(u16);
+pub(crate) struct StatusClass(u16);
 
 impl StatusClass {
-    pub fn of(status: u16) -> Self {
+    pub(crate) fn of(status: u16) -> Self {
         StatusClass(status / 100)
     }
 }
@@ -96,7 +96,7 @@ impl EncodeLabelValue for StatusClass {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     pub route: Name,
     pub method: MethodLabel,
     pub status: StatusClass,
@@ -104,46 +104,46 @@ pub struct RequestLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
+pub(crate) struct RouteLabels {
     pub route: Name,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReplicaLabels {
+pub(crate) struct ReplicaLabels {
     pub group: Name,
     pub replica: Replica,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GroupLabels {
+pub(crate) struct GroupLabels {
     pub group: Name,
 }
 
 /// An outcome from a fixed vocabulary (ok, a failure reason, hit/miss, ...).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
+pub(crate) struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
 /// A state-store operation, or the feature a store failure was let through for.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OpLabels {
+pub(crate) struct OpLabels {
     pub op: &'static str,
 }
 
 /// What kind of stored state an eviction or refusal concerned.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabels {
+pub(crate) struct KindLabels {
     pub kind: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProtocolLabels {
+pub(crate) struct ProtocolLabels {
     pub protocol: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConfigLabels {
+pub(crate) struct ConfigLabels {
     pub hash: String,
 }
 
@@ -160,7 +160,7 @@ fn histograms<L: Clone + std::hash::Hash + Eq>() -> Histograms<L> {
 
 /// Every metric doorman exports.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub started: Instant,
     /// The handles of requests that matched no route (label `-`), made on first use.
@@ -233,7 +233,7 @@ const ROUTE_TABLE_REPLICAS: usize = 32;
 /// and the request counters, one per method × status class × replica (or none), each
 /// resolved the first time it is counted. The series are the same as through the families.
 #[derive(Debug)]
-pub struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     pub label: Name,
     duration: Histogram,
     /// The group's replicas in order: a counter's slot is its position + 1 (0: none).
@@ -243,7 +243,7 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     /// `replicas`: the route's group, in order.
-    pub fn new(m: &Metrics, label: Arc<str>, mut replicas: Vec<SocketAddr>) -> Self {
+    pub(crate) fn new(m: &Metrics, label: Arc<str>, mut replicas: Vec<SocketAddr>) -> Self {
         let label = Name(label);
         if replicas.len() > ROUTE_TABLE_REPLICAS {
             replicas = Vec::new();
@@ -280,7 +280,7 @@ impl RouteMetrics {
     }
 
     /// Count one answered request and observe its duration.
-    pub fn record(
+    pub(crate) fn record(
         &self,
         m: &Metrics,
         method: MethodLabel,
@@ -307,7 +307,7 @@ impl RouteMetrics {
 
 /// The auth outcomes of a request that passes, resolved once per process.
 #[derive(Debug, Clone)]
-pub struct AuthCounters {
+pub(crate) struct AuthCounters {
     pub ok: Counter,
     pub cache_hit: Counter,
     pub cache_miss: Counter,
@@ -317,7 +317,7 @@ pub struct AuthCounters {
 
 /// A replica's metric handles, resolved once per group build.
 #[derive(Debug, Clone)]
-pub struct ReplicaMetrics {
+pub(crate) struct ReplicaMetrics {
     pub selections: Counter,
     pub ejections: Counter,
     pub connect_errors: Counter,
@@ -330,7 +330,7 @@ pub struct ReplicaMetrics {
 
 /// A group's metric handles.
 #[derive(Debug, Clone)]
-pub struct GroupMetrics {
+pub(crate) struct GroupMetrics {
     pub retries: Counter,
     pub retry_budget_exhausted: Counter,
     pub hash_fallbacks: Counter,
@@ -344,7 +344,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let in_flight: Family<ProtocolLabels, Gauge> = Family::default();
         let gauge = |protocol| {
             in_flight
@@ -563,7 +563,7 @@ impl Metrics {
     }
 
     /// The embedded store's handles (its series exist from the start, at 0).
-    pub fn memory_counters(&self) -> crate::store::MemoryCounters {
+    pub(crate) fn memory_counters(&self) -> crate::store::MemoryCounters {
         let kind =
             |f: &Family<KindLabels, Counter>, kind| f.get_or_create(&KindLabels { kind }).clone();
         crate::store::MemoryCounters {
@@ -574,7 +574,7 @@ impl Metrics {
     }
 
     /// Handles for one replica of `group`.
-    pub fn replica(&self, group: &Name, addr: SocketAddr) -> ReplicaMetrics {
+    pub(crate) fn replica(&self, group: &Name, addr: SocketAddr) -> ReplicaMetrics {
         let l = ReplicaLabels {
             group: group.clone(),
             replica: Replica(Some(addr)),
@@ -591,7 +591,7 @@ impl Metrics {
         }
     }
 
-    pub fn group(&self, group: &Name) -> GroupMetrics {
+    pub(crate) fn group(&self, group: &Name) -> GroupMetrics {
         let l = GroupLabels {
             group: group.clone(),
         };
@@ -605,21 +605,21 @@ impl Metrics {
     }
 
     /// The handles for requests that matched no route.
-    pub fn no_route(&self) -> &RouteMetrics {
+    pub(crate) fn no_route(&self) -> &RouteMetrics {
         self.no_route
             .get_or_init(|| RouteMetrics::new(self, "-".into(), Vec::new()))
     }
 
-    pub fn count(family: &Family<OutcomeLabels, Counter>, outcome: &'static str) {
+    pub(crate) fn count(family: &Family<OutcomeLabels, Counter>, outcome: &'static str) {
         family.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
-    pub fn count_op(family: &Family<OpLabels, Counter>, op: &'static str) {
+    pub(crate) fn count_op(family: &Family<OpLabels, Counter>, op: &'static str) {
         family.get_or_create(&OpLabels { op }).inc();
     }
 
     /// Record one state-store operation that took `took`.
-    pub fn store_observe(&self, op: &'static str, took: std::time::Duration, failed: bool) {
+    pub(crate) fn store_observe(&self, op: &'static str, took: std::time::Duration, failed: bool) {
         let l = OpLabels { op };
         self.store_duration
             .get_or_create(&l)
@@ -630,7 +630,7 @@ impl Metrics {
     }
 
     /// Time a state-store operation and count its failure.
-    pub async fn store_op<T, E>(
+    pub(crate) async fn store_op<T, E>(
         &self,
         op: &'static str,
         f: impl std::future::Future<Output = Result<T, E>>,
@@ -643,7 +643,7 @@ impl Metrics {
 
     /// The running configuration: one series, its hash, valued at its load time. The new
     /// series exists before the old one goes, so a scrape never sees none.
-    pub fn set_config(&self, hash: &str) {
+    pub(crate) fn set_config(&self, hash: &str) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -663,7 +663,7 @@ impl Metrics {
     /// After a reload: drop the series of replicas and groups no longer configured, so
     /// they neither linger as flat lines nor pile up as addresses change. Series of those
     /// that stayed keep counting.
-    pub fn retain(&self, groups: &[std::sync::Arc<crate::upstream::UpstreamGroup>]) {
+    pub(crate) fn retain(&self, groups: &[std::sync::Arc<crate::upstream::UpstreamGroup>]) {
         let live: HashSet<ReplicaLabels> = groups
             .iter()
             .flat_map(|g| {
@@ -705,7 +705,7 @@ impl Metrics {
     /// Read what is only known at scrape time: replica liveness and in-flight counts from
     /// the live groups (set in place: a concurrent scrape never sees them missing), and
     /// the log writer's dropped lines.
-    pub fn refresh(&self, groups: &[std::sync::Arc<crate::upstream::UpstreamGroup>]) {
+    pub(crate) fn refresh(&self, groups: &[std::sync::Arc<crate::upstream::UpstreamGroup>]) {
         for g in groups {
             for s in &g.servers {
                 let l = ReplicaLabels {
@@ -725,7 +725,7 @@ impl Metrics {
     }
 
     /// OpenMetrics text of everything.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "cannot encode metrics");
@@ -736,10 +736,10 @@ impl Metrics {
 
 /// Counts a value in a gauge while alive (connections, in-flight requests).
 #[derive(Debug)]
-pub struct GaugeGuard(Gauge);
+pub(crate) struct GaugeGuard(Gauge);
 
 impl GaugeGuard {
-    pub fn new(g: Gauge) -> Self {
+    pub(crate) fn new(g: Gauge) -> Self {
         g.inc();
         GaugeGuard(g)
     }

@@ -20,16 +20,16 @@ use crate::upstream::UpstreamGroup;
 pub struct Snapshot {
     pub settings: ServerSettings,
     pub routes: Vec<Route>,
-    pub groups: Vec<Arc<UpstreamGroup>>,
+    pub(crate) groups: Vec<Arc<UpstreamGroup>>,
     pub tls: Arc<rustls::ServerConfig>,
     /// None when no `[auth]` is configured.
     pub auth: Option<Arc<Verifier>>,
     pub store: Store,
     pub revocation_enabled: bool,
     /// Shared by every snapshot of one running proxy: counts survive reloads.
-    pub metrics: Arc<Metrics>,
-    pub on_error: OnError,
-    pub idempotency: IdempotencySettings,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) on_error: OnError,
+    pub(crate) idempotency: IdempotencySettings,
     /// What the store was built from: a reload with the same settings keeps the store (its
     /// Redis connections, revocation view and embedded records).
     store_spec: (StoreSettings, RevocationSettings, std::time::Duration),
@@ -41,20 +41,20 @@ pub struct Snapshot {
 /// A route with its group resolved: no name lookups at request time.
 #[derive(Debug)]
 pub struct Route {
-    pub host: Option<HostMatch>,
+    pub(crate) host: Option<HostMatch>,
     pub path_prefix: Arc<str>,
     /// Its metric handles, and its name in metrics and logs (`metrics.label`): host +
     /// prefix (`api.test/v1/`), or the prefix alone for a route on any host.
-    pub metrics: Arc<RouteMetrics>,
-    pub group: Arc<UpstreamGroup>,
-    pub auth: AuthMode,
-    pub idempotency: IdempotencyMode,
+    pub(crate) metrics: Arc<RouteMetrics>,
+    pub(crate) group: Arc<UpstreamGroup>,
+    pub(crate) auth: AuthMode,
+    pub(crate) idempotency: IdempotencyMode,
     /// Methods refused by default (TRACE) that this route forwards.
     pub allow_methods: Vec<http::Method>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum HostMatch {
+pub(crate) enum HostMatch {
     Exact(String),
     /// `*.example.com` stored as `.example.com`.
     Suffix(String),
@@ -69,7 +69,7 @@ impl HostMatch {
     }
 
     /// `host` is lower-case, without port.
-    pub fn matches(&self, host: &str) -> bool {
+    pub(crate) fn matches(&self, host: &str) -> bool {
         match self {
             HostMatch::Exact(h) => h == host,
             HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
@@ -91,7 +91,7 @@ impl Snapshot {
     /// in-flight counts, retry budget, ring); a changed one is built anew and takes over the
     /// health state of the replicas it kept; an unchanged store (Redis connections,
     /// revocation view, embedded records) is kept. TLS, routes and keys are always rebuilt.
-    pub fn rebuild(config: &Config, previous: Option<&Snapshot>) -> Result<Self, String> {
+    pub(crate) fn rebuild(config: &Config, previous: Option<&Snapshot>) -> Result<Self, String> {
         let tls = crate::tls::server_config(&config.tls, &config.cipher_suites)
             .map_err(|e| format!("tls: {e}"))?;
         let metrics = previous.map_or_else(|| Arc::new(Metrics::new()), |p| p.metrics.clone());
@@ -169,14 +169,14 @@ impl Snapshot {
 
     /// The last step of a reload, when nothing can fail any more: settings of a kept store
     /// (timeout, TTLs, leeway) take effect.
-    pub fn commit(&self) {
+    pub(crate) fn commit(&self) {
         let (store, revocation, leeway) = &self.store_spec;
         self.store
             .retune(store, crate::store::Records::new(revocation, *leeway));
     }
 
     /// `[store] timeout`: the budget of a store call on the request path.
-    pub fn store_timeout(&self) -> std::time::Duration {
+    pub(crate) fn store_timeout(&self) -> std::time::Duration {
         self.store_spec.0.timeout
     }
 

@@ -209,12 +209,12 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// A refused head answered with the status doorman's server gives it; the body (doorman's
 /// JSON error there) does not matter to the targets.
-fn refused(e: doorman::h1::HeadError) -> Response<Full<Bytes>> {
+fn refused(e: doorman::fuzzing::HeadError) -> Response<Full<Bytes>> {
     use http::StatusCode;
     let status = match e {
-        doorman::h1::HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        doorman::h1::HeadError::Bad(_) => StatusCode::BAD_REQUEST,
-        doorman::h1::HeadError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+        doorman::fuzzing::HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        doorman::fuzzing::HeadError::Bad(_) => StatusCode::BAD_REQUEST,
+        doorman::fuzzing::HeadError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
     };
     let mut resp = Response::new(Full::new(Bytes::from_static(b"refused")));
     *resp.status_mut() = status;
@@ -226,7 +226,7 @@ pub fn doorman(data: &[u8], ends: Vec<usize>) -> Served {
     let (io, out) = ScriptedIo::new(Bytes::copy_from_slice(data), ends);
     let log: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let l = log.clone();
-    let service = move |req: Request<doorman::h1::RequestBody>| {
+    let service = move |req: Request<doorman::fuzzing::RequestBody>| {
         let log = l.clone();
         async move {
             let (parts, body) = req.into_parts();
@@ -239,11 +239,11 @@ pub fn doorman(data: &[u8], ends: Vec<usize>) -> Served {
             Response::new(Full::new(Bytes::from_static(b"ok")))
         }
     };
-    let limits = doorman::h1::Limits {
+    let limits = doorman::fuzzing::Limits {
         header_timeout: Duration::from_secs(10),
         max_head: MAX_HEAD,
     };
-    let conn = doorman::h1::Connection::new(
+    let conn = doorman::fuzzing::Connection::new(
         io,
         bytes::BytesMut::new(),
         service,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use super::jwt::VerifiedToken;
 
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     slots: Box<[Mutex<Option<Arc<VerifiedToken>>>]>,
     mask: usize,
     /// Keyed per process; foldhash rather than SipHash, whose cost over a 300-byte token
@@ -28,7 +28,7 @@ impl std::fmt::Debug for TokenCache {
 
 impl TokenCache {
     /// Room for about `entries` tokens (rounded up to a power of two; 0 disables caching).
-    pub fn new(entries: usize) -> Self {
+    pub(crate) fn new(entries: usize) -> Self {
         let n = if entries == 0 {
             0
         } else {
@@ -49,12 +49,12 @@ impl TokenCache {
         Some(&self.slots[h & self.mask])
     }
 
-    pub fn get(&self, token: &str) -> Option<Arc<VerifiedToken>> {
+    pub(crate) fn get(&self, token: &str) -> Option<Arc<VerifiedToken>> {
         let slot = self.slot(token)?.lock().unwrap_or_else(|p| p.into_inner());
         slot.as_ref().filter(|v| &*v.token == token).cloned()
     }
 
-    pub fn insert(&self, v: Arc<VerifiedToken>) {
+    pub(crate) fn insert(&self, v: Arc<VerifiedToken>) {
         if let Some(slot) = self.slot(&v.token) {
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
         }

@@ -71,7 +71,7 @@ impl Reject {
         }
     }
 
-    pub fn description(&self) -> &'static str {
+    pub(crate) fn description(&self) -> &'static str {
         match self {
             Reject::Malformed => "malformed token",
             Reject::Algorithm => "algorithm not allowed",
@@ -111,7 +111,7 @@ pub struct VerifiedToken {
 impl VerifiedToken {
     /// exp / nbf / iat against `now`, with `leeway` seconds of clock skew. Checked on every
     /// request, cached or not.
-    pub fn check_time(&self, now: u64, leeway: u64) -> Result<(), Reject> {
+    pub(crate) fn check_time(&self, now: u64, leeway: u64) -> Result<(), Reject> {
         if now >= self.exp.saturating_add(leeway) {
             return Err(Reject::Expired);
         }
@@ -137,7 +137,7 @@ pub fn unix_now() -> u64 {
 
 /// The JOSE name of an algorithm, as it must appear in a token's `alg`. None for a variant
 /// this build does not know, so it can never match any token.
-pub fn alg_name(a: Algorithm) -> Option<&'static str> {
+pub(crate) fn alg_name(a: Algorithm) -> Option<&'static str> {
     Some(match a {
         Algorithm::HS256 => "HS256",
         Algorithm::HS384 => "HS384",
@@ -187,7 +187,7 @@ impl Verifier {
     }
 
     /// Headers a client must never set itself: the ones doorman fills from claims.
-    pub fn forwarded_headers(&self) -> impl Iterator<Item = &HeaderName> {
+    pub(crate) fn forwarded_headers(&self) -> impl Iterator<Item = &HeaderName> {
         self.forward_claims.iter().map(|(_, h)| h)
     }
 

@@ -4,5 +4,4 @@
 mod cache;
 mod jwt;
 
-pub use cache::TokenCache;
-pub use jwt::{Reject, VerifiedToken, Verifier, alg_name, unix_now};
+pub use jwt::{Reject, VerifiedToken, Verifier, unix_now};

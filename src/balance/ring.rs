@@ -14,7 +14,6 @@ use xxhash_rust::xxh3::xxh3_64;
 pub struct Ring {
     /// (point, server index), sorted by point.
     points: Vec<(u64, u32)>,
-    servers: usize,
 }
 
 /// The stable hash of a request's key, as placed on the ring.
@@ -33,10 +32,7 @@ impl Ring {
             }
         }
         points.sort_unstable();
-        Ring {
-            points,
-            servers: servers.len(),
-        }
+        Ring { points }
     }
 
     /// The first replica clockwise from `hash` for which `usable` holds.
@@ -50,18 +46,6 @@ impl Ring {
         (0..n)
             .map(|k| self.points[(start + k) % n].1 as usize)
             .find(|s| usable(*s))
-    }
-
-    pub fn len(&self) -> usize {
-        self.points.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.points.is_empty()
-    }
-
-    pub fn servers(&self) -> usize {
-        self.servers
     }
 }
 

@@ -34,15 +34,10 @@ impl RoundRobin {
 
     /// The next index for which `usable` holds, trying at most one full cycle.
     #[inline]
-    pub fn select_where(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
+    pub(crate) fn select_where(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
         (0..self.schedule.len())
             .filter_map(|_| self.select())
             .find(|i| usable(*i))
-    }
-
-    /// Length of one full cycle (sum of gcd-reduced weights).
-    pub fn cycle_len(&self) -> usize {
-        self.schedule.len()
     }
 }
 
@@ -96,7 +91,11 @@ mod tests {
     #[test]
     fn weights_are_reduced_by_gcd() {
         let rr = RoundRobin::new(&[200, 100]);
-        assert_eq!(rr.cycle_len(), 3);
+        assert_eq!(
+            rr.schedule.len(),
+            3,
+            "one cycle: the sum of gcd-reduced weights"
+        );
         assert_eq!(take(&rr, 6), vec![0, 1, 0, 0, 1, 0]);
     }
 

@@ -77,7 +77,7 @@ const RUN_DEADLINE: Duration = Duration::from_secs(120);
 
 /// How the group balances in one run.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Mode {
+pub(crate) enum Mode {
     RoundRobin,
     ConsistentHash,
     /// Consistent hashing with bounded loads at this factor.
@@ -85,7 +85,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub fn label(self) -> String {
+    pub(crate) fn label(self) -> String {
         match self {
             Mode::RoundRobin => "round robin".into(),
             Mode::ConsistentHash => "consistent hash".into(),
@@ -96,7 +96,7 @@ impl Mode {
 
 /// Throughput, latency and spread of one load run.
 #[derive(Debug, Clone)]
-pub struct LoadResult {
+pub(crate) struct LoadResult {
     pub population: String,
     pub mode: Mode,
     pub requests: usize,
@@ -111,18 +111,18 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
-    pub fn rps(&self) -> f64 {
+    pub(crate) fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    pub fn max_over_mean(&self) -> f64 {
+    pub(crate) fn max_over_mean(&self) -> f64 {
         let (mean, _) = mean_sd(&self.per_replica);
         let max = self.per_replica.iter().copied().max().unwrap_or(0) as f64;
         if mean > 0.0 { max / mean } else { 0.0 }
     }
 
     /// Coefficient of variation of the per-replica counts (0 = perfectly even).
-    pub fn cv(&self) -> f64 {
+    pub(crate) fn cv(&self) -> f64 {
         let (mean, sd) = mean_sd(&self.per_replica);
         if mean > 0.0 { sd / mean } else { 0.0 }
     }
@@ -130,7 +130,7 @@ impl LoadResult {
 
 /// Keys moved by one change of the replica set.
 #[derive(Debug, Clone)]
-pub struct RemapResult {
+pub(crate) struct RemapResult {
     pub change: String,
     pub mode: Mode,
     pub keys: usize,
@@ -144,7 +144,7 @@ pub struct RemapResult {
 
 /// A replica killed in the middle of a run.
 #[derive(Debug, Clone)]
-pub struct FailoverResult {
+pub(crate) struct FailoverResult {
     pub mode: Mode,
     pub requests: usize,
     pub errors: usize,
@@ -169,9 +169,9 @@ pub struct FailoverResult {
 pub struct Report {
     pub options: CompareOptions,
     pub balance_factor: f64,
-    pub loads: Vec<LoadResult>,
-    pub remaps: Vec<RemapResult>,
-    pub failovers: Vec<FailoverResult>,
+    pub(crate) loads: Vec<LoadResult>,
+    pub(crate) remaps: Vec<RemapResult>,
+    pub(crate) failovers: Vec<FailoverResult>,
 }
 
 /// Run every comparison and write `report.md`, `load-spread.svg` and `failover.svg` to

@@ -12,34 +12,34 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::message::target::EscapedSlashes;
+pub(crate) use crate::message::target::EscapedSlashes;
 pub use validate::{load, parse};
 
 /// Defaults for every key that has one, in one place so docs and code agree.
 pub mod defaults {
     use std::time::Duration;
-    pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
-    pub const MAX_CONNECTIONS: usize = 10_000;
-    pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-    pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
-    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-    pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
-    pub const KEEPALIVE: usize = 64;
-    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
-    pub const WEIGHT: u32 = 1;
-    pub const STORE_TIMEOUT: Duration = Duration::from_millis(50);
+    pub(crate) const ADMIN_LISTEN: &str = "127.0.0.1:9901";
+    pub(crate) const MAX_CONNECTIONS: usize = 10_000;
+    pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
+    pub(crate) const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+    pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub(crate) const KEEPALIVE: usize = 64;
+    pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub(crate) const WEIGHT: u32 = 1;
+    pub(crate) const STORE_TIMEOUT: Duration = Duration::from_millis(50);
     pub const LEEWAY: Duration = Duration::from_secs(30);
-    pub const AUTH_CACHE_ENTRIES: usize = 16_384;
-    pub const KEY_PREFIX: &str = "doorman:revoked:";
-    pub const SUBJECT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+    pub(crate) const AUTH_CACHE_ENTRIES: usize = 16_384;
+    pub(crate) const KEY_PREFIX: &str = "doorman:revoked:";
+    pub(crate) const SUBJECT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
     /// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size; 256 bits here).
-    pub const MIN_SECRET_BYTES: usize = 32;
-    pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
-    pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
-    pub const LOCK_TTL: Duration = Duration::from_secs(60);
+    pub(crate) const MIN_SECRET_BYTES: usize = 32;
+    pub(crate) const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+    pub(crate) const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+    pub(crate) const LOCK_TTL: Duration = Duration::from_secs(60);
     /// What a keyed request leaves unused at the end of its lease, beyond the store timeout
     /// its FINISH may take: a fixed amount, not a fraction of `lock_ttl`, because what it
     /// absorbs does not grow with the lease — the time between the body deadline firing and
@@ -47,14 +47,14 @@ pub mod defaults {
     /// timer's millisecond granularity) and the store's own expiry precision (Redis: 1 ms).
     /// A fraction would take seconds from a 60 s lease for nothing. Checked at load:
     /// `lock_ttl` must exceed `response_timeout + [store] timeout +` this.
-    pub const FINISH_MARGIN: Duration = Duration::from_millis(100);
-    pub const IDEMPOTENCY_BODY_BYTES: usize = 1024 * 1024;
-    pub const IDEMPOTENCY_PREFIX: &str = "doorman:idem:";
-    pub const MAX_WEIGHT: u32 = 1000;
+    pub(crate) const FINISH_MARGIN: Duration = Duration::from_millis(100);
+    pub(crate) const IDEMPOTENCY_BODY_BYTES: usize = 1024 * 1024;
+    pub(crate) const IDEMPOTENCY_PREFIX: &str = "doorman:idem:";
+    pub(crate) const MAX_WEIGHT: u32 = 1000;
     /// Embedded store caps (one instance only; production uses Redis with `maxmemory`).
-    pub const EMBEDDED_MAX_ENTRIES: usize = 100_000;
-    pub const EMBEDDED_MAX_BYTES: usize = 256 * 1024 * 1024;
-    pub const EMBEDDED_MAX_REVOCATIONS: usize = 1_000_000;
+    pub(crate) const EMBEDDED_MAX_ENTRIES: usize = 100_000;
+    pub(crate) const EMBEDDED_MAX_BYTES: usize = 256 * 1024 * 1024;
+    pub(crate) const EMBEDDED_MAX_REVOCATIONS: usize = 1_000_000;
 }
 
 /// A fully validated configuration.
@@ -71,11 +71,11 @@ pub struct Config {
     /// None when there is no `[auth]` section: no route may then require a token.
     pub auth: Option<AuthSettings>,
     pub revocation: RevocationSettings,
-    pub idempotency: IdempotencySettings,
+    pub(crate) idempotency: IdempotencySettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencySettings {
+pub(crate) struct IdempotencySettings {
     /// The header carrying the key (lower-case); `x-` + it is accepted too.
     pub header: http::HeaderName,
     pub methods: Vec<http::Method>,
@@ -109,7 +109,7 @@ impl Default for IdempotencySettings {
 
 /// Whether a route enforces idempotency keys on the configured methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdempotencyMode {
+pub(crate) enum IdempotencyMode {
     Required,
     /// Enforced when the client sends a key.
     Optional,
@@ -210,7 +210,7 @@ impl Default for RevocationSettings {
 
 /// Whether a route needs a verified token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMode {
+pub(crate) enum AuthMode {
     Required,
     /// Verified when present; absent is fine, invalid is not.
     Optional,
@@ -234,9 +234,9 @@ pub struct ServerSettings {
     /// Merge runs of `/` in request paths into one before routing (nginx `merge_slashes on`).
     pub merge_slashes: bool,
     /// What to do with `%2F`, `%5C` (encoded `/`, `\`) in a request path.
-    pub escaped_slashes: EscapedSlashes,
+    pub(crate) escaped_slashes: EscapedSlashes,
     /// What to do with request header names containing `_`.
-    pub underscores_in_headers: Underscores,
+    pub(crate) underscores_in_headers: Underscores,
     /// Host names (besides IP literals and `localhost`) the admin listener answers to.
     pub admin_hosts: Vec<String>,
     /// Bearer token every admin request must carry, read from `admin_token_env` at load.
@@ -245,7 +245,7 @@ pub struct ServerSettings {
 
 /// `[server] underscores_in_headers`, as nginx's `underscores_in_headers`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Underscores {
+pub(crate) enum Underscores {
     /// Remove such headers before anything reads them (nginx's default).
     Drop,
     /// 400.
@@ -266,7 +266,7 @@ impl fmt::Debug for AdminToken {
 
 impl ServerSettings {
     /// Settings with every default applied, listening on `listen` (used by `demo`).
-    pub fn with_listen(listen: SocketAddr) -> Self {
+    pub(crate) fn with_listen(listen: SocketAddr) -> Self {
         ServerSettings {
             listen,
             plain_listen: None,
@@ -313,14 +313,14 @@ impl fmt::Debug for CertificateSpec {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Balance {
+pub(crate) enum Balance {
     RoundRobin,
     /// Sticky: a key taken from each request picks its replica on a consistent-hash ring.
     ConsistentHash(HashSpec),
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct HashSpec {
+pub(crate) struct HashSpec {
     pub key: HashKey,
     /// Ring points per unit of weight.
     pub virtual_nodes: u32,
@@ -330,7 +330,7 @@ pub struct HashSpec {
 
 /// Where the sticky key comes from. A request without one falls back to round robin.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
+pub(crate) enum HashKey {
     Header(http::HeaderName),
     Cookie(String),
     /// A claim of the verified JWT.
@@ -342,7 +342,7 @@ pub enum HashKey {
 
 /// Active health checks (when `path` is set) and passive ejection of a group's replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthSpec {
+pub(crate) struct HealthSpec {
     /// GET this path on each replica every `interval`; None: no active checks.
     pub path: Option<String>,
     pub interval: Duration,
@@ -371,8 +371,8 @@ impl Default for HealthSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamSpec {
     pub name: String,
-    pub balance: Balance,
-    pub health: HealthSpec,
+    pub(crate) balance: Balance,
+    pub(crate) health: HealthSpec,
     /// Extra attempts on another replica, where safe.
     pub retries: u32,
     /// Retries may add at most this fraction to the request rate.
@@ -398,8 +398,8 @@ pub struct RouteSpec {
     pub host: Option<String>,
     pub path_prefix: String,
     pub upstream: String,
-    pub auth: AuthMode,
-    pub idempotency: IdempotencyMode,
+    pub(crate) auth: AuthMode,
+    pub(crate) idempotency: IdempotencyMode,
     /// Methods refused by default (TRACE, CONNECT) that this route lets through.
     pub allow_methods: Vec<http::Method>,
 }

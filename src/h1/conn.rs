@@ -59,7 +59,7 @@ use super::{Decoder, RequestBody, Rewind};
 /// How the caller answers a request head the codec refuses: the codec knows why (too
 /// large, malformed, unsupported), the caller what the answer looks like. The response is
 /// written with its body's length and the connection closes after it.
-pub type Refusal = fn(HeadError) -> Response<Full<Bytes>>;
+pub(crate) type Refusal = fn(HeadError) -> Response<Full<Bytes>>;
 
 /// What a connection keeps from the snapshot it was accepted under.
 #[derive(Debug, Clone, Copy)]
@@ -122,7 +122,7 @@ impl Connection {
     /// Finish the request in progress, then close. The caller polls the connection again
     /// right after (as `server::drive` does): that poll sees the flag, so no wake-up is
     /// needed for a connection that is waiting for a request.
-    pub fn graceful_shutdown(&self) {
+    pub(crate) fn graceful_shutdown(&self) {
         self.closing.store(true, Ordering::Relaxed);
     }
 }

@@ -15,11 +15,12 @@ mod rewind;
 mod sniff;
 mod upgrade;
 
-pub use body::{BodyError, RequestBody};
+pub use body::BodyError;
+pub use body::RequestBody;
 pub(crate) use body::{Decoded, Decoder};
-pub use conn::{Connection, Limits, Refusal};
+pub use conn::{Connection, Limits};
 pub(crate) use head::Framing;
 pub use head::HeadError;
-pub use rewind::Rewind;
-pub use sniff::{Sniffed, sniff};
-pub use upgrade::{Io, NotUpgraded, OnUpgrade, Upgraded};
+pub(crate) use rewind::Rewind;
+pub(crate) use sniff::{Sniffed, sniff};
+pub(crate) use upgrade::OnUpgrade;

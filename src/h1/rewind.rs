@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// An IO that yields `pre` (bytes already read from it) before reading further.
-pub struct Rewind<I> {
+pub(crate) struct Rewind<I> {
     pre: Bytes,
     inner: I,
 }
@@ -23,7 +23,7 @@ impl<I> std::fmt::Debug for Rewind<I> {
 }
 
 impl<I> Rewind<I> {
-    pub fn new(pre: Bytes, inner: I) -> Self {
+    pub(crate) fn new(pre: Bytes, inner: I) -> Self {
         Rewind { pre, inner }
     }
 }

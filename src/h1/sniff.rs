@@ -16,7 +16,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What a connection of unknown protocol turned out to speak.
 #[derive(Debug)]
-pub enum Sniffed<I> {
+pub(crate) enum Sniffed<I> {
     /// HTTP/1.x, with the bytes read so far.
     H1(I, BytesMut),
     /// HTTP/2, replaying the bytes read so far.
@@ -24,7 +24,7 @@ pub enum Sniffed<I> {
 }
 
 /// Read just enough of a connection to tell HTTP/2's preface from an HTTP/1.x request.
-pub async fn sniff<I: AsyncRead + Unpin>(mut io: I) -> io::Result<Sniffed<I>> {
+pub(crate) async fn sniff<I: AsyncRead + Unpin>(mut io: I) -> io::Result<Sniffed<I>> {
     let mut buf = BytesMut::new();
     loop {
         let n = poll_fn(|cx| fill(&mut io, cx, &mut buf)).await?;

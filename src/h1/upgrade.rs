@@ -9,21 +9,21 @@ use tokio::sync::oneshot;
 use super::Rewind;
 
 /// An IO an upgraded connection can be: whatever the connection was served on.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// An upgraded connection: its IO, replaying first what was read past the request head.
-pub type Upgraded = Rewind<Box<dyn Io>>;
+pub(crate) type Upgraded = Rewind<Box<dyn Io>>;
 
 /// In the extensions of a request that asked to upgrade: resolves to the connection once
 /// a 101 response to it has been sent. (Clone, as `http` extensions must be; only the
 /// first `upgraded` gets the connection.)
 #[derive(Debug, Clone)]
-pub struct OnUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
+pub(crate) struct OnUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
 
 #[derive(Debug, thiserror::Error)]
 #[error("the connection was not upgraded")]
-pub struct NotUpgraded;
+pub(crate) struct NotUpgraded;
 
 impl OnUpgrade {
     /// The request's side of an upgrade; the connection sends on the other once the 101
@@ -32,7 +32,7 @@ impl OnUpgrade {
         OnUpgrade(Arc::new(Mutex::new(Some(rx))))
     }
 
-    pub async fn upgraded(self) -> Result<Upgraded, NotUpgraded> {
+    pub(crate) async fn upgraded(self) -> Result<Upgraded, NotUpgraded> {
         let rx = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         match rx {
             Some(rx) => rx.await.map_err(|_| NotUpgraded),

@@ -18,7 +18,7 @@ use http::{HeaderMap, header};
 
 /// Why a Content-Length was refused; `reason()` is the text that goes into the 400 / log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContentLengthError {
+pub(crate) enum ContentLengthError {
     /// Not `1*DIGIT`, or larger than a `u64`.
     Invalid,
     /// Two field lines with different numbers.
@@ -26,7 +26,7 @@ pub enum ContentLengthError {
 }
 
 impl ContentLengthError {
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             ContentLengthError::Invalid => "invalid Content-Length",
             ContentLengthError::Conflicting => "conflicting Content-Length headers",
@@ -43,7 +43,7 @@ impl std::fmt::Display for ContentLengthError {
 impl std::error::Error for ContentLengthError {}
 
 /// One field line's value: `1*DIGIT`, at most `u64::MAX`.
-pub fn parse_one(v: &[u8]) -> Result<u64, ContentLengthError> {
+pub(crate) fn parse_one(v: &[u8]) -> Result<u64, ContentLengthError> {
     if v.is_empty() {
         return Err(ContentLengthError::Invalid);
     }
@@ -61,14 +61,14 @@ pub fn parse_one(v: &[u8]) -> Result<u64, ContentLengthError> {
 /// Every Content-Length field line of one message, fed one at a time (a head parser sees
 /// them in its single pass over the fields).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Lengths {
+pub(crate) struct Lengths {
     value: Option<u64>,
     lines: u32,
 }
 
 impl Lengths {
     /// Add one field line's value.
-    pub fn add(&mut self, v: &[u8]) -> Result<(), ContentLengthError> {
+    pub(crate) fn add(&mut self, v: &[u8]) -> Result<(), ContentLengthError> {
         let n = parse_one(v)?;
         if self.value.is_some_and(|l| l != n) {
             return Err(ContentLengthError::Conflicting);
@@ -79,18 +79,18 @@ impl Lengths {
     }
 
     /// The length, None when the field was absent.
-    pub fn value(&self) -> Option<u64> {
+    pub(crate) fn value(&self) -> Option<u64> {
         self.value
     }
 
     /// More than one field line was seen (the caller forwards one canonical value).
-    pub fn repeated(&self) -> bool {
+    pub(crate) fn repeated(&self) -> bool {
         self.lines > 1
     }
 }
 
 /// The length a sequence of field line values declares: None when there is none.
-pub fn parse_all<'a>(
+pub(crate) fn parse_all<'a>(
     values: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<Option<u64>, ContentLengthError> {
     let mut lengths = Lengths::default();
@@ -101,7 +101,7 @@ pub fn parse_all<'a>(
 }
 
 /// The length the Content-Length field lines of `headers` declare.
-pub fn from_headers(headers: &HeaderMap) -> Result<Option<u64>, ContentLengthError> {
+pub(crate) fn from_headers(headers: &HeaderMap) -> Result<Option<u64>, ContentLengthError> {
     parse_all(
         headers
             .get_all(header::CONTENT_LENGTH)

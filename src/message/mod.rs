@@ -2,7 +2,7 @@
 //! matching, the one Content-Length parser, the hop-by-hop header list and request ids.
 //! Knows nothing of the pipeline, upstreams or errors.
 
-pub mod content_length;
+pub(crate) mod content_length;
 pub mod target;
 
 use http::HeaderValue;
@@ -10,11 +10,11 @@ use http::header::{self, HeaderName};
 
 /// The request id header: kept from the client when sane, else generated; sent upstream and
 /// returned on every response.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the
 /// de-facto ones proxies also drop.
-pub const HOP_BY_HOP: [HeaderName; 8] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
@@ -26,7 +26,7 @@ pub const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// A client-supplied request id is kept when it is 1..=128 visible, unambiguous characters.
-pub fn is_sane_request_id(v: &[u8]) -> bool {
+pub(crate) fn is_sane_request_id(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= 128
         && v.iter().all(|b| {

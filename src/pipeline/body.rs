@@ -19,13 +19,13 @@ use crate::upstream::{self, UpstreamBody, UpstreamBodyError};
 /// A request body as the client sends it: from doorman's HTTP/1.1 connection, or from
 /// hyper's HTTP/2 one.
 #[derive(Debug)]
-pub enum DownstreamBody {
+pub(crate) enum DownstreamBody {
     H1(crate::h1::RequestBody),
     H2(Incoming),
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DownstreamError {
+pub(crate) enum DownstreamError {
     #[error(transparent)]
     H1(#[from] crate::h1::BodyError),
     #[error(transparent)]
@@ -91,7 +91,7 @@ pub(super) async fn read_all(
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("request body exceeds the configured limit")]
     TooLarge,
     #[error("reading the downstream body failed: {0}")]
@@ -99,7 +99,7 @@ pub enum BodyError {
 }
 
 #[derive(Debug)]
-pub struct LimitedBody {
+pub(crate) struct LimitedBody {
     inner: Source,
     remaining: u64,
     /// Dropped when the body ends (or fails, or is dropped): the upload is over, and the
@@ -122,7 +122,7 @@ enum Source {
 
 impl LimitedBody {
     /// A body already in memory (its size was checked when it was read).
-    pub fn buffered(bytes: Bytes, done: oneshot::Sender<()>) -> Self {
+    pub(crate) fn buffered(bytes: Bytes, done: oneshot::Sender<()>) -> Self {
         let remaining = bytes.len() as u64;
         LimitedBody {
             inner: Source::Buffered((!bytes.is_empty()).then_some(bytes)),
@@ -133,7 +133,7 @@ impl LimitedBody {
         }
     }
 
-    pub fn new(
+    pub(crate) fn new(
         inner: DownstreamBody,
         limit: u64,
         done: oneshot::Sender<()>,
@@ -150,7 +150,7 @@ impl LimitedBody {
     }
 
     /// The upload's progress counter, when there is an upload to watch.
-    pub fn progress(&self) -> Option<Arc<AtomicU64>> {
+    pub(crate) fn progress(&self) -> Option<Arc<AtomicU64>> {
         self.progress.clone()
     }
 }
@@ -234,7 +234,7 @@ impl Drop for LimitedBody {
 /// The body relayed downstream: chunks already read (an idempotent response that was partly
 /// buffered) followed by the rest of the replica's stream — or by the failure that broke it.
 #[derive(Debug)]
-pub struct RelayBody {
+pub(crate) struct RelayBody {
     read: std::collections::VecDeque<Bytes>,
     rest: UpstreamBody,
     /// Yielded once `read` is drained, in place of `rest`: the replica's body broke off while
@@ -244,7 +244,7 @@ pub struct RelayBody {
 }
 
 impl RelayBody {
-    pub fn new(rest: UpstreamBody) -> Self {
+    pub(crate) fn new(rest: UpstreamBody) -> Self {
         RelayBody {
             read: Default::default(),
             rest,
@@ -252,7 +252,7 @@ impl RelayBody {
         }
     }
 
-    pub fn resume(read: Vec<Bytes>, rest: UpstreamBody) -> Self {
+    pub(crate) fn resume(read: Vec<Bytes>, rest: UpstreamBody) -> Self {
         RelayBody {
             read: read.into(),
             rest,
@@ -263,7 +263,7 @@ impl RelayBody {
     /// The chunks read, then `why` as the body's error: the client sees the response broken
     /// off where the replica broke it (HTTP/1.1: the connection closes short of the body's
     /// end; HTTP/2: the stream is reset).
-    pub fn cut(read: Vec<Bytes>, rest: UpstreamBody, why: UpstreamBodyError) -> Self {
+    pub(crate) fn cut(read: Vec<Bytes>, rest: UpstreamBody, why: UpstreamBodyError) -> Self {
         RelayBody {
             read: read.into(),
             rest,
@@ -271,12 +271,7 @@ impl RelayBody {
         }
     }
 
-    /// The replica's stream, for reading it further.
-    pub fn stream(&mut self) -> &mut UpstreamBody {
-        &mut self.rest
-    }
-
-    pub fn into_stream(self) -> UpstreamBody {
+    pub(crate) fn into_stream(self) -> UpstreamBody {
         self.rest
     }
 }

@@ -12,7 +12,7 @@ use crate::message::{X_REQUEST_ID, is_sane_request_id, new_request_id};
 
 /// Where the server is in its life: connections and tunnels watch this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
+pub(crate) enum Phase {
     Serving,
     /// Shutdown began: finish what is in flight, take nothing new.
     Draining,
@@ -22,7 +22,7 @@ pub enum Phase {
 
 /// Resolves once `phase` reaches `at_least`, with the phase seen. A server that is gone
 /// (sender dropped) counts as `Closing`.
-pub async fn reached(phase: &mut watch::Receiver<Phase>, at_least: Phase) -> Phase {
+pub(crate) async fn reached(phase: &mut watch::Receiver<Phase>, at_least: Phase) -> Phase {
     // The borrow guard is dropped here, before the caller awaits anything else.
     match phase.wait_for(|p| *p >= at_least).await {
         Ok(p) => *p,
@@ -32,14 +32,14 @@ pub async fn reached(phase: &mut watch::Receiver<Phase>, at_least: Phase) -> Pha
 
 /// Facts and live counters about one downstream connection, shared by its requests.
 #[derive(Debug)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
     /// "https" on the TLS listener, "http" on the plain one.
     pub scheme: &'static str,
     /// The peer's IP, preformatted for X-Forwarded-For.
     pub peer_ip: HeaderValue,
     /// The connection-limit permit: upgraded tunnels hold it too, so they count as connections.
-    pub permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<OwnedSemaphorePermit>,
     /// Reads and writes on the socket (see `idle::Tracked`).
     pub activity: Arc<AtomicU64>,
     /// Requests started on this connection.
@@ -59,7 +59,7 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn new(
+    pub(crate) fn new(
         peer: SocketAddr,
         scheme: &'static str,
         permit: Option<OwnedSemaphorePermit>,
@@ -74,7 +74,7 @@ impl ConnInfo {
             peer,
             scheme,
             peer_ip,
-            permit,
+            _permit: permit,
             activity: Arc::default(),
             requests: AtomicU64::new(0),
             awaiting_upstream: AtomicUsize::new(0),
@@ -87,10 +87,10 @@ impl ConnInfo {
 }
 
 /// Counts a request as waiting on its replica for as long as the guard lives.
-pub struct AwaitingUpstream<'a>(&'a AtomicUsize);
+pub(crate) struct AwaitingUpstream<'a>(&'a AtomicUsize);
 
 impl<'a> AwaitingUpstream<'a> {
-    pub fn new(counter: &'a AtomicUsize) -> Self {
+    pub(crate) fn new(counter: &'a AtomicUsize) -> Self {
         counter.fetch_add(1, Ordering::Relaxed);
         AwaitingUpstream(counter)
     }
@@ -104,7 +104,7 @@ impl Drop for AwaitingUpstream<'_> {
 
 /// Where a request went: the last replica tried and how many attempts it took.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Attempts {
+pub(crate) struct Attempts {
     pub upstream: Option<SocketAddr>,
     pub count: u32,
 }
@@ -118,7 +118,7 @@ impl Attempts {
 
 /// What one request accumulates as it moves through the stages.
 #[derive(Debug)]
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     pub started: Instant,
     pub request_id: HeaderValue,
     pub method: Method,
@@ -147,7 +147,7 @@ impl Drop for RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new<B>(req: &Request<B>) -> Self {
+    pub(crate) fn new<B>(req: &Request<B>) -> Self {
         // Keep the client's id when it is sane, so one id follows a request across systems.
         let request_id = match req.headers().get(X_REQUEST_ID) {
             Some(v) if is_sane_request_id(v.as_bytes()) => v.clone(),

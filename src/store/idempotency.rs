@@ -23,7 +23,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdemRecord {
+pub(crate) enum IdemRecord {
     Lease {
         owner: String,
         fingerprint: String,
@@ -44,7 +44,7 @@ pub enum IdemRecord {
 
 /// A response as stored for replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredResponse {
+pub(crate) struct StoredResponse {
     pub status: u16,
     /// Header name and base64 of the raw value bytes.
     pub headers: Vec<(String, String)>,
@@ -53,7 +53,7 @@ pub struct StoredResponse {
 }
 
 impl StoredResponse {
-    pub fn new(status: u16, headers: &http::HeaderMap, body: &[u8]) -> Self {
+    pub(crate) fn new(status: u16, headers: &http::HeaderMap, body: &[u8]) -> Self {
         StoredResponse {
             status,
             headers: headers
@@ -64,11 +64,11 @@ impl StoredResponse {
         }
     }
 
-    pub fn body_bytes(&self) -> Option<Bytes> {
+    pub(crate) fn body_bytes(&self) -> Option<Bytes> {
         STANDARD.decode(&self.body).ok().map(Bytes::from)
     }
 
-    pub fn header_values(
+    pub(crate) fn header_values(
         &self,
     ) -> impl Iterator<Item = (http::HeaderName, http::HeaderValue)> + '_ {
         self.headers.iter().filter_map(|(n, v)| {
@@ -80,7 +80,7 @@ impl StoredResponse {
 }
 
 impl IdemRecord {
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         match self {
             IdemRecord::Lease {
                 owner,
@@ -99,7 +99,7 @@ impl IdemRecord {
         }
     }
 
-    pub fn decode(s: &str) -> Option<IdemRecord> {
+    pub(crate) fn decode(s: &str) -> Option<IdemRecord> {
         let (kind, rest) = s.split_once('|')?;
         match kind {
             "L" => {
@@ -127,7 +127,7 @@ impl IdemRecord {
         }
     }
 
-    pub fn fingerprint(&self) -> &str {
+    pub(crate) fn fingerprint(&self) -> &str {
         match self {
             IdemRecord::Lease { fingerprint, .. }
             | IdemRecord::Done { fingerprint, .. }
@@ -139,7 +139,7 @@ impl IdemRecord {
 
 /// What `begin` found.
 #[derive(Debug)]
-pub enum Begin {
+pub(crate) enum Begin {
     /// The lease is ours: forward the request.
     Acquired,
     /// Someone was here first (or a record is unreadable: `None`, treated as in flight).

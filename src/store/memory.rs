@@ -40,18 +40,18 @@ use crate::config::StoreSettings;
 /// What one idempotency entry costs beyond its key and value bytes: the hash-map slot (key
 /// pointer + `Slot`), the `Arc`'s two counters and the ordered-index entry, rounded up for
 /// B-tree node and allocator slack (a unit test keeps it above the sum of those sizes).
-pub const ENTRY_OVERHEAD: usize = 160;
+pub(crate) const ENTRY_OVERHEAD: usize = 160;
 
 /// The caps, retuned in place on reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caps {
+pub(crate) struct Caps {
     pub max_entries: usize,
     pub max_bytes: usize,
     pub max_revocations: usize,
 }
 
 impl Caps {
-    pub fn of(s: &StoreSettings) -> Self {
+    pub(crate) fn of(s: &StoreSettings) -> Self {
         Caps {
             max_entries: s.embedded_max_entries,
             max_bytes: s.embedded_max_bytes,
@@ -272,7 +272,7 @@ impl Idem {
 }
 
 impl MemoryStore {
-    pub fn new(records: Records, caps: Caps, counters: MemoryCounters) -> Self {
+    pub(crate) fn new(records: Records, caps: Caps, counters: MemoryCounters) -> Self {
         MemoryStore {
             jtis: DashMap::new(),
             subs: DashMap::new(),
@@ -295,7 +295,7 @@ impl MemoryStore {
     }
 
     /// What the status page shows.
-    pub fn sizes(&self) -> Sizes {
+    pub(crate) fn sizes(&self) -> Sizes {
         let idem = self.idem();
         Sizes {
             revoked_tokens: self.jtis.len(),
@@ -309,7 +309,7 @@ impl MemoryStore {
     /// New TTLs and caps from a reload. Lower caps take effect on the next write: completed
     /// records are evicted down to them; revocations above them are kept (only new ones
     /// are refused).
-    pub fn retune(&self, records: Records, caps: Caps) {
+    pub(crate) fn retune(&self, records: Records, caps: Caps) {
         *self.records.write().unwrap_or_else(|e| e.into_inner()) = records;
         {
             let mut idem = self.idem();
@@ -322,7 +322,7 @@ impl MemoryStore {
     /// Same contract as the Redis BEGIN script, atomic under the store's lock; refused with
     /// `StoreError::Full`, evicting nothing, when the key is new and the live leases alone
     /// leave no room for its lease.
-    pub fn idem_begin(
+    pub(crate) fn idem_begin(
         &self,
         key: &str,
         lease: &str,
@@ -369,7 +369,13 @@ impl MemoryStore {
     /// cap: older completed records are evicted to make room. A result that cannot fit
     /// beside the leases even then is stored as `N|{fingerprint}` (not replayable), which
     /// costs no more than the lease it replaces, evicting nothing for it.
-    pub fn idem_finish(&self, key: &str, lease: &str, result: Option<&str>, ttl: Duration) -> bool {
+    pub(crate) fn idem_finish(
+        &self,
+        key: &str,
+        lease: &str,
+        result: Option<&str>,
+        ttl: Duration,
+    ) -> bool {
         let now = Instant::now();
         // Copied before the lock is taken: results run up to `max_stored_body_bytes`.
         let result: Option<(Arc<str>, Option<Arc<str>>)> =
@@ -400,7 +406,12 @@ impl MemoryStore {
         true
     }
 
-    pub fn is_revoked(&self, jti: Option<&str>, sub: Option<&str>, iat: Option<u64>) -> bool {
+    pub(crate) fn is_revoked(
+        &self,
+        jti: Option<&str>,
+        sub: Option<&str>,
+        iat: Option<u64>,
+    ) -> bool {
         let now = unix_now();
         if let Some(jti) = jti
             && self.jtis.get(jti).is_some_and(|until| *until >= now)
@@ -419,7 +430,7 @@ impl MemoryStore {
     /// Write a revocation. Never weakens an existing one (the later expiry and cut-off win,
     /// as in Redis). A new entry beyond `embedded_max_revocations` (after expired ones are
     /// purged) is refused with `StoreError::Full`.
-    pub fn revoke(&self, r: &Revoke) -> Result<(), StoreError> {
+    pub(crate) fn revoke(&self, r: &Revoke) -> Result<(), StoreError> {
         let now = unix_now();
         // The same TTLs as the Redis records.
         let (_, _, ttl) = self
@@ -489,7 +500,7 @@ impl MemoryStore {
 
 /// The embedded store's occupancy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sizes {
+pub(crate) struct Sizes {
     pub revoked_tokens: usize,
     pub revoked_subjects: usize,
     pub idempotency_records: usize,

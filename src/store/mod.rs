@@ -16,9 +16,9 @@ mod redis;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use idempotency::{Begin, IdemRecord, StoredResponse};
-pub use memory::{Caps, ENTRY_OVERHEAD, MemoryCounters, MemoryStore, Sizes};
-pub use redis::RedisStore;
+pub(crate) use idempotency::{Begin, IdemRecord, StoredResponse};
+pub(crate) use memory::{Caps, MemoryCounters, MemoryStore};
+pub(crate) use redis::RedisStore;
 
 use crate::auth::VerifiedToken;
 use crate::config::{RevocationSettings, StoreSettings};
@@ -108,7 +108,7 @@ impl Store {
 
     /// What the status page shows of the store: its kind, whether it answers, the round
     /// trip of one PING, the revocation view.
-    pub async fn status(&self) -> serde_json::Value {
+    pub(crate) async fn status(&self) -> serde_json::Value {
         match self {
             Store::Memory(m) => {
                 let s = m.sizes();
@@ -143,7 +143,10 @@ impl Store {
     }
 
     /// `is_revoked`, also telling whether local state answered (true) or Redis (false).
-    pub async fn check_revoked(&self, t: &VerifiedToken) -> (Result<bool, StoreError>, bool) {
+    pub(crate) async fn check_revoked(
+        &self,
+        t: &VerifiedToken,
+    ) -> (Result<bool, StoreError>, bool) {
         match self {
             Store::Memory(m) => (
                 Ok(m.is_revoked(t.jti.as_deref(), t.sub.as_deref(), t.iat)),
@@ -164,7 +167,7 @@ impl Store {
     }
 
     /// Take the lease on an idempotency key, or return what is recorded there.
-    pub async fn idem_begin(
+    pub(crate) async fn idem_begin(
         &self,
         key: &str,
         lease: &str,
@@ -178,7 +181,7 @@ impl Store {
 
     /// Replace our lease with `result` (None: release the key), only if it is still ours.
     /// Returns whether it was.
-    pub async fn idem_finish(
+    pub(crate) async fn idem_finish(
         &self,
         key: &str,
         lease: &str,
@@ -200,13 +203,13 @@ impl Store {
         }
     }
 
-    pub fn is_embedded(&self) -> bool {
+    pub(crate) fn is_embedded(&self) -> bool {
         matches!(self, Store::Memory(_))
     }
 
     /// Apply reloaded settings that do not change what the store is: the budget of remote
     /// calls, the TTLs/leeway of written revocations, the embedded store's caps.
-    pub fn retune(&self, settings: &StoreSettings, records: Records) {
+    pub(crate) fn retune(&self, settings: &StoreSettings, records: Records) {
         match self {
             Store::Memory(m) => m.retune(records, Caps::of(settings)),
             Store::Redis(r) => r.retune(settings.timeout, records),
@@ -233,7 +236,7 @@ impl Records {
     }
 
     /// (key, value, ttl) for a revocation written at unix time `now`.
-    pub fn record(&self, r: &Revoke, now: u64) -> (String, String, Duration) {
+    pub(crate) fn record(&self, r: &Revoke, now: u64) -> (String, String, Duration) {
         match r {
             Revoke::Jti { jti, expires_at } => (
                 jti_key(&self.prefix, jti),

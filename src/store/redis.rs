@@ -91,7 +91,7 @@ impl RedisStore {
         Duration::from_millis(self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    pub fn retune(&self, timeout: Duration, records: Records) {
+    pub(crate) fn retune(&self, timeout: Duration, records: Records) {
         *self.records.write().unwrap_or_else(|e| e.into_inner()) = records;
         self.timeout_ms.store(
             timeout.as_millis() as u64,
@@ -100,7 +100,7 @@ impl RedisStore {
     }
 
     /// Validate the URL and start the background session that keeps the view coherent.
-    pub fn start(
+    pub(crate) fn start(
         url: &str,
         store: &StoreSettings,
         records: Records,
@@ -123,24 +123,24 @@ impl RedisStore {
     }
 
     /// One PING on the write connection, under the store timeout: the round trip.
-    pub async fn ping(&self) -> Result<Duration, StoreError> {
+    pub(crate) async fn ping(&self) -> Result<Duration, StoreError> {
         let start = Instant::now();
         let _: String = self.eval(redis::cmd("PING"), self.timeout()).await?;
         Ok(start.elapsed())
     }
 
     /// Revocations held in the local view (jtis, subjects).
-    pub fn view_size(&self) -> (usize, usize) {
+    pub(crate) fn view_size(&self) -> (usize, usize) {
         (self.view.jtis.len(), self.view.subs.len())
     }
 
     /// Whether the local view is currently coherent with Redis.
-    pub fn view_trusted(&self) -> bool {
+    pub(crate) fn view_trusted(&self) -> bool {
         self.view.trusted.load(Ordering::Acquire)
     }
 
     /// The answer, and whether the local view gave it (false: Redis was asked).
-    pub async fn is_revoked(
+    pub(crate) async fn is_revoked(
         &self,
         jti: Option<&str>,
         sub: Option<&str>,
@@ -214,7 +214,7 @@ impl RedisStore {
         Ok(false)
     }
 
-    pub async fn revoke(&self, r: &Revoke) -> Result<(), StoreError> {
+    pub(crate) async fn revoke(&self, r: &Revoke) -> Result<(), StoreError> {
         let mut conn = self.connection().await?;
         let write = async {
             write_record(&mut conn, &self.records(), r).await?;
@@ -229,7 +229,7 @@ impl RedisStore {
         }
     }
 
-    pub async fn idem_begin(
+    pub(crate) async fn idem_begin(
         &self,
         key: &str,
         lease: &str,
@@ -248,7 +248,7 @@ impl RedisStore {
         })
     }
 
-    pub async fn idem_finish(
+    pub(crate) async fn idem_finish(
         &self,
         key: &str,
         lease: &str,

@@ -11,10 +11,10 @@ use rustls::sign::CertifiedKey;
 use crate::config::CertificateSpec;
 
 /// ALPN protocols we offer, in order of preference.
-pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+pub(crate) const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// The TLS 1.3 suites `[tls] cipher_suites` may name, by their IANA names.
-pub fn cipher_suites() -> [(&'static str, rustls::SupportedCipherSuite); 3] {
+pub(crate) fn cipher_suites() -> [(&'static str, rustls::SupportedCipherSuite); 3] {
     use rustls::crypto::aws_lc_rs::cipher_suite as cs;
     [
         ("TLS_AES_128_GCM_SHA256", cs::TLS13_AES_128_GCM_SHA256),
@@ -30,7 +30,7 @@ pub fn cipher_suites() -> [(&'static str, rustls::SupportedCipherSuite); 3] {
 /// and the configured suites (empty: rustls' defaults, in the client's order of preference;
 /// otherwise exactly these, in this order, whatever the client prefers — as nginx's
 /// `ssl_prefer_server_ciphers on` or HAProxy's default).
-pub fn server_config(
+pub(crate) fn server_config(
     certs: &[CertificateSpec],
     suites: &[rustls::SupportedCipherSuite],
 ) -> Result<Arc<ServerConfig>, rustls::Error> {

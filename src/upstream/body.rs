@@ -28,7 +28,7 @@ enum Reading {
 /// A replica's response body, read from its connection by whoever polls it. Once read to
 /// the end the connection goes back to the pool; dropped before that, the connection
 /// closes with it (HTTP/1.1 cannot abandon a response half read).
-pub struct UpstreamBody {
+pub(crate) struct UpstreamBody {
     /// None once the body has ended (the connection is back in the pool, or closed).
     conn: Option<Conn>,
     reading: Reading,
@@ -51,11 +51,11 @@ impl std::fmt::Debug for UpstreamBody {
 /// The replica broke the response off, or sent a body that is not HTTP/1.1.
 #[derive(Debug, thiserror::Error)]
 #[error("reading the response body from the replica failed: {0}")]
-pub struct UpstreamBodyError(String);
+pub(crate) struct UpstreamBodyError(String);
 
 impl UpstreamBodyError {
     /// A failure seen by the reader rather than the decoder (the body stopped moving).
-    pub fn new(why: impl Into<String>) -> Self {
+    pub(crate) fn new(why: impl Into<String>) -> Self {
         UpstreamBodyError(why.into())
     }
 }
@@ -114,7 +114,7 @@ impl UpstreamBody {
     }
 
     /// A 101's connection, with the bytes the replica sent past its head, for the tunnel.
-    pub fn take_upgrade(&mut self) -> Option<Rewind<TcpStream>> {
+    pub(crate) fn take_upgrade(&mut self) -> Option<Rewind<TcpStream>> {
         if !matches!(self.reading, Reading::Upgrade) {
             return None;
         }

@@ -27,7 +27,7 @@ const WRITE_BATCH: usize = 64 * 1024;
 
 /// A request body as `ConnPool::send` takes it: its bytes, and word of when all of them have
 /// gone out (the caller's upload watch ends there, and its response-head wait begins).
-pub trait RequestBody:
+pub(crate) trait RequestBody:
     Body<Data = Bytes, Error: std::fmt::Display + Send> + Unpin + Send + 'static
 {
     /// All of the body has been written to the replica. Called for a body that was empty
@@ -38,7 +38,7 @@ pub trait RequestBody:
 /// Why a request got no response head from the replica. `E` is the request body's own
 /// error, handed back as it came so the caller can tell its causes apart.
 #[derive(Debug)]
-pub enum SendError<E> {
+pub(crate) enum SendError<E> {
     /// No connection could be made: nothing was sent.
     Connect(String),
     /// The request body failed to yield its bytes (its source broke off, or it refused to
@@ -51,7 +51,7 @@ pub enum SendError<E> {
 
 impl<E: std::fmt::Display> SendError<E> {
     /// The cause in one line, for the log and the error detail.
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             SendError::Connect(s) | SendError::Request(s) => s.clone(),
             SendError::Body(e) => e.to_string(),

@@ -16,7 +16,7 @@ use crate::metrics::{GroupMetrics, Metrics, Name, ReplicaMetrics};
 
 /// One replica, with what the hot path needs precomputed.
 #[derive(Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub address: SocketAddr,
     pub weight: u32,
     /// `ip:port` as a URI authority, parsed once.
@@ -48,14 +48,14 @@ fn now_ms() -> u64 {
 impl Upstream {
     /// May this replica take traffic now?
     #[inline]
-    pub fn usable(&self) -> bool {
+    pub(crate) fn usable(&self) -> bool {
         self.weight > 0
             && self.healthy.load(Ordering::Relaxed)
             && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
     }
 
     /// The replica's state in words (status page): why it takes no traffic, or "up".
-    pub fn state(&self) -> &'static str {
+    pub(crate) fn state(&self) -> &'static str {
         if self.weight == 0 {
             "drained"
         } else if !self.healthy.load(Ordering::Relaxed) {
@@ -88,7 +88,7 @@ impl Upstream {
     }
 
     /// Passive health: the outcome of one proxied request (false: connect failure or 5xx).
-    pub fn report(&self, ok: bool, health: &HealthSpec) {
+    pub(crate) fn report(&self, ok: bool, health: &HealthSpec) {
         if ok {
             self.failures.store(0, Ordering::Relaxed);
             return;
@@ -122,10 +122,10 @@ impl Upstream {
 }
 
 /// Counts a request as in flight on a replica while it lives.
-pub struct InFlight<'a>(&'a AtomicUsize);
+pub(crate) struct InFlight<'a>(&'a AtomicUsize);
 
 impl<'a> InFlight<'a> {
-    pub fn new(upstream: &'a Upstream) -> Self {
+    pub(crate) fn new(upstream: &'a Upstream) -> Self {
         upstream.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(&upstream.in_flight)
     }
@@ -139,14 +139,14 @@ impl Drop for InFlight<'_> {
 
 /// Sticky selection for a consistent-hash group.
 #[derive(Debug)]
-pub struct Sticky {
+pub(crate) struct Sticky {
     pub key: HashKey,
     pub ring: Ring,
     pub balance_factor: Option<f64>,
 }
 
 #[derive(Debug)]
-pub struct UpstreamGroup {
+pub(crate) struct UpstreamGroup {
     pub name: String,
     /// The name as a metric label.
     pub label: Name,
@@ -169,7 +169,7 @@ pub struct UpstreamGroup {
 }
 
 impl UpstreamGroup {
-    pub fn build(spec: &UpstreamSpec, metrics: &Metrics) -> Self {
+    pub(crate) fn build(spec: &UpstreamSpec, metrics: &Metrics) -> Self {
         let name = Name(spec.name.as_str().into());
         let servers: Vec<Upstream> = spec
             .servers
@@ -229,7 +229,7 @@ impl UpstreamGroup {
 
     /// Count one request toward the retry budget.
     #[inline]
-    pub fn deposit_retry_budget(&self) {
+    pub(crate) fn deposit_retry_budget(&self) {
         if self.retries > 0 {
             let t = self
                 .retry_tokens
@@ -241,7 +241,7 @@ impl UpstreamGroup {
     }
 
     /// Take one retry from the budget, if it has one.
-    pub fn withdraw_retry(&self) -> bool {
+    pub(crate) fn withdraw_retry(&self) -> bool {
         self.retry_tokens
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
                 (t >= 1000).then_some(t - 1000)
@@ -250,7 +250,7 @@ impl UpstreamGroup {
     }
 
     /// Like `select_for`, skipping replicas already tried for this request.
-    pub fn select_excluding(&self, key: Option<u64>, tried: &[usize]) -> Option<usize> {
+    pub(crate) fn select_excluding(&self, key: Option<u64>, tried: &[usize]) -> Option<usize> {
         let ok = |i: usize| self.servers[i].usable() && !tried.contains(&i);
         match (&self.sticky, key) {
             (Some(sticky), Some(hash)) => sticky.ring.pick(hash, ok),
@@ -259,7 +259,7 @@ impl UpstreamGroup {
     }
 
     /// After a reload changed this group: replicas that stayed keep their health state.
-    pub fn inherit_health(&self, old: &UpstreamGroup) {
+    pub(crate) fn inherit_health(&self, old: &UpstreamGroup) {
         for s in &self.servers {
             if let Some(o) = old.servers.iter().find(|o| o.address == s.address) {
                 s.inherit(o, self.health.path.is_some());
@@ -268,14 +268,14 @@ impl UpstreamGroup {
     }
 
     /// Whether any replica may take traffic (for /ready).
-    pub fn has_live_replica(&self) -> bool {
+    pub(crate) fn has_live_replica(&self) -> bool {
         self.servers.iter().any(Upstream::usable)
     }
 
     /// Close idle upstream connections past the keep-alive timeout, every half of it, so
     /// they close when traffic stops too. The task holds the group weakly and ends when the
     /// group's snapshot is gone. Call within a tokio runtime.
-    pub fn start_pool_reaper(self: &Arc<Self>) {
+    pub(crate) fn start_pool_reaper(self: &Arc<Self>) {
         let group = Arc::downgrade(self);
         let every = (self.keepalive_timeout / 2).max(Duration::from_millis(100));
         tokio::spawn(async move {
@@ -292,7 +292,7 @@ impl UpstreamGroup {
     /// The replica for a request whose sticky key hashes to `key` (None: no key, or not a
     /// sticky group → round robin). With a balance factor, a replica at its cap of
     /// `ceil(factor × (in-flight + 1) / replicas)` passes the key on along the ring.
-    pub fn select_for(&self, key: Option<u64>) -> Option<usize> {
+    pub(crate) fn select_for(&self, key: Option<u64>) -> Option<usize> {
         let usable = |i: usize| self.servers[i].usable();
         let Some(sticky) = &self.sticky else {
             return self.balancer.select_where(usable);

@@ -17,7 +17,7 @@ impl RequestBody for Empty<Bytes> {
 impl UpstreamGroup {
     /// Start active health checks (when `health.path` is set). The task holds the group
     /// weakly and ends when the group's snapshot is gone. Call within a tokio runtime.
-    pub fn start_health_checks(self: &Arc<Self>) {
+    pub(crate) fn start_health_checks(self: &Arc<Self>) {
         let Some(path) = self.health.path.clone() else {
             return;
         };

@@ -9,7 +9,6 @@ mod group;
 mod health;
 mod pool;
 
-pub use body::{UpstreamBody, UpstreamBodyError};
-pub use exchange::{RequestBody, SendError};
-pub use group::{InFlight, Sticky, Upstream, UpstreamGroup};
-pub use pool::ConnPool;
+pub(crate) use body::{UpstreamBody, UpstreamBodyError};
+pub(crate) use exchange::{RequestBody, SendError};
+pub(crate) use group::{InFlight, Upstream, UpstreamGroup};

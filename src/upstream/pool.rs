@@ -32,7 +32,7 @@ struct Idle {
 }
 
 /// The idle connections to one replica and how new ones are made.
-pub struct ConnPool {
+pub(crate) struct ConnPool {
     address: SocketAddr,
     connect_timeout: Duration,
     /// At most this many idle connections are kept (0: none, a connection per request).
@@ -51,7 +51,7 @@ impl std::fmt::Debug for ConnPool {
 }
 
 impl ConnPool {
-    pub fn new(
+    pub(crate) fn new(
         address: SocketAddr,
         connect_timeout: Duration,
         max_idle: usize,
@@ -72,7 +72,7 @@ impl ConnPool {
     }
 
     /// Idle connections held now.
-    pub fn idle_count(&self) -> usize {
+    pub(crate) fn idle_count(&self) -> usize {
         self.lock().len()
     }
 
@@ -100,7 +100,7 @@ impl ConnPool {
     /// Close the connections idle for longer than the idle timeout or closed by the
     /// replica (called periodically, so they close when traffic stops, not at the next
     /// request).
-    pub fn prune(&self) {
+    pub(crate) fn prune(&self) {
         let timeout = self.idle_timeout;
         self.lock()
             .retain_mut(|c| c.since.elapsed() < timeout && c.conn.alive());
@@ -129,7 +129,7 @@ impl ConnPool {
     /// body hands the connection back to this pool once it has been read to the end.
     /// `host` is written as the Host header (for a request that has none), and `extra`'s
     /// lines after the request's own headers.
-    pub async fn send<B: RequestBody>(
+    pub(crate) async fn send<B: RequestBody>(
         self: &Arc<Self>,
         parts: &http::request::Parts,
         host: Option<&[u8]>,
