@@ -37,13 +37,22 @@ use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::store::{Revoke, StoreError};
 
 /// State the admin endpoints report on.
+/// The addresses the listeners are actually bound to (the server binds them; `/status`
+/// shows them).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub tls: std::net::SocketAddr,
+    pub plain: Option<std::net::SocketAddr>,
+    pub admin: std::net::SocketAddr,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct AdminState {
     pub ready: AtomicBool,
     /// None when the server was started without a config file to reload (tests, demo).
     pub reloader: Option<Arc<Reloader>>,
     /// Where the listeners are bound now (a reload may move them).
-    pub listeners: std::sync::Mutex<Option<crate::server::BoundAddrs>>,
+    pub listeners: std::sync::Mutex<Option<BoundAddrs>>,
     /// Per-replica (answered, failed) totals every few seconds, for recent error rates.
     history: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, Totals)>>,
 }
@@ -73,10 +82,7 @@ fn totals(snap: &Snapshot) -> Totals {
 }
 
 impl AdminState {
-    pub(crate) fn new(
-        reloader: Option<Arc<Reloader>>,
-        listeners: crate::server::BoundAddrs,
-    ) -> Self {
+    pub(crate) fn new(reloader: Option<Arc<Reloader>>, listeners: BoundAddrs) -> Self {
         AdminState {
             ready: AtomicBool::new(false),
             reloader,
@@ -484,7 +490,12 @@ async fn status(state: &AdminState, snap: &Snapshot) -> serde_json::Value {
 /// is encoded as OpenMetrics text.
 fn metrics(snap: &Snapshot) -> Response<Full<Bytes>> {
     let m = &snap.metrics;
-    m.refresh(&snap.groups);
+    m.refresh(snap.groups.iter().flat_map(|g| {
+        g.servers.iter().map(|s| {
+            let in_flight = s.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+            (&g.label, s.address, s.usable(), in_flight)
+        })
+    }));
     let mut resp = Response::new(Full::new(Bytes::from(m.encode())));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -663,14 +663,16 @@ impl Metrics {
     /// After a reload: drop the series of replicas and groups no longer configured, so
     /// they neither linger as flat lines nor pile up as addresses change. Series of those
     /// that stayed keep counting.
-    pub(crate) fn retain(&self, groups: &[std::sync::Arc<crate::upstream::UpstreamGroup>]) {
-        let live: HashSet<ReplicaLabels> = groups
-            .iter()
-            .flat_map(|g| {
-                g.servers.iter().map(|s| ReplicaLabels {
-                    group: g.label.clone(),
-                    replica: Replica(Some(s.address)),
-                })
+    pub(crate) fn retain<'a>(
+        &self,
+        replicas: impl IntoIterator<Item = (&'a Name, SocketAddr)>,
+        groups: impl IntoIterator<Item = &'a Name>,
+    ) {
+        let live: HashSet<ReplicaLabels> = replicas
+            .into_iter()
+            .map(|(group, address)| ReplicaLabels {
+                group: group.clone(),
+                replica: Replica(Some(address)),
             })
             .collect();
         let mut known = lock(&self.known_replicas);
@@ -687,9 +689,9 @@ impl Metrics {
         }
         *known = live;
         let live: HashSet<GroupLabels> = groups
-            .iter()
-            .map(|g| GroupLabels {
-                group: g.label.clone(),
+            .into_iter()
+            .map(|group| GroupLabels {
+                group: group.clone(),
             })
             .collect();
         let mut known = lock(&self.known_groups);
@@ -702,21 +704,22 @@ impl Metrics {
         *known = live;
     }
 
-    /// Read what is only known at scrape time: replica liveness and in-flight counts from
-    /// the live groups (set in place: a concurrent scrape never sees them missing), and
-    /// the log writer's dropped lines.
-    pub(crate) fn refresh(&self, groups: &[std::sync::Arc<crate::upstream::UpstreamGroup>]) {
-        for g in groups {
-            for s in &g.servers {
-                let l = ReplicaLabels {
-                    group: g.label.clone(),
-                    replica: Replica(Some(s.address)),
-                };
-                self.replica_up.get_or_create(&l).set(i64::from(s.usable()));
-                self.replica_in_flight
-                    .get_or_create(&l)
-                    .set(s.in_flight.load(Ordering::Relaxed) as i64);
-            }
+    /// Read what is only known at scrape time: each live replica's liveness and in-flight
+    /// count, (group, address, up, in flight) (set in place: a concurrent scrape never sees
+    /// them missing), and the log writer's dropped lines.
+    pub(crate) fn refresh<'a>(
+        &self,
+        replicas: impl IntoIterator<Item = (&'a Name, SocketAddr, bool, usize)>,
+    ) {
+        for (group, address, up, in_flight) in replicas {
+            let l = ReplicaLabels {
+                group: group.clone(),
+                replica: Replica(Some(address)),
+            };
+            self.replica_up.get_or_create(&l).set(i64::from(up));
+            self.replica_in_flight
+                .get_or_create(&l)
+                .set(in_flight as i64);
         }
         if let Some(dropped) = LOG_DROPPED.get().map(|f| f()) {
             let seen = self.log_dropped_seen.swap(dropped, Ordering::Relaxed);

@@ -42,13 +42,7 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
-/// The addresses actually bound.
-#[derive(Debug, Clone, Copy)]
-pub struct BoundAddrs {
-    pub tls: SocketAddr,
-    pub plain: Option<SocketAddr>,
-    pub admin: SocketAddr,
-}
+pub use crate::admin::BoundAddrs;
 
 impl Listeners {
     pub async fn bind(settings: &ServerSettings) -> io::Result<Self> {
@@ -190,7 +184,13 @@ pub async fn run_reloadable(
                         // one store — requests from here on see the new snapshot, running
                         // ones keep the one they started with.
                         p.snapshot.commit();
-                        p.snapshot.metrics.retain(&p.snapshot.groups);
+                        let groups = &p.snapshot.groups;
+                        p.snapshot.metrics.retain(
+                            groups
+                                .iter()
+                                .flat_map(|g| g.servers.iter().map(|s| (&g.label, s.address))),
+                            groups.iter().map(|g| &g.label),
+                        );
                         snapshot.store(Arc::new(p.snapshot));
                         // New sockets start accepting before the old ones close.
                         let moved = |f: &dyn Fn(&mut BoundAddrs)| {

@@ -435,3 +435,16 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+/// The TLS 1.3 suites `[tls] cipher_suites` may name, by their IANA names.
+pub(crate) fn cipher_suites() -> [(&'static str, rustls::SupportedCipherSuite); 3] {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    [
+        ("TLS_AES_128_GCM_SHA256", cs::TLS13_AES_128_GCM_SHA256),
+        ("TLS_AES_256_GCM_SHA384", cs::TLS13_AES_256_GCM_SHA384),
+        (
+            "TLS_CHACHA20_POLY1305_SHA256",
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+    ]
+}

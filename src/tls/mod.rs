@@ -13,19 +13,6 @@ use crate::config::CertificateSpec;
 /// ALPN protocols we offer, in order of preference.
 pub(crate) const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// The TLS 1.3 suites `[tls] cipher_suites` may name, by their IANA names.
-pub(crate) fn cipher_suites() -> [(&'static str, rustls::SupportedCipherSuite); 3] {
-    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
-    [
-        ("TLS_AES_128_GCM_SHA256", cs::TLS13_AES_128_GCM_SHA256),
-        ("TLS_AES_256_GCM_SHA384", cs::TLS13_AES_256_GCM_SHA384),
-        (
-            "TLS_CHACHA20_POLY1305_SHA256",
-            cs::TLS13_CHACHA20_POLY1305_SHA256,
-        ),
-    ]
-}
-
 /// Build the listener's TLS configuration from loaded certificates (the first is the default)
 /// and the configured suites (empty: rustls' defaults, in the client's order of preference;
 /// otherwise exactly these, in this order, whatever the client prefers — as nginx's
@@ -168,7 +155,10 @@ mod tests {
     #[test]
     fn suites_are_rustls_own_as_shipped() {
         use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider};
-        let named: Vec<_> = cipher_suites().iter().map(|(_, s)| *s).collect();
+        let named: Vec<_> = crate::config::cipher_suites()
+            .iter()
+            .map(|(_, s)| *s)
+            .collect();
         assert_rustls_own(
             &named,
             &[
@@ -177,7 +167,7 @@ mod tests {
                 cs::TLS13_CHACHA20_POLY1305_SHA256,
             ],
         );
-        for (name, suite) in cipher_suites() {
+        for (name, suite) in crate::config::cipher_suites() {
             assert_eq!(
                 suite.suite().as_str(),
                 Some(&*format!("TLS13_{}", &name[4..]))

@@ -61,7 +61,7 @@ impl Validator {
                 "empty: leave it out for the default, or name at least one suite",
             );
         }
-        let known = crate::tls::cipher_suites();
+        let known = super::super::cipher_suites();
         let mut out: Vec<rustls::SupportedCipherSuite> = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let key = format!("tls.cipher_suites[{i}]");
