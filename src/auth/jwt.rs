@@ -111,7 +111,7 @@ pub struct VerifiedToken {
 impl VerifiedToken {
     /// exp / nbf / iat against `now`, with `leeway` seconds of clock skew. Checked on every
     /// request, cached or not.
-    pub(crate) fn check_time(&self, now: u64, leeway: u64) -> Result<(), Reject> {
+    pub fn check_time(&self, now: u64, leeway: u64) -> Result<(), Reject> {
         if now >= self.exp.saturating_add(leeway) {
             return Err(Reject::Expired);
         }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) use crate::message::target::EscapedSlashes;
+pub use crate::message::target::EscapedSlashes;
 pub use validate::{load, parse};
 
 /// Defaults for every key that has one, in one place so docs and code agree.

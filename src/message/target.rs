@@ -18,7 +18,7 @@ use std::borrow::Cow;
 /// What to do with `%2F`, `%5C` in a path (`[server] escaped_slashes`, as Envoy's
 /// `path_with_escaped_slashes_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EscapedSlashes {
+pub enum EscapedSlashes {
     /// 400: a path whose meaning depends on who decodes it is refused.
     Reject,
     /// Decode them into `/` and `\` (then normalised like any other separator).
@@ -31,7 +31,7 @@ pub(crate) enum EscapedSlashes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathPolicy {
     pub merge_slashes: bool,
-    pub(crate) escaped_slashes: EscapedSlashes,
+    pub escaped_slashes: EscapedSlashes,
 }
 
 impl Default for PathPolicy {
@@ -121,7 +121,7 @@ pub fn normalise(target: &str, policy: PathPolicy) -> Result<Cow<'_, str>, Targe
 
 /// A configured route prefix in normal form, or None when it could never match a
 /// normalised path. A trailing `/` is kept (it is part of what the operator wrote).
-pub(crate) fn normalise_prefix(prefix: &str) -> Option<String> {
+pub fn normalise_prefix(prefix: &str) -> Option<String> {
     let policy = PathPolicy {
         merge_slashes: true,
         escaped_slashes: EscapedSlashes::Keep,
@@ -286,7 +286,7 @@ fn needs_work(bytes: &[u8], merge_slashes: bool) -> bool {
 
 /// Whether `path` is under `prefix` on a segment boundary: `/api` matches `/api` and
 /// `/api/…`, never `/apiary`. A prefix ending in `/` (`/api/`) matches only below it.
-pub(crate) fn under_prefix(path: &str, prefix: &str) -> bool {
+pub fn under_prefix(path: &str, prefix: &str) -> bool {
     match path.strip_prefix(prefix) {
         None => false,
         Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?']),
@@ -319,7 +319,7 @@ pub(crate) fn routing_view(path: &str) -> Cow<'_, str> {
 
 /// The host part of an authority, for matching: lower-case, without port or trailing dot.
 /// None when it is not a valid host (reg-name or bracketed IPv6 literal, optional port).
-pub(crate) fn host_for_matching(authority: &str) -> Option<Cow<'_, str>> {
+pub fn host_for_matching(authority: &str) -> Option<Cow<'_, str>> {
     let a = authority;
     if a.is_empty() {
         return None;
