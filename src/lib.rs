@@ -3,31 +3,30 @@
 //! The request path, in the order a request meets it:
 //!
 //! ```text
-//! server      accept (connection limit) → TLS 1.3 (tls: SNI, ALPN h2|http/1.1)
+//! server      accept (connection limit) → TLS 1.3 (tls: stock rustls, SNI, ALPN)
 //!             → h1 (doorman's HTTP/1.1 codec) or hyper's HTTP/2
-//! pipeline    handle(): limits → route → auth → idempotency → select (balance)
-//!             → forward (upstream, retries where safe) → complete
+//! pipeline    stages(): limits → normalise → route → auth → idempotency begin → select
+//!             → forward (one loop, retries where safe) → idempotency finish → complete
 //! ```
 //!
-//! Modules, one concern each:
-//! - [`config`]   proxy.toml: raw serde shape, validated in one pass into typed values
-//! - [`snapshot`] one immutable, fully built configuration behind one `ArcSwap`
-//! - [`reload`]   SIGHUP / POST /reload: prepare a new snapshot beside the old, then swap
-//! - [`server`]   listeners, accept loops, connection serving, idle watchdog, graceful drain
-//! - [`h1`]       the downstream HTTP/1.1 codec: heads, bodies, keep-alive, upgrades
-//! - [`tls`]      rustls server config: TLS 1.3 only, SNI, ALPN; rustls' own aws-lc-rs suites
-//! - [`pipeline`] the request stages and the per-request context
-//! - [`auth`]     JWT verification (algorithms pinned by configured keys) and its token cache
-//! - [`store`]    shared state: revocation view and idempotency records (Redis or embedded)
-//! - [`balance`]  load balancing as pure data (weighted round robin, consistent-hash ring)
-//! - [`upstream`] replica groups: keep-alive pools, health, in-flight counts, retry budget
-//! - [`message`]  HTTP vocabulary: the request target's normal form, host matching
-//! - [`error`]    the one error type and its one mapping to HTTP status
-//! - [`idle`]     idle detection: IO activity counting and the quiet-period watchdog
-//! - [`metrics`]  Prometheus metrics, one set per running proxy, carried across reloads
-//! - [`admin`]    /health, /ready and POST /revocations on the admin listener
-//! - [`demo`]     `doorman demo`: three replicas, an in-memory certificate, the proxy
-//! - [`compare`]  `doorman compare`: round robin vs consistent hash on local replicas, a report
+//! Layers, imports pointing down only:
+//!
+//! ```text
+//! main.rs, demo, compare                    the binary and its tools
+//! server                                    listeners, connections, drain, reloads applied
+//! admin · reload                            the admin listener; preparing a new snapshot
+//! pipeline                                  the stages
+//! snapshot                                  one immutable configuration, swapped whole
+//! auth · store · balance · upstream · metrics
+//! h1 · tls · config · idle · error          codec, TLS config, proxy.toml, idle detection
+//! message                                   HTTP vocabulary (normal forms, the one
+//!                                           Content-Length parser, hop-by-hop, request ids)
+//! ```
+//!
+//! Within a row a module may use another of its row, never one above it. The public surface
+//! is what the binary, the integration tests, the benchmarks and the fuzz targets use: the
+//! modules holding it are `pub`, with only those items `pub` in them; everything else is
+//! `pub(crate)` or private, so `unreachable_pub` and `dead_code` keep it honest.
 
 #![warn(unreachable_pub)]
 

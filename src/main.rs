@@ -14,10 +14,9 @@ use doorman::server::{self, Listeners};
 use doorman::snapshot::Snapshot;
 use tracing::{error, info};
 
-/// jemalloc, as Pingora and linkerd2-proxy ship: against glibc's malloc it held 22.6 → 21.9
-/// KiB per idle TLS connection and 1.6 % fewer instructions per plain request (same-run
-/// figures in docs/benchmarks.md), and it does not grow per-thread arenas under load.
-/// (mimalloc saved 5 % of instructions but held 31 KiB per idle connection.)
+/// jemalloc, as Pingora and linkerd2-proxy ship: less memory per idle connection and fewer
+/// instructions per request than glibc's malloc, and no per-thread arenas growing under
+/// load (docs/benchmarks.md, "What the design choices measured", has the figures).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
