@@ -1,6 +1,7 @@
 //! The upstream side's wire format: a request head written for a replica, and a replica's
 //! response head parsed (httparse) into `http` types, every header value a slice of the
-//! bytes read (no copy). The connections themselves are `upstream`'s (`pool`, `exchange`, `body`).
+//! bytes read (no copy). The connections themselves are `upstream`'s (`pool`, `exchange`,
+//! `body`).
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
