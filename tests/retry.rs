@@ -21,6 +21,18 @@ async fn proxy(dead: std::net::SocketAddr, live: &[&Replica], extra: &str) -> Te
     TestProxy::start("", &(group + &route_toml("/", "api"))).await
 }
 
+/// POSTs `/pay/0` … `/pay/{n-1}` each reached a replica exactly once, with its 8-byte body.
+fn each_pay_reached_once(seen: &[Seen], n: usize) {
+    for i in 0..n {
+        let hits: Vec<&Seen> = seen
+            .iter()
+            .filter(|s| s.uri == format!("/pay/{i}"))
+            .collect();
+        assert_eq!(hits.len(), 1, "POST {i} reached a replica exactly once");
+        assert_eq!(hits[0].body_len, 8, "with its whole body");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_connection_is_retried_for_every_method_each_request_sent_once() {
     let (a, b) = (Replica::start("a").await, Replica::start("b").await);
@@ -49,14 +61,7 @@ async fn a_refused_connection_is_retried_for_every_method_each_request_sent_once
         assert_eq!(c.send_collect(req).await.0.status(), 200, "POST {i}");
     }
     let seen: Vec<Seen> = a.seen().into_iter().chain(b.seen()).collect();
-    for i in 0..30 {
-        let hits: Vec<&Seen> = seen
-            .iter()
-            .filter(|s| s.uri == format!("/pay/{i}"))
-            .collect();
-        assert_eq!(hits.len(), 1, "POST {i} reached a replica exactly once");
-        assert_eq!(hits[0].body_len, 8, "with its whole body");
-    }
+    each_pay_reached_once(&seen, 30);
     p.stop().await;
 }
 
@@ -183,14 +188,7 @@ async fn a_keyed_write_is_retried_after_a_refused_connection_and_pays_into_the_b
     }
     let seen = a.seen();
     assert_eq!(seen.len(), 60, "each keyed POST reached the live replica");
-    for i in 0..60 {
-        let hits: Vec<&Seen> = seen
-            .iter()
-            .filter(|s| s.uri == format!("/pay/{i}"))
-            .collect();
-        assert_eq!(hits.len(), 1, "POST {i} reached a replica exactly once");
-        assert_eq!(hits[0].body_len, 8, "with its whole body");
-    }
+    each_pay_reached_once(&seen, 60);
     // The retried request's outcome was stored under its key like any other.
     let req = post(&mut c, 0);
     let (resp, _) = c.send_collect(req).await;
