@@ -2,7 +2,7 @@
 //!
 //! Two backends behind one type. `Memory` is the embedded single-instance store (no Redis
 //! configured). `Redis` keeps a local, coherent view of every revocation key so that the
-//! request path answers without a network round trip; see `redis.rs`.
+//! request path answers without a network round trip; see `redis/`.
 //!
 //! Key schema (public, so an auth server can revoke by writing Redis directly):
 //! - `{prefix}jti:{jti}` exists → that token is revoked. TTL = the token's remaining life.
