@@ -110,6 +110,7 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
         auth: Some(demo_auth(&secret)),
         revocation: RevocationSettings::default(),
         idempotency: IdempotencySettings::default(),
+        log: Default::default(),
     };
     let listeners = Listeners::bind(&config.server)
         .await

@@ -336,6 +336,10 @@ impl Proxy {
             auth: None,
             revocation: RevocationSettings::default(),
             idempotency: IdempotencySettings::default(),
+            log: crate::config::LogSettings {
+                access: crate::config::AccessTarget::Off,
+                ..Default::default()
+            },
         };
         let listeners = Listeners::bind(&config.server)
             .await

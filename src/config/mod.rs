@@ -72,6 +72,45 @@ pub struct Config {
     pub auth: Option<AuthSettings>,
     pub revocation: RevocationSettings,
     pub(crate) idempotency: IdempotencySettings,
+    /// `[log]`: where access-log lines go, their format, the diagnostic log's level.
+    pub log: LogSettings,
+}
+
+/// `[log]`. Reloadable: a SIGHUP that changes it reopens the access log with the new settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub access: AccessTarget,
+    pub access_format: AccessFormat,
+    /// The diagnostic log's level (`error`, `warn`, `info`, `debug`, `trace`); `RUST_LOG`, when
+    /// set, overrides it.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            access: AccessTarget::Stderr,
+            access_format: AccessFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// `[log] access`: `"stderr"`, `"off"`, or a file path (opened for append, reopened on SIGUSR1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessTarget {
+    Off,
+    Stderr,
+    File(PathBuf),
+}
+
+/// `[log] access_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessFormat {
+    /// One line, fixed field order (docs/logging.md).
+    Text,
+    /// One JSON object per line, stable keys (docs/logging.md).
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -140,6 +140,7 @@ impl Validator {
             auth,
             revocation,
             idempotency,
+            log: super::LogSettings::default(),
         })
     }
 }
