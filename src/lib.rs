@@ -39,6 +39,7 @@ pub mod demo;
 mod error;
 mod h1;
 mod idle;
+pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod pipeline;

@@ -27,7 +27,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
     about = "A layer-7 reverse proxy and load balancer"
 )]
 struct Cli {
-    /// Log line format (filter with RUST_LOG, e.g. RUST_LOG=info,doorman::access=off).
+    /// The diagnostic log's format (its level: `[log] level`, or RUST_LOG, which wins). The
+    /// access log is configured in `[log]`.
     #[arg(long, value_enum, default_value = "text", global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -171,7 +172,12 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail(format!("cannot start the runtime: {e}")),
             };
-            match rt.block_on(demo::run(opts, shutdown_signal())) {
+            if let Err(e) = start_logs(&config::LogSettings::default()) {
+                return fail(e);
+            }
+            let result = rt.block_on(demo::run(opts, shutdown_signal()));
+            doorman::logging::flush(LOG_FLUSH);
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
@@ -216,26 +222,63 @@ fn compare(opts: CompareOptions) -> ExitCode {
     }
 }
 
-/// Logs go to stderr through a writer thread: a request never waits on the terminal or a
-/// slow pipe (lines beyond the writer's buffer are dropped rather than block).
+/// The diagnostic log goes to stderr through a writer thread: a request never waits on the
+/// terminal or a slow pipe (lines beyond the writer's buffer are dropped rather than block).
+/// Colours only on a terminal. Its level is `RUST_LOG` when set, else `default_filter` until
+/// a config's `[log] level` replaces it (at start and on every reload that changes it). The
+/// access log has a writer of its own (`doorman::logging`).
 fn init_logging(
     format: LogFormat,
     default_filter: &str,
 ) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let overridden = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(default_filter));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    if !overridden {
+        doorman::logging::set_level_hook(move |level| {
+            let _ = handle.reload(EnvFilter::new(level));
+        });
+    }
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let dropped = writer.error_counter();
-    doorman::metrics::set_log_dropped_source(move || dropped.dropped_lines() as u64);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    doorman::metrics::set_log_dropped_source(move || {
+        dropped.dropped_lines() as u64 + doorman::logging::dropped_lines()
+    });
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
     }
     guard
 }
+
+/// Start the access log's writer for `settings` and apply its level.
+fn start_logs(settings: &config::LogSettings) -> Result<(), String> {
+    doorman::logging::apply_level(&settings.level);
+    doorman::logging::start(settings).map_err(|e| match &settings.access {
+        config::AccessTarget::File(p) => format!("cannot open the access log {}: {e}", p.display()),
+        _ => format!("cannot start the access log: {e}"),
+    })
+}
+
+/// Reopen the access-log file on every SIGUSR1 (logrotate's postrotate, as nginx's USR1).
+async fn reopen_on_sigusr1(mut usr1: tokio::signal::unix::Signal) {
+    while usr1.recv().await.is_some() {
+        info!("SIGUSR1: reopening the access log");
+        doorman::logging::reopen();
+    }
+}
+
+/// How long the access log may take to write out its last lines when doorman stops.
+const LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn fail(msg: String) -> ExitCode {
     error!("{msg}");
@@ -354,13 +397,16 @@ fn run(path: PathBuf) -> ExitCode {
         use tokio::signal::unix::{SignalKind, signal};
         // Every handler before the pid file names this process: from then on a SIGHUP must
         // reload it (its default action would end it).
-        let (Ok(hup), Ok(term), Ok(int)) = (
+        let (Ok(hup), Ok(term), Ok(int), Ok(usr1)) = (
             signal(SignalKind::hangup()),
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::user_defined1()),
         ) else {
             return Err("cannot install the signal handlers".to_string());
         };
+        start_logs(&config.log)?;
+        tokio::spawn(reopen_on_sigusr1(usr1));
         let listeners = Listeners::bind(&config.server)
             .await
             .map_err(|e| e.to_string())?;
@@ -383,6 +429,9 @@ fn run(path: PathBuf) -> ExitCode {
         .map_err(|e| e.to_string())
     });
     pid_file.remove();
+    if !doorman::logging::flush(LOG_FLUSH) {
+        error!("the access log's last lines were not written within {LOG_FLUSH:?}");
+    }
     match result {
         Ok(()) => {
             info!("doorman stopped");
@@ -586,6 +635,7 @@ async fn shutdown_on(
             _ = int.recv() => {},
         }
         error!("second signal: exiting now");
+        doorman::logging::flush(std::time::Duration::from_secs(1));
         if let Some(p) = pid_file {
             p.remove();
         }

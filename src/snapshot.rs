@@ -30,6 +30,9 @@ pub struct Snapshot {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) on_error: OnError,
     pub(crate) idempotency: IdempotencySettings,
+    /// `[log]` as loaded; `access_log` is the format lines are written in, None when off.
+    pub(crate) log: crate::config::LogSettings,
+    pub(crate) access_log: Option<crate::config::AccessFormat>,
     /// What the store was built from: a reload with the same settings keeps the store (its
     /// Redis connections, revocation view and embedded records).
     store_spec: (StoreSettings, RevocationSettings, std::time::Duration),
@@ -162,6 +165,9 @@ impl Snapshot {
             metrics,
             on_error: config.store.on_error,
             idempotency: config.idempotency.clone(),
+            log: config.log.clone(),
+            access_log: (config.log.access != crate::config::AccessTarget::Off)
+                .then_some(config.log.access_format),
             store_spec,
             upstream_specs: config.upstreams.clone(),
         })

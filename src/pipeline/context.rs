@@ -135,13 +135,21 @@ pub(crate) struct RequestCtx {
     pub bytes_in: Option<u64>,
     /// Set while the request is being handled: if the handler is dropped before it has a
     /// response (the client went away), `Drop` counts and logs the request as 499.
-    pub(super) on_abandon: Option<(Arc<crate::metrics::Metrics>, SocketAddr)>,
+    pub(super) on_abandon: Option<Abandon>,
+}
+
+/// What counting and logging an abandoned request needs.
+#[derive(Debug)]
+pub(super) struct Abandon {
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
+    pub(super) peer: SocketAddr,
+    pub(super) access: Option<crate::config::AccessFormat>,
 }
 
 impl Drop for RequestCtx {
     fn drop(&mut self) {
-        if let Some((metrics, peer)) = self.on_abandon.take() {
-            super::abandoned(self, &metrics, peer);
+        if let Some(a) = self.on_abandon.take() {
+            super::abandoned(self, &a);
         }
     }
 }

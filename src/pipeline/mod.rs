@@ -38,6 +38,7 @@ pub(crate) use context::{Attempts, AwaitingUpstream, ConnInfo, Phase, RequestCtx
 pub use headers::strip_hop_by_hop;
 pub use idempotency::fingerprint as idempotency_fingerprint;
 
+use crate::config::AccessFormat;
 use crate::error::{Fault, ProxyError};
 use crate::metrics::{GaugeGuard, MethodLabel, Metrics};
 use crate::snapshot::Snapshot;
@@ -65,7 +66,11 @@ pub(crate) async fn handle(
     } else {
         m.in_flight_h1.clone()
     });
-    ctx.on_abandon = Some((m.clone(), conn.peer));
+    ctx.on_abandon = Some(context::Abandon {
+        metrics: m.clone(),
+        peer: conn.peer,
+        access: access_log(snap),
+    });
     let result = stages(req, &mut ctx, conn, snap).await;
     ctx.on_abandon = None;
     let idempotency = ctx.keyed.then(|| idempotency_outcome(&result));
@@ -98,8 +103,8 @@ pub(crate) async fn handle(
         .extensions()
         .get::<forward::UpstreamTime>()
         .map(|t| t.0.as_micros() as u64);
-    let log =
-        access_log_on().then(|| AccessLog::of(&ctx, conn.peer, status, upstream_us, idempotency));
+    let log = access_log(snap)
+        .map(|format| AccessLog::of(&ctx, conn.peer, status, upstream_us, idempotency, format));
     resp.map(|inner| LoggedBody {
         inner,
         bytes_out: 0,
@@ -108,18 +113,19 @@ pub(crate) async fn handle(
     })
 }
 
-fn access_log_on() -> bool {
-    tracing::enabled!(target: "doorman::access", tracing::Level::INFO)
+/// The access log's format, when there is one to write to.
+fn access_log(snap: &Snapshot) -> Option<AccessFormat> {
+    snap.access_log.filter(|_| crate::logging::running())
 }
 
 /// A request whose handler was dropped before it had a response: the client went away
 /// (closed the connection, reset the HTTP/2 stream). Counted and logged as 499, as nginx.
-pub(super) fn abandoned(ctx: &RequestCtx, m: &Metrics, peer: std::net::SocketAddr) {
+fn abandoned(ctx: &RequestCtx, a: &context::Abandon) {
     const CLIENT_CLOSED: u16 = 499;
     let idempotency = ctx.keyed.then_some("abandoned");
-    record(ctx, m, CLIENT_CLOSED, idempotency);
-    if access_log_on() {
-        AccessLog::of(ctx, peer, CLIENT_CLOSED, None, idempotency).write(0, false);
+    record(ctx, &a.metrics, CLIENT_CLOSED, idempotency);
+    if let Some(format) = a.access {
+        AccessLog::of(ctx, a.peer, CLIENT_CLOSED, None, idempotency, format).write(0, false);
     }
 }
 
@@ -265,6 +271,7 @@ struct AccessLog {
     bytes_in: Option<u64>,
     subject: Option<Arc<crate::auth::VerifiedToken>>,
     idempotency: Option<&'static str>,
+    format: AccessFormat,
 }
 
 impl AccessLog {
@@ -274,6 +281,7 @@ impl AccessLog {
         status: u16,
         upstream_us: Option<u64>,
         idempotency: Option<&'static str>,
+        format: AccessFormat,
     ) -> Self {
         AccessLog {
             request_id: ctx.request_id.clone(),
@@ -295,33 +303,31 @@ impl AccessLog {
             bytes_in: ctx.bytes_in,
             subject: ctx.token.clone(),
             idempotency,
+            format,
         }
     }
 
     fn write(&self, bytes_out: u64, complete: bool) {
-        info!(
-            target: "doorman::access",
-            request_id = self.request_id.to_str().unwrap_or("-"),
-            client = %self.peer,
-            method = %self.method,
-            path = self.uri.path(),
-            route = self.route.as_deref().unwrap_or("-"),
-            status = self.status,
-            upstream = %OrDash(self.upstream),
-            attempts = self.attempts,
-            duration_us = self.started.elapsed().as_micros() as u64,
-            head_us = self.head_us,
-            upstream_us = %OrDash(self.upstream_us),
-            bytes_in = %OrDash(self.bytes_in),
+        let entry = crate::logging::line::Entry {
+            time: std::time::SystemTime::now(),
+            request_id: self.request_id.as_bytes(),
+            client: self.peer,
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            route: self.route.as_deref(),
+            status: self.status,
+            upstream: self.upstream,
+            attempts: self.attempts,
+            duration_us: self.started.elapsed().as_micros() as u64,
+            head_us: self.head_us,
+            upstream_us: self.upstream_us,
+            bytes_in: self.bytes_in,
             bytes_out,
             complete,
-            subject = self
-                .subject
-                .as_ref()
-                .and_then(|t| t.sub.as_deref())
-                .unwrap_or("-"),
-            idempotency = self.idempotency.unwrap_or("-"),
-        );
+            subject: self.subject.as_ref().and_then(|t| t.sub.as_deref()),
+            idempotency: self.idempotency,
+        };
+        crate::logging::access(self.format, &entry);
     }
 }
 

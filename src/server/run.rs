@@ -128,6 +128,7 @@ pub async fn run_reloadable(
                         // one store — requests from here on see the new snapshot, running
                         // ones keep the one they started with.
                         p.snapshot.commit();
+                        crate::logging::apply(&current.log, &p.snapshot.log);
                         let groups = &p.snapshot.groups;
                         p.snapshot.metrics.retain(
                             groups

@@ -1,0 +1,255 @@
+//! One access-log line, formatted straight into a byte buffer: the text format (logfmt, a
+//! fixed field order) and the JSON format (one object per line, stable keys). Both are a
+//! public interface, documented in docs/logging.md; change them only with that page.
+//!
+//! Every value a client or a replica chose (path, request id, subject, route label) is
+//! escaped so that a line stays one line and cannot forge fields: no raw control byte, quote
+//! or backslash, and in the text format no raw space or non-ASCII byte either.
+
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::AccessFormat;
+
+/// The fields of one line, borrowed from the request's context.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry<'a> {
+    pub(crate) time: SystemTime,
+    pub(crate) request_id: &'a [u8],
+    pub(crate) client: SocketAddr,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) route: Option<&'a str>,
+    pub(crate) status: u16,
+    pub(crate) upstream: Option<SocketAddr>,
+    pub(crate) attempts: u32,
+    pub(crate) duration_us: u64,
+    pub(crate) head_us: u64,
+    pub(crate) upstream_us: Option<u64>,
+    pub(crate) bytes_in: Option<u64>,
+    pub(crate) bytes_out: u64,
+    pub(crate) complete: bool,
+    pub(crate) subject: Option<&'a str>,
+    pub(crate) idempotency: Option<&'a str>,
+}
+
+impl Entry<'_> {
+    /// Append this entry as one line (with its `\n`) in `format`.
+    pub(crate) fn write(&self, format: AccessFormat, out: &mut Vec<u8>) {
+        match format {
+            AccessFormat::Text => self.text(out),
+            AccessFormat::Json => self.json(out),
+        }
+    }
+
+    fn text(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"time=");
+        timestamp(self.time, out);
+        out.extend_from_slice(b" request_id=");
+        text_value(self.request_id, out);
+        out.extend_from_slice(b" client=");
+        let _ = write!(out, "{}", self.client);
+        out.extend_from_slice(b" method=");
+        text_value(self.method.as_bytes(), out);
+        out.extend_from_slice(b" path=");
+        text_value(self.path.as_bytes(), out);
+        out.extend_from_slice(b" route=");
+        text_opt(self.route.map(str::as_bytes), out);
+        out.extend_from_slice(b" status=");
+        number(self.status, out);
+        out.extend_from_slice(b" upstream=");
+        match self.upstream {
+            Some(a) => {
+                let _ = write!(out, "{a}");
+            }
+            None => out.push(b'-'),
+        }
+        out.extend_from_slice(b" attempts=");
+        number(self.attempts, out);
+        out.extend_from_slice(b" duration_us=");
+        number(self.duration_us, out);
+        out.extend_from_slice(b" head_us=");
+        number(self.head_us, out);
+        out.extend_from_slice(b" upstream_us=");
+        text_number(self.upstream_us, out);
+        out.extend_from_slice(b" bytes_in=");
+        text_number(self.bytes_in, out);
+        out.extend_from_slice(b" bytes_out=");
+        number(self.bytes_out, out);
+        out.extend_from_slice(if self.complete {
+            b" complete=true subject="
+        } else {
+            b" complete=false subject="
+        });
+        text_opt(self.subject.map(str::as_bytes), out);
+        out.extend_from_slice(b" idempotency=");
+        text_opt(self.idempotency.map(str::as_bytes), out);
+        out.push(b'\n');
+    }
+
+    fn json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"time\":\"");
+        timestamp(self.time, out);
+        out.extend_from_slice(b"\",\"request_id\":");
+        json_string(self.request_id, out);
+        let _ = write!(out, ",\"client\":\"{}\",\"method\":", self.client);
+        json_string(self.method.as_bytes(), out);
+        out.extend_from_slice(b",\"path\":");
+        json_string(self.path.as_bytes(), out);
+        out.extend_from_slice(b",\"route\":");
+        json_opt(self.route, out);
+        out.extend_from_slice(b",\"status\":");
+        number(self.status, out);
+        out.extend_from_slice(b",\"upstream\":");
+        match self.upstream {
+            Some(a) => {
+                let _ = write!(out, "\"{a}\"");
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"attempts\":");
+        number(self.attempts, out);
+        out.extend_from_slice(b",\"duration_us\":");
+        number(self.duration_us, out);
+        out.extend_from_slice(b",\"head_us\":");
+        number(self.head_us, out);
+        out.extend_from_slice(b",\"upstream_us\":");
+        json_number(self.upstream_us, out);
+        out.extend_from_slice(b",\"bytes_in\":");
+        json_number(self.bytes_in, out);
+        out.extend_from_slice(b",\"bytes_out\":");
+        number(self.bytes_out, out);
+        out.extend_from_slice(if self.complete {
+            b",\"complete\":true,\"subject\":"
+        } else {
+            b",\"complete\":false,\"subject\":"
+        });
+        json_opt(self.subject, out);
+        out.extend_from_slice(b",\"idempotency\":");
+        json_opt(self.idempotency, out);
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+fn number(n: impl itoa::Integer, out: &mut Vec<u8>) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+fn text_number(n: Option<u64>, out: &mut Vec<u8>) {
+    match n {
+        Some(n) => number(n, out),
+        None => out.push(b'-'),
+    }
+}
+
+fn json_number(n: Option<u64>, out: &mut Vec<u8>) {
+    match n {
+        Some(n) => number(n, out),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn text_opt(v: Option<&[u8]>, out: &mut Vec<u8>) {
+    match v {
+        Some(v) => text_value(v, out),
+        None => out.push(b'-'),
+    }
+}
+
+/// A text value: as is when every byte is visible ASCII other than `"` and `\` (and it is
+/// not `-`, which means "none"); otherwise quoted, with `"` and `\` escaped by a backslash and
+/// every other byte outside visible ASCII or space as `\xHH`.
+fn text_value(v: &[u8], out: &mut Vec<u8>) {
+    let plain = !v.is_empty()
+        && v != b"-"
+        && v.iter()
+            .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if plain {
+        out.extend_from_slice(v);
+        return;
+    }
+    out.push(b'"');
+    for &b in v {
+        match b {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            b' ' => out.push(b' '),
+            _ if b.is_ascii_graphic() => out.push(b),
+            _ => hex_escape(b"\\x", b, out),
+        }
+    }
+    out.push(b'"');
+}
+
+fn json_opt(v: Option<&str>, out: &mut Vec<u8>) {
+    match v {
+        Some(v) => json_string(v.as_bytes(), out),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON string of `v`: bytes that are not UTF-8 become U+FFFD; `"`, `\`, control characters
+/// and DEL are escaped.
+fn json_string(v: &[u8], out: &mut Vec<u8>) {
+    out.push(b'"');
+    for chunk in v.utf8_chunks() {
+        for &b in chunk.valid().as_bytes() {
+            match b {
+                b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0..0x20 | 0x7f => hex_escape(b"\\u00", b, out),
+                _ => out.push(b),
+            }
+        }
+        if !chunk.invalid().is_empty() {
+            out.extend_from_slice("\u{fffd}".as_bytes());
+        }
+    }
+    out.push(b'"');
+}
+
+fn hex_escape(prefix: &[u8], b: u8, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(prefix);
+    out.push(HEX[usize::from(b >> 4)]);
+    out.push(HEX[usize::from(b & 0xf)]);
+}
+
+thread_local! {
+    /// `YYYY-MM-DDTHH:MM:SS` of the last second formatted on this thread: formatted once a
+    /// second, not once a line.
+    static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+}
+
+/// RFC 3339 in UTC with milliseconds: `2026-12-03T16:20:01.123Z`.
+fn timestamp(time: SystemTime, out: &mut Vec<u8>) {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != secs {
+            let whole = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            let mut text = [0u8; 19];
+            let formatted = humantime::format_rfc3339_seconds(whole).to_string();
+            // `2026-12-03T16:20:01Z`: the 19 bytes before the Z.
+            let n = formatted.len().saturating_sub(1).min(19);
+            text[..n].copy_from_slice(&formatted.as_bytes()[..n]);
+            *cached = (secs, text);
+        }
+        out.extend_from_slice(&cached.1);
+    });
+    let millis = since.subsec_millis();
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+        b'Z',
+    ]);
+}
+
+#[cfg(test)]
+mod tests;
