@@ -11,8 +11,13 @@ Scenarios (--only takes a comma-separated subset): plain, tls, handshake, h2, jw
 jwt_hs, idem_first, idem_replay, sticky, rate, rate_tls, rate_h1, idle. A redis-server on port 16379 (CPU 1)
 holds doorman's revocation list and idempotency records; JWT keys are generated per run.
 
+Every proxy runs twice: with its access log off, and (as `<proxy>_log`) with it on, writing
+to a file in target/bench/ (nginx `combined` with `buffer=64k`, HAProxy `option httplog`,
+doorman's default text format); `--logs on|off` measures one of the two only.
+
 Usage: scripts/peers.py [--runs N] [--seconds S] [--connections C] [--only SCENARIO,...]
        [--proxies doorman,doorman_b,nginx,haproxy] [--baseline OLD_DOORMAN_BINARY]
+       [--logs both|on|off]
 """
 import argparse
 import asyncio
@@ -53,6 +58,11 @@ PORTS = {  # proxy -> (plain, tls)
     "nginx": (28080, 28443),
     "haproxy": (30080, 30443),
 }
+# Each proxy also runs with its access log on, to a file (the configuration users run):
+# doorman_log, nginx_log, ... on these ports + 10.
+PORTS.update({f"{n}_log": (p + 10, t + 10) for n, (p, t) in list(PORTS.items())})
+LOGGED = lambda name: name.endswith("_log")
+BASE = lambda name: name.removesuffix("_log").removesuffix("_b")
 
 
 def sh(*args, **kw):
@@ -272,7 +282,8 @@ def start_replicas():
 
 def start_doorman(key, crt, jwt, name="doorman", binary=DOORMAN):
     plain, tls = PORTS[name]
-    admin = 18901 if name == "doorman" else 18902
+    admin = (18902 if name.startswith("doorman_b") else 18901) + (10 if LOGGED(name) else 0)
+    access = f'"{WORK / name / "access.log"}"' if LOGGED(name) else '"off"'
     servers = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in REPLICA_PORTS)
     conf = WORK / name / "proxy.toml"
     conf.parent.mkdir(parents=True, exist_ok=True)
@@ -284,6 +295,8 @@ admin_listen = "127.0.0.1:{admin}"
 workers = 1
 max_connections = 20000
 header_timeout = "60s"
+[log]
+access = {access}
 [tls]
 {DOORMAN_SUITES if SERVER_SUITES else ""}
 [[tls.certificates]]
@@ -334,12 +347,14 @@ auth = "off"
     return p
 
 
-def start_nginx(key, crt, launcher=()):
+def start_nginx(key, crt, launcher=(), name="nginx"):
     """The nginx proxy under test. With `launcher` (a command prefix, e.g. valgrind) its one
     worker runs in the foreground without a master, so the prefix wraps the worker itself."""
-    plain, tls = PORTS["nginx"]
+    plain, tls = PORTS[name]
     servers = "\n".join(f"    server 127.0.0.1:{p};" for p in REPLICA_PORTS)
-    conf = WORK / "nginx" / "nginx.conf"
+    conf = WORK / name / "nginx.conf"
+    access = (f"access_log {conf.parent}/access.log combined buffer=64k;" if LOGGED(name)
+              else "access_log off;")
     nginx_conf(conf, f"""  upstream api {{
 {servers}
     keepalive 256;
@@ -351,6 +366,7 @@ def start_nginx(key, crt, launcher=()):
   }}
   keepalive_timeout 120s;
   server {{
+    {access}
     listen 127.0.0.1:{plain};
     listen 127.0.0.1:{tls} ssl http2;
     ssl_certificate {crt};
@@ -374,23 +390,29 @@ def start_nginx(key, crt, launcher=()):
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     }}
   }}""", master=not launcher)
-    p = Proc("nginx", [*launcher, "nginx", "-c", str(conf), "-p", str(conf.parent)])
+    p = Proc(name, [*launcher, "nginx", "-c", str(conf), "-p", str(conf.parent)])
     wait_port(tls)
     return p
 
 
-def start_haproxy(combined, jwt):
-    plain, tls = PORTS["haproxy"]
+def start_haproxy(combined, jwt, name="haproxy"):
+    plain, tls = PORTS[name]
     servers = "\n".join(f"  server r{i} 127.0.0.1:{p}" for i, p in enumerate(REPLICA_PORTS))
-    conf = WORK / "haproxy" / "haproxy.cfg"
+    conf = WORK / name / "haproxy.cfg"
+    # To stdout (its Proc's file), as a container would run it: HAProxy has no log file of
+    # its own, only syslog and stdout/stderr.
+    glog, dlog = (("  log stdout format raw local0", "  log global\n  option httplog")
+                  if LOGGED(name) else ("", ""))
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(f"""
 global
   nbthread 1
   maxconn 9900
+{glog}
 {HAPROXY_SUITES if SERVER_SUITES else ""}
 defaults
   mode http
+{dlog}
   timeout connect 2s
   timeout client 120s
   timeout server 30s
@@ -423,7 +445,7 @@ backend sticky
   http-reuse always
 {servers}
 """)
-    p = Proc("haproxy", ["haproxy", "-f", str(conf)])
+    p = Proc(name, ["haproxy", "-f", str(conf)])
     wait_port(tls)
     return p
 
@@ -669,6 +691,8 @@ def main():
                     help="another doorman binary, measured alongside as doorman_b (before/after)")
     ap.add_argument("--proxies", default="doorman,doorman_b,nginx,haproxy",
                     help="which proxies to measure (e.g. doorman,doorman_b for a quick A/B)")
+    ap.add_argument("--logs", choices=["both", "on", "off"], default="both",
+                    help="access logs on (<proxy>_log rows), off, or both (the default)")
     ap.add_argument("--server-suites", action="store_true",
                     help="every proxy prefers TLS_AES_128_GCM_SHA256, then AES-256, then "
                          "ChaCha20, in the server's order")
@@ -694,13 +718,16 @@ def main():
         procs.append(start_replicas())
         procs.append(start_redis())
         proxies = {}
-        starts = [("doorman", lambda: start_doorman(key, crt, JWT))]
-        if a.baseline:
-            starts.append(("doorman_b", lambda: start_doorman(key, crt, JWT, "doorman_b",
-                                                              a.baseline.resolve())))
-        starts += [("nginx", lambda: start_nginx(key, crt)),
-                   ("haproxy", lambda: start_haproxy(combined, JWT))]
-        starts = [(n, s) for n, s in starts if n in chosen]
+        logs = {"both": ["", "_log"], "on": ["_log"], "off": [""]}[a.logs]
+        starts = []
+        for log in logs:
+            starts.append((f"doorman{log}", lambda n=f"doorman{log}": start_doorman(key, crt, JWT, n)))
+            if a.baseline:
+                starts.append((f"doorman_b{log}", lambda n=f"doorman_b{log}": start_doorman(
+                    key, crt, JWT, n, a.baseline.resolve())))
+            starts += [(f"nginx{log}", lambda n=f"nginx{log}": start_nginx(key, crt, name=n)),
+                       (f"haproxy{log}", lambda n=f"haproxy{log}": start_haproxy(combined, JWT, n))]
+        starts = [(n, s) for n, s in starts if n.removesuffix("_log") in chosen]
         for name, start in starts:
             proxies[name] = start()
             procs.append(proxies[name])
@@ -711,7 +738,7 @@ def main():
                 continue
             taking = [p for p in proxies.values()
                       if SCENARIOS[scenario][1] is None
-                      or p.name.removesuffix("_b") in SCENARIOS[scenario][1]]
+                      or BASE(p.name) in SCENARIOS[scenario][1]]
             for proxy in taking:  # warm-up
                 measure(proxy, scenario, 2, a.connections)
             for run in range(a.runs):
@@ -719,8 +746,9 @@ def main():
                 order = taking if run % 2 == 0 else taking[::-1]
                 for proxy in order:
                     r = measure(proxy, scenario, a.seconds, a.connections)
+                    truncate_logs(proxy.name)
                     results.setdefault((scenario, proxy.name), []).append(r)
-                    print(f"{scenario:11} {proxy.name:8} run {run + 1}: {r['rps']:9.0f} req/s "
+                    print(f"{scenario:11} {proxy.name:11} run {run + 1}: {r['rps']:9.0f} req/s "
                           f"{r['cpu_us']:7.1f} µs/req ({r['sys_us']:.1f} system)  p99 {fmt(r['p99'], '.2f')} ms  "
                           f"errors {r['errors']}  redis/req {r['redis_per_req']:.2f}  "
                           f"packets/req {r['packets_per_req']:.2f}  steal {r['steal_ms']:.0f} ms", flush=True)
@@ -731,8 +759,10 @@ def main():
             # process would measure nothing.
             for p in proxies.values():
                 p.stop()
+            # Memory per idle connection does not depend on the access log.
+            unlogged = [(n, s) for n, s in starts if not LOGGED(n)]
             for run in range(min(a.runs, 3)):
-                order = starts if run % 2 == 0 else starts[::-1]
+                order = unlogged if run % 2 == 0 else unlogged[::-1]
                 for name, start in order:
                     proxy = start()
                     procs.append(proxy)
@@ -747,6 +777,14 @@ def main():
             p.stop()
 
 
+def truncate_logs(name):
+    """Keep the disk from filling over a long run: the access logs' lines are not kept (the
+    proxies append, so they go on writing at the new end)."""
+    for f in [WORK / name / "access.log", WORK / f"{name}.log"]:
+        if LOGGED(name) and f.exists():
+            os.truncate(f, 0)
+
+
 def insecure():
     """TLS to our own self-signed benchmark certificate."""
     ctx = ssl.create_default_context()
@@ -758,7 +796,7 @@ def insecure():
 def check_auth(proxies):
     """Refuse to measure a JWT scenario that is not verifying: a bad token must be 401."""
     ctx = insecure()
-    for name in [n for n in proxies if n != "nginx"]:
+    for name in [n for n in proxies if BASE(n) != "nginx"]:
         for path, good in [("/auth/es", JWT.es), ("/auth/hs", JWT.hs)]:
             for token, want in [(good, 200), (good[:-4] + "AAAA", 401)]:
                 req = urllib.request.Request(f"https://127.0.0.1:{PORTS[name][1]}{path}",
@@ -793,6 +831,7 @@ def write_report(results, idle_results, a):
         f"Command: `scripts/bench.sh peers --runs {a.runs} --seconds {a.seconds} "
         f"--connections {a.connections}"
         + (f" --only {a.only}" if a.only != ",".join([*SCENARIOS, "idle"]) else "")
+        + (f" --logs {a.logs}" if a.logs != "both" else "")
         + (" --server-suites`" if a.server_suites else "`")
         + (". TLS 1.3 suites: every proxy prefers " + ", ".join(SUITES) + " in the server's order."
            if a.server_suites else ". TLS 1.3 suites: the client's order (AES-256-GCM first)."),
@@ -802,17 +841,17 @@ def write_report(results, idle_results, a):
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario in dict.fromkeys(s for s, _ in results):
-        base = results.get((scenario, "doorman"), [])
-        base_cpu, base_p99 = med(base, "cpu_us"), med(base, "p99")
-        for proxy in ["doorman", "doorman_b", "nginx", "haproxy"]:
+        for proxy in ORDER:
             rs = results.get((scenario, proxy))
             if not rs:
                 continue
+            base = results.get((scenario, "doorman_log" if LOGGED(proxy) else "doorman"), [])
+            base_cpu, base_p99 = med(base, "cpu_us"), med(base, "p99")
             cpu_us, p99 = med(rs, "cpu_us"), med(rs, "p99")
             busy = med(rs, "client_busy")
             ratio = base_cpu / cpu_us if base_cpu and cpu_us else None
             p99_ratio = base_p99 / p99 if base_p99 and p99 else None
-            doorman = proxy == "doorman"
+            doorman = proxy in ("doorman", "doorman_log")
             lines.append(
                 f"| {SCENARIOS[scenario][0]} | {proxy} | {fmt(cpu_us, '.1f')} | "
                 f"{'—' if doorman else fmt(ratio, '.2f')} | {fmt(med(rs, 'rps'), '.0f')} | "
@@ -829,6 +868,7 @@ def write_report(results, idle_results, a):
               "reuse one token, so its verified-token cache answers after the first request. "
               "steal ms: the median time, per run, the hypervisor gave the two CPUs to something "
               "else (a run's slow requests come in bursts that follow it)."]
+    lines += log_cost(results)
     lines += paired_p99(results)
     if idle_results:
         base = med(idle_results.get("doorman", []), "kib_per_conn")
@@ -851,6 +891,33 @@ def write_report(results, idle_results, a):
     print(f"report written to {out}")
 
 
+# The headline rows first: every proxy with its access log on.
+ORDER = ["doorman_log", "doorman_b_log", "nginx_log", "haproxy_log",
+         "doorman", "doorman_b", "nginx", "haproxy"]
+
+
+def log_cost(results):
+    """What each proxy's access log costs: CPU per request with it on minus with it off,
+    medians of the same run."""
+    lines = []
+    for scenario in dict.fromkeys(s for s, _ in results):
+        for proxy in ["doorman", "doorman_b", "nginx", "haproxy"]:
+            on = med(results.get((scenario, f"{proxy}_log"), []), "cpu_us")
+            off = med(results.get((scenario, proxy), []), "cpu_us")
+            if on is None or off is None:
+                continue
+            if not lines:
+                lines += ["", "## What the access log costs", "",
+                          "| scenario | proxy | CPU µs/request, log off | log on | cost of the "
+                          "log line |", "|---|---|---:|---:|---:|"]
+            lines.append(f"| {SCENARIOS[scenario][0]} | {proxy} | {off:.1f} | {on:.1f} | "
+                         f"{on - off:.1f} |")
+    if lines:
+        lines += ["", "The cost is the difference of two medians of the same run; a figure "
+                  "within ~0.3 µs of zero is within the runs' spread."]
+    return lines
+
+
 def sign_test(wins, n):
     """Two-sided binomial sign test: how likely `wins` of `n` or a split at least as uneven
     is when each pair is a coin toss."""
@@ -867,8 +934,9 @@ def paired_p99(results):
     for scenario in dict.fromkeys(s for s, _ in results):
         if not scenario.startswith("rate"):
             continue
-        base = results.get((scenario, "doorman"), [])
-        for peer in ["doorman_b", "nginx", "haproxy"]:
+        for peer in ["doorman_b", "nginx", "haproxy", "doorman_b_log", "nginx_log",
+                     "haproxy_log"]:
+            base = results.get((scenario, "doorman_log" if LOGGED(peer) else "doorman"), [])
             rs = results.get((scenario, peer), [])
             pairs = [(d["p99"], o["p99"]) for d, o in zip(base, rs) if d["p99"] and o["p99"]]
             if not pairs:
