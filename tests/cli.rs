@@ -128,18 +128,20 @@ upstream = "nope"
     let stderr = String::from_utf8_lossy(&out.stderr);
     let p = path.display().to_string();
     let lines: Vec<&str> = stderr.lines().collect();
+    // An unknown key no longer hides the rest of its group: upstreams.web.servers is checked.
     let expect_prefixes = [
-        format!("{p}: server.listen: invalid socket address \"0.0.0.0:99999\""),
-        format!("{p}: server.max_connections: 0 is out of range"),
-        format!("{p}: server.header_timeout: invalid duration \"soon\""),
-        format!("{p}: tls.certificates[0].cert: missing.crt: cannot read"),
-        format!("{p}: upstreams.api.balance: unknown balance \"least_conn\""),
-        format!("{p}: upstreams.api.servers[0].address: invalid address \"not an address\""),
-        format!("{p}: upstreams.api.servers[1].weight: -1 is out of range 0..=1000"),
-        format!("{p}: upstreams.web: unknown field `timeout`"),
-        format!("{p}: routes[0].path_prefix: \"api/\" must start with '/'"),
-        format!("{p}: routes[0].upstream: no upstream group named \"nope\""),
-        format!("{p}: configuration check failed with 10 error(s)"),
+        format!("{p}:3: server.listen: invalid socket address \"0.0.0.0:99999\""),
+        format!("{p}:5: server.max_connections: 0 is out of range"),
+        format!("{p}:4: server.header_timeout: invalid duration \"soon\""),
+        format!("{p}:8: tls.certificates[0].cert: missing.crt: cannot read"),
+        format!("{p}:12: upstreams.api.balance: unknown balance \"least_conn\""),
+        format!("{p}:13: upstreams.api.servers[0].address: invalid address \"not an address\""),
+        format!("{p}:13: upstreams.api.servers[1].weight: -1 is out of range 0..=1000"),
+        format!("{p}:17: upstreams.web: unknown field `timeout`"),
+        format!("{p}:16: upstreams.web.servers: at least one server is required"),
+        format!("{p}:20: routes[0].path_prefix: \"api/\" must start with '/'"),
+        format!("{p}:21: routes[0].upstream: no upstream group named \"nope\""),
+        format!("{p}: configuration check failed with 11 error(s)"),
     ];
     assert_eq!(lines.len(), expect_prefixes.len(), "{stderr}");
     for (line, want) in lines.iter().zip(&expect_prefixes) {
@@ -148,6 +150,72 @@ upstream = "nope"
             "\n got: {line}\nwant: {want}…"
         );
     }
+}
+
+#[test]
+fn check_lists_every_key_type_and_value_error_with_its_line() {
+    let dir = example_tree();
+    let text = r#"[server]
+listen = "127.0.0.1:8443"
+listne = "127.0.0.1:8444"
+workers = "four"
+idle_timeout = "forever"
+max_connections = true
+
+[[tls.certificates]]
+cert = "config/certs/dev.crt"
+key = "config/certs/dev.key"
+
+[upstream.api]
+servers = [{ address = "127.0.0.1:9001" }]
+
+[upstreams.api]
+servers = [{ address = "127.0.0.1:9001", wieght = 2 }]
+retries = "2"
+
+[[routes]]
+path_prefix = "/"
+upstream = "api"
+
+[[routes]]
+path_prefix = "/admin"
+upstream = "api"
+auth = "sometimes"
+colour = "blue"
+
+[log]
+level = "verbose"
+access_format = "xml"
+"#;
+    std::fs::write(dir.path().join("broken.toml"), text).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "broken.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let route_keys = "`path_prefix`, `upstream`, `host`, `auth`, `idempotency`, `allow_methods`";
+    let want = [
+        "broken.toml:12: upstream: unknown section, did you mean `upstreams`?".to_string(),
+        "broken.toml:3: server: unknown field `listne`, did you mean `listen`?".to_string(),
+        "broken.toml:4: server.workers: invalid type: string \"four\", expected i64".to_string(),
+        "broken.toml:6: server.max_connections: invalid type: boolean `true`, expected i64"
+            .to_string(),
+        "broken.toml:5: server.idle_timeout: invalid duration \"forever\" (like \"500ms\", \"30s\", \"5m\"): expected number at 0".to_string(),
+        "broken.toml:16: upstreams.api.servers[0]: unknown field `wieght`, did you mean `weight`?"
+            .to_string(),
+        "broken.toml:17: upstreams.api.retries: invalid type: string \"2\", expected i64"
+            .to_string(),
+        "broken.toml:31: log.access_format: unknown format \"xml\", expected \"text\" or \"json\""
+            .to_string(),
+        "broken.toml:30: log.level: unknown level \"verbose\", expected one of error, warn, info, debug, trace".to_string(),
+        format!("broken.toml:27: routes[1]: unknown field `colour`, expected one of {route_keys}"),
+        "broken.toml:26: routes[1].auth: unknown auth mode \"sometimes\", expected required, optional or off".to_string(),
+        "broken.toml: configuration check failed with 11 error(s)".to_string(),
+    ];
+    let got: Vec<&str> = stderr.lines().collect();
+    assert_eq!(got, want, "\n{stderr}");
 }
 
 #[test]

@@ -5,8 +5,11 @@
 
 use serde::Deserialize;
 
-/// Top-level sections. Each is deserialized on its own (see `validate::parse`) so that a typo in
-/// one section does not hide the errors of the others.
+/// Top-level sections. Each is checked key by key, then deserialized on its own (see
+/// `validate::keys`), so that a typo does not hide the errors after it.
+///
+/// The known keys of each table are the fields of its raw type below (read from serde's own
+/// field list): add a key by adding a field, nowhere else.
 pub(crate) const SECTIONS: &[&str] = &[
     "server",
     "tls",
@@ -16,6 +19,7 @@ pub(crate) const SECTIONS: &[&str] = &[
     "auth",
     "revocation",
     "idempotency",
+    "log",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,4 +166,12 @@ pub(crate) struct RawRevocation {
     pub(crate) enabled: Option<bool>,
     pub(crate) key_prefix: Option<String>,
     pub(crate) subject_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLog {
+    pub(crate) access: Option<String>,
+    pub(crate) access_format: Option<String>,
+    pub(crate) level: Option<String>,
 }

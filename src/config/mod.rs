@@ -443,11 +443,14 @@ pub struct RouteSpec {
     pub allow_methods: Vec<http::Method>,
 }
 
-/// One problem found in a config file: the key it sits under and why it is wrong.
+/// One problem found in a config file: the key it sits under, its line and why it is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub key: String,
     pub message: String,
+    /// 1-based line of the key (or of the nearest table or entry holding it); None when the
+    /// file has no such place (it could not be read, or a required section is missing).
+    pub line: Option<usize>,
 }
 
 /// Every problem found in one config file.
@@ -463,11 +466,14 @@ impl fmt::Display for ConfigErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            if e.key.is_empty() {
-                write!(f, "{}: {}", self.file.display(), e.message)?;
-            } else {
-                write!(f, "{}: {}: {}", self.file.display(), e.key, e.message)?;
+            write!(f, "{}", self.file.display())?;
+            if let Some(line) = e.line {
+                write!(f, ":{line}")?;
             }
+            if !e.key.is_empty() {
+                write!(f, ": {}", e.key)?;
+            }
+            write!(f, ": {}", e.message)?;
         }
         Ok(())
     }

@@ -9,6 +9,9 @@
 
 mod auth;
 mod idempotency;
+mod keys;
+mod lines;
+mod log;
 mod revocation;
 mod routes;
 mod server;
@@ -19,12 +22,12 @@ mod values;
 
 use std::path::Path;
 
-use serde::de::DeserializeOwned;
-
-use super::file::{RawAuth, RawIdempotency, RawRevocation, RawServer, RawStore, SECTIONS};
+use super::file::{RawAuth, RawIdempotency, RawLog, RawRevocation, RawServer, RawStore, SECTIONS};
 use super::{
-    Config, ConfigError, ConfigErrors, IdempotencySettings, RevocationSettings, StoreSettings,
+    Config, ConfigError, ConfigErrors, IdempotencySettings, LogSettings, RevocationSettings,
+    StoreSettings,
 };
+use lines::Lines;
 
 /// Read and validate a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -35,6 +38,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             errors: vec![ConfigError {
                 key: String::new(),
                 message: format!("cannot read file: {e}"),
+                line: None,
             }],
         }),
     }
@@ -42,7 +46,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Validate config text; `file` is only used to label errors.
 pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
-    let mut v = Validator { errors: Vec::new() };
+    let mut v = Validator {
+        errors: Vec::new(),
+        lines: Lines::new(text),
+    };
     let config = v.config(text);
     match config {
         Some(c) if v.errors.is_empty() => Ok(c),
@@ -55,40 +62,48 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
 
 struct Validator {
     errors: Vec<ConfigError>,
+    /// Where each key sits in the text: every error carries the line of its key.
+    lines: Lines,
 }
 
 impl Validator {
+    /// An error at `key`, on the line of that key (or of the nearest table holding it).
     fn err(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let key = key.into();
+        let line = self.lines.line(&key);
+        self.err_at(key, line, message);
+    }
+
+    /// An error at `key` on a line of the caller's choosing (an unknown key, reported under
+    /// its table, is on its own line).
+    fn err_at(&mut self, key: impl Into<String>, line: Option<usize>, message: impl Into<String>) {
         self.errors.push(ConfigError {
             key: key.into(),
             message: message.into(),
+            line,
         });
-    }
-
-    fn section<T: DeserializeOwned>(&mut self, key: &str, value: toml::Value) -> Option<T> {
-        match value.try_into::<T>() {
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.err(key, e.message().trim().to_string());
-                None
-            }
-        }
     }
 
     fn config(&mut self, text: &str) -> Option<Config> {
         let mut doc: toml::Table = match toml::from_str(text) {
             Ok(t) => t,
             Err(e) => {
-                self.err("", format!("invalid TOML: {}", e.to_string().trim_end()));
+                let line = e.span().map(|s| lines::line_of(text, s.start));
+                self.err_at(
+                    "",
+                    line,
+                    format!("invalid TOML: {}", e.to_string().trim_end()),
+                );
                 return None;
             }
         };
         for key in doc.keys() {
             if !SECTIONS.contains(&key.as_str()) {
-                self.err(
-                    key.clone(),
-                    format!("unknown section, expected one of {}", SECTIONS.join(", ")),
-                );
+                let message = match keys::closest(key, SECTIONS) {
+                    Some(hint) => format!("unknown section, did you mean `{hint}`?"),
+                    None => format!("unknown section, expected one of {}", SECTIONS.join(", ")),
+                };
+                self.err(key.clone(), message);
             }
         }
 
@@ -127,6 +142,13 @@ impl Validator {
                 .unwrap_or_default(),
             None => IdempotencySettings::default(),
         };
+        let log = match doc.remove("log") {
+            Some(v) => self
+                .section::<RawLog>("log", v)
+                .map(|raw| self.log(raw))
+                .unwrap_or_default(),
+            None => LogSettings::default(),
+        };
         let routes = self.routes(doc.remove("routes"), &upstreams, auth_present);
         self.lease_outlives_finish(&idempotency, &routes, &upstreams, &store);
 
@@ -140,7 +162,7 @@ impl Validator {
             auth,
             revocation,
             idempotency,
-            log: super::LogSettings::default(),
+            log,
         })
     }
 }
@@ -225,6 +247,7 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert!(e[0].message.contains("invalid TOML"), "{}", e[0].message);
         assert!(e[0].message.contains("line 1"), "{}", e[0].message);
+        assert_eq!(e[0].line, Some(1));
     }
 
     #[test]
@@ -235,8 +258,107 @@ mod tests {
             text.lines()
                 .next()
                 .unwrap()
-                .starts_with("conf/p.toml: server.listen: invalid socket address \"x\""),
+                .starts_with("conf/p.toml:2: server.listen: invalid socket address \"x\""),
             "{text}"
         );
+    }
+
+    /// (key, line, message) of every error outside `[tls]` (whose certificate files do not
+    /// exist in these tests).
+    fn found(text: &str) -> Vec<(String, Option<usize>, String)> {
+        errors(text)
+            .into_iter()
+            .filter(|e| !e.key.starts_with("tls"))
+            .map(|e| (e.key, e.line, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn unknown_keys_and_type_errors_are_each_reported_at_their_line() {
+        let server_keys = "`listen`, `plain_listen`, `admin_listen`, `workers`, `max_connections`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `idle_timeout`, `shutdown_grace`, `pid_file`, `merge_slashes`, `escaped_slashes`, `underscores_in_headers`, `admin_hosts`, `admin_token_env`";
+        let no_match = format!("unknown field `colour`, expected one of {server_keys}");
+        let cases: &[(&str, &str, &[(&str, usize, &str)])] = &[
+            (
+                "unknown key with a hint",
+                "[server]\nlisten = \"127.0.0.1:1\"\nidle_timout = \"5s\"\n",
+                &[(
+                    "server",
+                    3,
+                    "unknown field `idle_timout`, did you mean `idle_timeout`?",
+                )],
+            ),
+            (
+                "unknown key without a close match",
+                "[server]\ncolour = \"blue\"\nlisten = \"127.0.0.1:1\"\n",
+                &[("server", 2, &no_match)],
+            ),
+            (
+                "type errors at two keys of one section, the rest still validated",
+                "[server]\nlisten = \"127.0.0.1:1\"\nworkers = \"four\"\nidle_timeout = \"soon\"\nmerge_slashes = 1\n",
+                &[
+                    (
+                        "server.workers",
+                        3,
+                        "invalid type: string \"four\", expected i64",
+                    ),
+                    (
+                        "server.merge_slashes",
+                        5,
+                        "invalid type: integer `1`, expected a boolean",
+                    ),
+                    (
+                        "server.idle_timeout",
+                        4,
+                        "invalid duration \"soon\" (like \"500ms\", \"30s\", \"5m\"): expected number at 0",
+                    ),
+                ],
+            ),
+            (
+                "errors inside the second [[routes]] entry",
+                "[server]\nlisten = \"127.0.0.1:1\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n\n[[routes]]\npath_prefix = \"/b\"\nupstrem = \"api\"\nhost = 7\n",
+                &[
+                    (
+                        "routes[1]",
+                        9,
+                        "unknown field `upstrem`, did you mean `upstream`?",
+                    ),
+                    (
+                        "routes[1].host",
+                        10,
+                        "invalid type: integer `7`, expected a string",
+                    ),
+                    ("routes[1]", 7, "missing field `upstream`"),
+                ],
+            ),
+            (
+                "errors in an inline entry and a nested table",
+                "[server]\nlisten = \"127.0.0.1:1\"\n[upstreams.web]\nservers = [\n  { address = \"127.0.0.1:2\" },\n  { adress = \"127.0.0.1:3\" },\n]\n[upstreams.web.health]\ninterval = 2\n",
+                &[
+                    (
+                        "upstreams.web.servers[1]",
+                        6,
+                        "unknown field `adress`, did you mean `address`?",
+                    ),
+                    ("upstreams.web.servers[1]", 6, "missing field `address`"),
+                    (
+                        "upstreams.web.health.interval",
+                        9,
+                        "invalid type: integer `2`, expected a string",
+                    ),
+                ],
+            ),
+            (
+                "unknown top-level section with a hint",
+                "[server]\nlisten = \"127.0.0.1:1\"\n\n[upstream.web]\nservers = []\n",
+                &[("upstream", 4, "unknown section, did you mean `upstreams`?")],
+            ),
+        ];
+        for (name, text, want) in cases {
+            let want: Vec<_> = want
+                .iter()
+                .map(|(k, l, m)| (k.to_string(), Some(*l), m.to_string()))
+                .collect();
+            assert_eq!(found(&format!("{text}{MINIMAL_REST}")), want, "{name}");
+        }
     }
 }

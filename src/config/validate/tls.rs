@@ -217,15 +217,28 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_tls_section_is_reported_once() {
+    fn a_misspelt_tls_key_is_reported_with_a_hint_and_the_rest_still_checked() {
         let text = "[server]\nlisten = \"127.0.0.1:1\"\n[tls]\ncertificate = []\n";
         let e = errors(text);
-        let tls: Vec<_> = e.iter().filter(|e| e.key.starts_with("tls")).collect();
-        assert_eq!(tls.len(), 1, "{e:?}");
-        assert!(
-            tls[0].message.contains("unknown field `certificate`"),
-            "{}",
-            tls[0].message
+        let tls: Vec<_> = e
+            .iter()
+            .filter(|e| e.key.starts_with("tls"))
+            .map(|e| (e.key.as_str(), e.line, e.message.as_str()))
+            .collect();
+        assert_eq!(
+            tls,
+            [
+                (
+                    "tls",
+                    Some(4),
+                    "unknown field `certificate`, did you mean `certificates`?"
+                ),
+                (
+                    "tls.certificates",
+                    Some(3),
+                    "missing: at least one [[tls.certificates]] entry is required"
+                ),
+            ]
         );
     }
 }
