@@ -9,6 +9,13 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The status page's browser test (tests/status_browser.rs) drives headless Chromium.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# tests/contrib.rs checks the files in contrib/ with the tools that read them: the systemd
+# unit (systemd-analyze verify), the logrotate snippet (logrotate -d, in /usr/sbin) and the
+# alert rules (promtool check rules / test rules).
+PATH="$PATH:/usr/sbin:/sbin"
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v logrotate >/dev/null 2>&1 || need+=(logrotate)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need[*]}"
@@ -20,7 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
     exit 1
   fi
 fi
-for c in redis-server openssl curl chromium; do
+for c in redis-server openssl curl chromium systemd-analyze logrotate promtool; do
   command -v "$c" >/dev/null 2>&1 || { echo "still missing after install: $c" >&2; exit 1; }
 done
 

@@ -19,6 +19,7 @@
 //! snapshot                                  one immutable configuration, swapped whole
 //! auth · store · balance · upstream · metrics
 //! h1 · tls · config · idle · error          codec, TLS config, proxy.toml, idle detection
+//! service_notify                            sd_notify(3): ready, reloading, stopping
 //! message                                   HTTP vocabulary (normal forms, the one
 //!                                           Content-Length parser, hop-by-hop, request ids)
 //! ```
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod reload;
 pub mod server;
+pub mod service_notify;
 pub mod snapshot;
 pub mod store;
 mod tls;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use doorman::compare::CompareOptions;
 use doorman::config;
 use doorman::demo::{self, DemoOptions};
@@ -124,6 +124,14 @@ enum Command {
         #[arg(long, default_value = "target/compare")]
         out: PathBuf,
     },
+    /// Print a shell completion script to stdout (e.g. `doorman completions bash >
+    /// /usr/share/bash-completion/completions/doorman`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout (e.g. `doorman manpage > doorman.1`).
+    Manpage,
 }
 
 fn main() -> ExitCode {
@@ -204,6 +212,15 @@ fn main() -> ExitCode {
             seed,
             out,
         }),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "doorman", &mut script);
+            print_out(&script)
+        }
+        Command::Manpage => match manpage() {
+            Ok(page) => print_out(&page),
+            Err(e) => fail(format!("cannot render the man page: {e}")),
+        },
     }
 }
 
@@ -412,6 +429,7 @@ fn run(path: PathBuf) -> ExitCode {
             .map_err(|e| e.to_string())?;
         let snapshot = Snapshot::build(&config)?.into_shared();
         pid_file.set(config.server.pid_file.as_deref())?;
+        doorman::service_notify::ready();
         let (reloader, requests) = Reloader::new(&path, &text);
         tokio::spawn(reload_on_sighup(hup, reloader.clone()));
         tokio::spawn(follow_pid_file(
@@ -641,4 +659,57 @@ async fn shutdown_on(
         }
         std::process::exit(1);
     });
+}
+
+/// Write generated text to stdout; a closed pipe (`| head`) is an error, not a panic.
+fn print_out(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("cannot write to stdout: {e}")),
+    }
+}
+
+/// doorman(1) as one page: clap_mangen's top-level page, then a section per subcommand
+/// with its synopsis and options (the top-level page alone only names them).
+fn manpage() -> std::io::Result<Vec<u8>> {
+    let mut cli = Cli::command();
+    cli.build();
+    let mut page = Vec::new();
+    let top = clap_mangen::Man::new(cli.clone());
+    top.render_title(&mut page)?;
+    top.render_name_section(&mut page)?;
+    top.render_synopsis_section(&mut page)?;
+    top.render_description_section(&mut page)?;
+    top.render_options_section(&mut page)?;
+    top.render_subcommands_section(&mut page)?;
+    for sub in cli.get_subcommands().filter(|s| s.get_name() != "help") {
+        let man = clap_mangen::Man::new(sub.clone());
+        let mut part = Vec::new();
+        man.render_description_section(&mut part)?;
+        man.render_synopsis_section(&mut part)?;
+        man.render_options_section(&mut part)?;
+        // Its own sections become subsections of one "DOORMAN-<NAME>" section.
+        let part = String::from_utf8_lossy(&part)
+            .replace(".SH DESCRIPTION\n", "")
+            .replace(".SH ", ".SS ");
+        page.extend_from_slice(
+            format!(".SH \"DOORMAN\\-{}\"\n", sub.get_name().to_uppercase()).as_bytes(),
+        );
+        page.extend_from_slice(part.as_bytes());
+    }
+    top.render_version_section(&mut page)?;
+    // Each render defines the quote string `Aq` again, the first before `.TH`: once, after it.
+    let page = String::from_utf8_lossy(&page).into_owned();
+    let (aq, rest): (Vec<&str>, Vec<&str>) = page
+        .lines()
+        .partition(|l| l.starts_with(".ie \\n(.g .ds Aq") || l.starts_with(".el .ds Aq"));
+    let (title, body) = rest.split_at(1.min(rest.len()));
+    let mut out = String::new();
+    for line in title.iter().chain(aq.iter().take(2)).chain(body) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    Ok(out.into_bytes())
 }

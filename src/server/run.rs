@@ -121,6 +121,7 @@ pub async fn run_reloadable(
             _ = &mut shutdown => break,
             Some(reply) = next_reload => {
                 let Some(reloader) = &reloader else { continue };
+                crate::service_notify::reloading();
                 let current = snapshot.load_full();
                 let outcome = match reload::prepare(reloader.path(), &current).await {
                     Ok(p) => {
@@ -175,6 +176,7 @@ pub async fn run_reloadable(
                 if let Ok(hash) = &outcome {
                     metrics.set_config(hash);
                 }
+                crate::service_notify::reloaded(outcome.is_ok());
                 let _ = reply.send(reloader.record(outcome));
             }
         }
@@ -183,6 +185,7 @@ pub async fn run_reloadable(
     // Reloads asked for from now on get "shutting down" instead of waiting forever.
     drop(requests);
     admin_state.ready.store(false, Ordering::Release);
+    crate::service_notify::stopping();
     let _ = phase_tx.send(Phase::Draining);
     let _ = tls_loop.stop().await;
     if let Some(l) = plain_loop {
