@@ -166,7 +166,7 @@ impl Validator {
                 Err(e) => e.message().trim().to_string(),
                 Ok(_) => "expected a string".to_string(),
             };
-            self.err(&format!("{path}.{k}"), message);
+            self.err(format!("{path}.{k}"), message);
             false
         });
         true

@@ -277,7 +277,9 @@ mod tests {
     fn unknown_keys_and_type_errors_are_each_reported_at_their_line() {
         let server_keys = "`listen`, `plain_listen`, `admin_listen`, `workers`, `max_connections`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `idle_timeout`, `shutdown_grace`, `pid_file`, `merge_slashes`, `escaped_slashes`, `underscores_in_headers`, `admin_hosts`, `admin_token_env`";
         let no_match = format!("unknown field `colour`, expected one of {server_keys}");
-        let cases: &[(&str, &str, &[(&str, usize, &str)])] = &[
+        // (case, text, expected (key, line, message) in order)
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, usize, &'a str)]);
+        let cases: &[Case] = &[
             (
                 "unknown key with a hint",
                 "[server]\nlisten = \"127.0.0.1:1\"\nidle_timout = \"5s\"\n",
