@@ -76,7 +76,7 @@ impl Validator {
         match value.try_into::<T>() {
             Ok(t) => Some(t),
             Err(e) => {
-                let message = e.message().trim().to_string();
+                let message = message(&e);
                 // A nested entry's missing key was reported at that entry already.
                 if !self.errors[before..].iter().any(|e| e.message == message) {
                     self.err(key, message);
@@ -112,10 +112,10 @@ impl Validator {
             let mut one = toml::Table::new();
             one.insert(k.clone(), value.clone());
             if let Err(e) = toml::Value::Table(one).try_into::<T>() {
-                let message = e.message().trim();
+                let message = message(&e);
                 // Other keys are absent here: only this key's own error counts.
                 if !message.starts_with("missing field") {
-                    self.err(&key_path, message.to_string());
+                    self.err(&key_path, message);
                     table.remove(&k);
                 }
             }
@@ -130,7 +130,7 @@ impl Validator {
         };
         self.table::<T>(path, t);
         if let Err(e) = value.clone().try_into::<T>() {
-            self.err(path, e.message().trim().to_string());
+            self.err(path, message(&e));
         }
         true
     }
@@ -146,7 +146,7 @@ impl Validator {
             if !self.entry::<T>(&item_path, item)
                 && let Err(e) = item.clone().try_into::<T>()
             {
-                self.err(&item_path, e.message().trim().to_string());
+                self.err(&item_path, message(&e));
             }
         }
         true
@@ -163,13 +163,25 @@ impl Validator {
                 return true;
             }
             let message = match v.clone().try_into::<String>() {
-                Err(e) => e.message().trim().to_string(),
+                Err(e) => message(&e),
                 Ok(_) => "expected a string".to_string(),
             };
-            self.err(&format!("{path}.{k}"), message);
+            self.err(format!("{path}.{k}"), message);
             false
         });
         true
+    }
+}
+
+/// serde's message, with the raw type's name (`struct RawServerEntry`) read as "a table".
+fn message(e: &toml::de::Error) -> String {
+    let m = e.message().trim();
+    match m.split_once("struct Raw") {
+        Some((before, after)) => {
+            let rest = after.trim_start_matches(|c: char| c.is_ascii_alphanumeric());
+            format!("{before}a table{rest}")
+        }
+        None => m.to_string(),
     }
 }
 
@@ -289,6 +301,42 @@ mod tests {
         assert!(fields::<RawUpstream>().contains(&"servers"));
         assert_eq!(fields::<RawLog>(), ["access", "access_format", "level"]);
         assert_eq!(fields::<String>(), [] as [&str; 0]);
+    }
+
+    #[test]
+    fn every_prefix_of_a_config_parses_without_panicking() {
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\nworkrs = 1\nworkers = \"x\"\n\
+            [tls]\ncipher_suites = [1]\n[[tls.certificates]]\ncert = \"é.crt\"\n\
+            [upstreams.\"a.b\"]\nservers = [{ address = \"127.0.0.1:2\", wieght = 1 }, 3]\n\
+            [upstreams.\"a.b\".health]\ninterval = 1\n[[routes]]\npath_prefix = \"/\"\n\
+            upstream = \"a.b\"\n[[routes]]\nhost = []\n[auth]\nforward_claims = { sub = 1 }\n\
+            [[auth.keys]]\nkid = 2\n[log]\nlevel = \"loud\"\n[lg]\n";
+        for (i, _) in text.char_indices() {
+            if let Err(e) = super::super::parse(&text[..i], std::path::Path::new("p.toml")) {
+                let _ = e.to_string();
+            }
+        }
+    }
+
+    #[test]
+    fn odd_keys_are_reported_without_panicking() {
+        let text =
+            "[server]\n\"\" = 1\n\"é.x[0\" = 2\nlisten = \"127.0.0.1:1\"\n\"listen]\" = [[]]\n";
+        let e = super::super::tests::errors(text);
+        let server: Vec<_> = e
+            .iter()
+            .filter(|e| e.key == "server")
+            .map(|e| (e.line, e.message.split(',').next().unwrap()))
+            .collect();
+        assert_eq!(
+            server,
+            [
+                // The empty key: its table's line.
+                (Some(1), "unknown field ``"),
+                (Some(3), "unknown field `é.x[0`"),
+                (Some(5), "unknown field `listen]`"),
+            ]
+        );
     }
 
     #[test]

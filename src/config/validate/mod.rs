@@ -1,8 +1,10 @@
-//! Raw TOML → typed [`Config`], collecting every error (file, key, why) in one pass.
+//! Raw TOML → typed [`Config`], collecting every error (file, line, key, why) in one pass.
 //!
-//! Each section — and each upstream, route and certificate inside it — is deserialized on its
-//! own, so one typo does not hide the next. Relative certificate paths resolve against the
-//! current working directory, as the example `config/proxy.toml` expects.
+//! Each section — and each upstream group and route inside it — is first checked key by key
+//! (`keys`: unknown keys and badly typed values are reported and dropped), then deserialized
+//! and validated on its own, so one typo does not hide the next. Every error carries the line
+//! of its key (`lines`). Relative certificate paths resolve against the current working
+//! directory, as the example `config/proxy.toml` expects.
 //!
 //! This file holds the entry points, the error collector and the pass that calls each section
 //! in order; a section's rules live in the file named after it, shared scalars in `values`.
@@ -107,7 +109,8 @@ impl Validator {
             }
         }
 
-        // A section that does not deserialize was reported once; its keys are not re-checked.
+        // A section that still does not deserialize (a required key is missing) was reported;
+        // its values are not validated further.
         let server = match doc.remove("server") {
             Some(v) => self
                 .section::<RawServer>("server", v)
@@ -277,7 +280,9 @@ mod tests {
     fn unknown_keys_and_type_errors_are_each_reported_at_their_line() {
         let server_keys = "`listen`, `plain_listen`, `admin_listen`, `workers`, `max_connections`, `max_header_bytes`, `max_body_bytes`, `header_timeout`, `idle_timeout`, `shutdown_grace`, `pid_file`, `merge_slashes`, `escaped_slashes`, `underscores_in_headers`, `admin_hosts`, `admin_token_env`";
         let no_match = format!("unknown field `colour`, expected one of {server_keys}");
-        let cases: &[(&str, &str, &[(&str, usize, &str)])] = &[
+        // (case, text, expected (key, line, message) in order)
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, usize, &'a str)]);
+        let cases: &[Case] = &[
             (
                 "unknown key with a hint",
                 "[server]\nlisten = \"127.0.0.1:1\"\nidle_timout = \"5s\"\n",
@@ -345,6 +350,18 @@ mod tests {
                         9,
                         "invalid type: integer `2`, expected a string",
                     ),
+                ],
+            ),
+            (
+                "a section or an entry that is not a table",
+                "log = 5\n[server]\nlisten = \"127.0.0.1:1\"\n[upstreams.web]\nservers = [{ address = \"127.0.0.1:2\" }, 3]\n",
+                &[
+                    (
+                        "upstreams.web.servers[1]",
+                        5,
+                        "invalid type: integer `3`, expected a table",
+                    ),
+                    ("log", 1, "invalid type: integer `5`, expected a table"),
                 ],
             ),
             (
