@@ -188,5 +188,45 @@ fn end_to_end(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, balancer, headers, target, end_to_end);
+/// One access-log line formatted, in each format: the part of the access log's cost that is
+/// the request thread's own (the copy into the shared buffer and the writer thread's writes
+/// are measured end to end by `scripts/bench.sh peers`).
+fn access_line(c: &mut Criterion) {
+    use doorman::config::AccessFormat;
+    use doorman::logging::line::Entry;
+    let entry = Entry {
+        time: std::time::SystemTime::now(),
+        request_id: b"6f1c2a9e0b7d4c3e8a5f1d2c3b4a5968",
+        client: "127.0.0.1:51234".parse().unwrap(),
+        method: "GET",
+        path: "/api/orders/42",
+        route: Some("/api"),
+        status: 200,
+        upstream: Some("127.0.0.1:9001".parse().unwrap()),
+        attempts: 1,
+        duration_us: 812,
+        head_us: 700,
+        upstream_us: Some(650),
+        bytes_in: None,
+        bytes_out: 1234,
+        complete: true,
+        subject: Some("user-1234"),
+        idempotency: None,
+    };
+    let mut out = Vec::with_capacity(512);
+    for (name, format) in [
+        ("access_line_text", AccessFormat::Text),
+        ("access_line_json", AccessFormat::Json),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                black_box(&entry).write(format, &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+}
+
+criterion_group!(benches, balancer, headers, target, access_line, end_to_end);
 criterion_main!(benches);

@@ -460,11 +460,9 @@ async fn a_reload_moves_the_access_log_to_another_file_format_or_off() {
     let r = Replica::start("r").await;
     let logs = tempfile::tempdir().unwrap();
     let (first, second) = (logs.path().join("a.log"), logs.path().join("b.log"));
-    let rest = |log: &str| {
-        group_toml("api", &[r.addr], "") + &route_toml("/", "api") + "[log]\n" + log
-    };
-    let mut d =
-        Instance::start(&rest(&format!("access = \"{}\"\n", first.display()))).await;
+    let rest =
+        |log: &str| group_toml("api", &[r.addr], "") + &route_toml("/", "api") + "[log]\n" + log;
+    let mut d = Instance::start(&rest(&format!("access = \"{}\"\n", first.display()))).await;
     let mut c = Client::plain(d.plain).await;
     assert_eq!(c.get("/one").await.0.status(), 200);
 

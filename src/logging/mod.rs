@@ -7,7 +7,7 @@
 //! The binary starts the writer (`start`); a library user that never does gets no access log
 //! (lines are formatted nowhere and written nowhere).
 
-pub(crate) mod line;
+pub mod line;
 mod sink;
 
 use std::cell::RefCell;

@@ -103,8 +103,16 @@ pub(crate) async fn handle(
         .extensions()
         .get::<forward::UpstreamTime>()
         .map(|t| t.0.as_micros() as u64);
-    let log = access_log(snap)
-        .map(|format| AccessLog::of(&ctx, conn.peer, status, upstream_us, idempotency, format));
+    let log = access_log(snap).map(|format| {
+        AccessLog::of(
+            &mut ctx,
+            conn.peer,
+            status,
+            upstream_us,
+            idempotency,
+            format,
+        )
+    });
     resp.map(|inner| LoggedBody {
         inner,
         bytes_out: 0,
@@ -120,7 +128,7 @@ fn access_log(snap: &Snapshot) -> Option<AccessFormat> {
 
 /// A request whose handler was dropped before it had a response: the client went away
 /// (closed the connection, reset the HTTP/2 stream). Counted and logged as 499, as nginx.
-fn abandoned(ctx: &RequestCtx, a: &context::Abandon) {
+fn abandoned(ctx: &mut RequestCtx, a: &context::Abandon) {
     const CLIENT_CLOSED: u16 = 499;
     let idempotency = ctx.keyed.then_some("abandoned");
     record(ctx, &a.metrics, CLIENT_CLOSED, idempotency);
@@ -275,8 +283,9 @@ struct AccessLog {
 }
 
 impl AccessLog {
+    /// Takes what it needs out of `ctx`, which is done with: moved, not cloned.
     fn of(
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         peer: std::net::SocketAddr,
         status: u16,
         upstream_us: Option<u64>,
@@ -284,10 +293,10 @@ impl AccessLog {
         format: AccessFormat,
     ) -> Self {
         AccessLog {
-            request_id: ctx.request_id.clone(),
+            request_id: std::mem::replace(&mut ctx.request_id, http::HeaderValue::from_static("")),
             peer,
-            method: ctx.method.clone(),
-            uri: ctx.uri.clone(),
+            method: std::mem::take(&mut ctx.method),
+            uri: std::mem::take(&mut ctx.uri),
             route: ctx.route.as_ref().map(|r| r.label.0.clone()),
             status,
             upstream: ctx.attempts.upstream,
@@ -301,15 +310,16 @@ impl AccessLog {
             head_us: ctx.started.elapsed().as_micros() as u64,
             upstream_us,
             bytes_in: ctx.bytes_in,
-            subject: ctx.token.clone(),
+            subject: ctx.token.take(),
             idempotency,
             format,
         }
     }
 
     fn write(&self, bytes_out: u64, complete: bool) {
+        let now = std::time::Instant::now();
         let entry = crate::logging::line::Entry {
-            time: std::time::SystemTime::now(),
+            time: crate::logging::line::wall_clock(now),
             request_id: self.request_id.as_bytes(),
             client: self.peer,
             method: self.method.as_str(),
@@ -318,7 +328,7 @@ impl AccessLog {
             status: self.status,
             upstream: self.upstream,
             attempts: self.attempts,
-            duration_us: self.started.elapsed().as_micros() as u64,
+            duration_us: now.duration_since(self.started).as_micros() as u64,
             head_us: self.head_us,
             upstream_us: self.upstream_us,
             bytes_in: self.bytes_in,

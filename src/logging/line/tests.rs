@@ -210,3 +210,41 @@ fn unfinished_and_abandoned_requests_say_so() {
     assert_eq!(v["complete"], false);
     assert_eq!(v["idempotency"], "abandoned");
 }
+
+#[test]
+fn addresses_are_written_as_std_writes_them() {
+    for a in [
+        "127.0.0.1:5000",
+        "0.0.0.0:0",
+        "255.255.255.255:65535",
+        "10.20.3.4:80",
+        "[::1]:8443",
+        "[2001:db8::7]:443",
+        "[::ffff:127.0.0.1]:9000",
+        "[fe80::1%7]:22",
+    ] {
+        let addr: SocketAddr = a.parse().unwrap();
+        let mut out = Vec::new();
+        address(addr, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), addr.to_string(), "{a}");
+    }
+}
+
+#[test]
+fn the_wall_clock_follows_the_monotonic_one() {
+    let now = std::time::Instant::now();
+    let before = SystemTime::now();
+    let wall = wall_clock(now);
+    let later = wall_clock(now + Duration::from_millis(250));
+    assert_eq!(
+        later.duration_since(wall).unwrap(),
+        Duration::from_millis(250)
+    );
+    let after = SystemTime::now();
+    // Within the second the reading may be from: never ahead of the clock.
+    assert!(
+        wall <= after + Duration::from_millis(1),
+        "{wall:?} {after:?}"
+    );
+    assert!(before.duration_since(wall).unwrap_or_default() < Duration::from_secs(1));
+}
