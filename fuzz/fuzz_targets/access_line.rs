@@ -4,8 +4,9 @@
 //! Input: up to four fields separated by `\0` (request id, path, subject, route); the path,
 //! subject and route are taken as UTF-8 (lossily). Checked, besides never panicking: each
 //! format writes exactly one line ending in `\n`; the text line is visible ASCII and spaces
-//! only, and splitting it on spaces outside quotes yields exactly the 17 documented keys in
-//! order; the JSON line parses and gives back every value exactly (the request id lossily).
+//! only, and splitting it on spaces outside quotes yields exactly 17 fields, the path and the
+//! subject in theirs; the JSON line parses and gives back every value exactly (the request id
+//! lossily).
 #![no_main]
 
 use doorman::config::AccessFormat;
@@ -18,8 +19,8 @@ const KEYS: [&str; 17] = [
     "idempotency",
 ];
 
-/// The keys of a text line: fields split on spaces outside `"…"` (a `\"` inside stays).
-fn text_keys(line: &str) -> Vec<String> {
+/// A text line's fields: split on spaces outside `"…"` (a `\"` inside stays).
+fn text_fields(line: &str) -> Vec<String> {
     let mut keys = Vec::new();
     let (mut field, mut quoted, mut escaped) = (String::new(), false, false);
     for c in line.chars() {
@@ -28,8 +29,7 @@ fn text_keys(line: &str) -> Vec<String> {
             '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
             ' ' if !quoted => {
-                keys.push(field.split('=').next().unwrap_or("").to_string());
-                field.clear();
+                keys.push(std::mem::take(&mut field));
                 continue;
             }
             _ => {}
@@ -37,8 +37,13 @@ fn text_keys(line: &str) -> Vec<String> {
         field.push(c);
     }
     assert!(!quoted, "an unterminated quote: {line:?}");
-    keys.push(field.split('=').next().unwrap_or("").to_string());
+    keys.push(field);
     keys
+}
+
+/// What the text format writes for a value: itself when plain, else quoted and escaped.
+fn unquoted(field: &str) -> bool {
+    !field.starts_with('"')
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -77,7 +82,17 @@ fuzz_target!(|data: &[u8]| {
         String::from_utf8_lossy(&text)
     );
     let line = std::str::from_utf8(body).unwrap();
-    assert_eq!(text_keys(line), KEYS, "{line:?}");
+    let fields = text_fields(line);
+    assert_eq!(fields.len(), KEYS.len(), "{line:?}");
+    // A plain value is written as itself; anything else is quoted.
+    if !path.is_empty() && path != "-" && path.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+        assert_eq!(fields[4], path);
+    } else {
+        assert!(!unquoted(&fields[4]), "{line:?}");
+    }
+    if subject.is_none() {
+        assert_eq!(fields[15], "-");
+    }
 
     let mut json = Vec::new();
     entry.write(AccessFormat::Json, &mut json);

@@ -98,7 +98,7 @@ pub(crate) async fn handle(
     request_id.set_sensitive(true);
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     let status = resp.status().as_u16();
-    record(&ctx, m, status, idempotency);
+    let head = record(&ctx, m, status, idempotency);
     let upstream_us = resp
         .extensions()
         .get::<forward::UpstreamTime>()
@@ -108,6 +108,7 @@ pub(crate) async fn handle(
             &mut ctx,
             conn.peer,
             status,
+            head,
             upstream_us,
             idempotency,
             format,
@@ -131,9 +132,9 @@ fn access_log(snap: &Snapshot) -> Option<AccessFormat> {
 fn abandoned(ctx: &mut RequestCtx, a: &context::Abandon) {
     const CLIENT_CLOSED: u16 = 499;
     let idempotency = ctx.keyed.then_some("abandoned");
-    record(ctx, &a.metrics, CLIENT_CLOSED, idempotency);
+    let head = record(ctx, &a.metrics, CLIENT_CLOSED, idempotency);
     if let Some(format) = a.access {
-        AccessLog::of(ctx, a.peer, CLIENT_CLOSED, None, idempotency, format).write(0, false);
+        AccessLog::of(ctx, a.peer, CLIENT_CLOSED, head, None, idempotency, format).write(0, false);
     }
 }
 
@@ -248,18 +249,26 @@ async fn stages(
 
 /// Last stage: count the request (the request id is already on the response). Its access
 /// log line is written when the response body ends (`LoggedBody`), with the bytes sent.
-fn record(ctx: &RequestCtx, m: &Metrics, status: u16, idempotency: Option<&'static str>) {
+/// Returns the time since the request's head was read (the access log's `head_us`).
+fn record(
+    ctx: &RequestCtx,
+    m: &Metrics,
+    status: u16,
+    idempotency: Option<&'static str>,
+) -> std::time::Duration {
     let route = ctx.route.as_deref().unwrap_or_else(|| m.no_route());
+    let elapsed = ctx.started.elapsed();
     route.record(
         m,
         MethodLabel::of(&ctx.method),
         status,
         ctx.attempts.upstream,
-        ctx.started.elapsed(),
+        elapsed,
     );
     if let Some(outcome) = idempotency {
         Metrics::count(&m.idempotency, outcome);
     }
+    elapsed
 }
 
 /// One access-log line's fields, gathered when the response head is ready.
@@ -288,6 +297,7 @@ impl AccessLog {
         ctx: &mut RequestCtx,
         peer: std::net::SocketAddr,
         status: u16,
+        head: std::time::Duration,
         upstream_us: Option<u64>,
         idempotency: Option<&'static str>,
         format: AccessFormat,
@@ -307,7 +317,7 @@ impl AccessLog {
                 .count
                 .max(u32::from(ctx.attempts.upstream.is_some())),
             started: ctx.started,
-            head_us: ctx.started.elapsed().as_micros() as u64,
+            head_us: head.as_micros() as u64,
             upstream_us,
             bytes_in: ctx.bytes_in,
             subject: ctx.token.take(),
