@@ -399,6 +399,10 @@ async fn the_access_log_file_is_reopened_on_sigusr1_under_load_with_no_line_lost
         }));
     }
     within("20 rotations under load", async {
+        // Lines for the first file before it is moved.
+        while answered.load(Ordering::Relaxed) < 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         for n in 1..=REOPENS {
             // As logrotate: move the file away, then tell doorman to reopen its path.
             std::fs::rename(&file, logs.path().join(format!("access.log.{n}"))).unwrap();
