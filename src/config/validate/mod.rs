@@ -25,10 +25,7 @@ mod values;
 use std::path::Path;
 
 use super::file::{RawAuth, RawIdempotency, RawLog, RawRevocation, RawServer, RawStore, SECTIONS};
-use super::{
-    Config, ConfigError, ConfigErrors, IdempotencySettings, LogSettings, RevocationSettings,
-    StoreSettings,
-};
+use super::{Config, ConfigError, ConfigErrors};
 use lines::Lines;
 
 /// Read and validate a config file.
@@ -86,6 +83,19 @@ impl Validator {
         });
     }
 
+    /// A section with defaults: absent, or not deserializable (reported), gives the defaults.
+    fn optional<R: keys::Raw, T: Default>(
+        &mut self,
+        doc: &mut toml::Table,
+        key: &str,
+        validate: fn(&mut Self, R) -> T,
+    ) -> T {
+        doc.remove(key)
+            .and_then(|v| self.section::<R>(key, v))
+            .map(|raw| validate(self, raw))
+            .unwrap_or_default()
+    }
+
     fn config(&mut self, text: &str) -> Option<Config> {
         let mut doc: toml::Table = match toml::from_str(text) {
             Ok(t) => t,
@@ -119,39 +129,17 @@ impl Validator {
         };
         let (tls, cipher_suites) = self.tls(doc.remove("tls"));
         let upstreams = self.upstreams(doc.remove("upstreams"));
-        let store = match doc.remove("store") {
-            Some(v) => self
-                .section::<RawStore>("store", v)
-                .map(|raw| self.store(raw))
-                .unwrap_or_default(),
-            None => StoreSettings::default(),
-        };
+        let store = self.optional::<RawStore, _>(&mut doc, "store", Self::store);
         let auth_present = doc.contains_key("auth");
         let auth = doc
             .remove("auth")
             .and_then(|v| self.section::<RawAuth>("auth", v))
             .and_then(|raw| self.auth(raw));
-        let revocation = match doc.remove("revocation") {
-            Some(v) => self
-                .section::<RawRevocation>("revocation", v)
-                .map(|raw| self.revocation(raw))
-                .unwrap_or_default(),
-            None => RevocationSettings::default(),
-        };
-        let idempotency = match doc.remove("idempotency") {
-            Some(v) => self
-                .section::<RawIdempotency>("idempotency", v)
-                .map(|raw| self.idempotency(raw))
-                .unwrap_or_default(),
-            None => IdempotencySettings::default(),
-        };
-        let log = match doc.remove("log") {
-            Some(v) => self
-                .section::<RawLog>("log", v)
-                .map(|raw| self.log(raw))
-                .unwrap_or_default(),
-            None => LogSettings::default(),
-        };
+        let revocation =
+            self.optional::<RawRevocation, _>(&mut doc, "revocation", Self::revocation);
+        let idempotency =
+            self.optional::<RawIdempotency, _>(&mut doc, "idempotency", Self::idempotency);
+        let log = self.optional::<RawLog, _>(&mut doc, "log", Self::log);
         let routes = self.routes(doc.remove("routes"), &upstreams, auth_present);
         self.lease_outlives_finish(&idempotency, &routes, &upstreams, &store);
 
