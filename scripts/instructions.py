@@ -10,8 +10,13 @@ that doorman's own code decides. With --nginx, nginx's one worker (no master, so
 wraps it) is counted the same way on the same loads: the peer's user-space work per request.
 Only 127.0.0.1 is used; every load is a fixed count.
 
+With --logs, doorman (and nginx with --nginx) are counted a second time with their access log
+on, writing to a file (`doorman_log`, `nginx_log`, configured as in peers.py): the difference
+is what the log line costs in user space. The kernel's part (copying the lines into the page
+cache) is not counted; it grows with the bytes per line, which the report also gives.
+
 Usage: scripts/instructions.py [--binary PATH] [--baseline PATH] [--kinds plain,tls,h2,jwt,handshake,h2_rate,tls_rate]
-                               [--requests N] [--nginx]
+                               [--requests N] [--nginx] [--logs]
 Writes target/bench/instructions.md.
 """
 import argparse
@@ -76,8 +81,9 @@ def load(url, flags, n, strict=True):
         raise SystemExit(f"h2load did not complete {n} requests against {url}:\n{out[-1500:]}")
 
 
-def count(binary, kind, n, key, crt):
-    """Instructions per request for one binary (or nginx) and one kind of request."""
+def count(binary, kind, n, key, crt, name):
+    """Instructions per request for one binary (or nginx) and one kind of request; `name` is
+    the proxy's name in peers.PORTS (`_log`: its access log on)."""
     out_dir = peers.WORK / "callgrind"
     out_dir.mkdir(parents=True, exist_ok=True)
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p"]
@@ -86,16 +92,16 @@ def count(binary, kind, n, key, crt):
     try:
         if binary == "nginx":
             # Its one worker in the foreground, no master: valgrind wraps the worker.
-            proc = peers.start_nginx(key, crt, launcher=valgrind)
+            proc = peers.start_nginx(key, crt, launcher=valgrind, name=name)
         else:
             wrapper = out_dir / f"run-{Path(binary).name}.sh"
             wrapper.write_text(f"#!/bin/sh\nexec {' '.join(valgrind)} {binary} \"$@\"\n")
             wrapper.chmod(0o755)
-            proc = peers.start_doorman(key, crt, peers.JWT, binary=wrapper)
+            proc = peers.start_doorman(key, crt, peers.JWT, name=name, binary=wrapper)
     finally:
         peers.wait_port = wait
     try:
-        plain, tls = peers.PORTS["nginx" if binary == "nginx" else "doorman"]
+        plain, tls = peers.PORTS[name]
         url, flags = URLS[kind]
         url = url.format(plain=plain, tls=tls)
         n = max(n // SHARE.get(kind, 1), 100)
@@ -115,7 +121,13 @@ def count(binary, kind, n, key, crt):
         text = subprocess.run(["callgrind_annotate", dumps[-1]], capture_output=True,
                               text=True, check=True).stdout
         total = next(line for line in text.splitlines() if "PROGRAM TOTALS" in line)
-        return int(total.split()[0].replace(",", "")) / n
+        per_request = int(total.split()[0].replace(",", "")) / n
+        log = peers.WORK / name / "access.log"
+        if peers.LOGGED(name) and log.exists():
+            lines = log.read_bytes().splitlines()
+            print(f"  {name}: {len(lines)} lines so far, "
+                  f"{sum(map(len, lines)) / max(len(lines), 1) + 1:.0f} bytes per line", flush=True)
+        return per_request
     finally:
         proc.stop()
 
@@ -129,6 +141,8 @@ def main():
     ap.add_argument("--nginx", action="store_true",
                     help="count nginx's worker too, on the same loads (not the jwt kind: "
                          "nginx has no JWT verification)")
+    ap.add_argument("--logs", action="store_true",
+                    help="count doorman (and nginx) again with the access log on, to a file")
     a = ap.parse_args()
     for tool in ["valgrind", "callgrind_control", "callgrind_annotate", "h2load", "nginx",
                  "redis-server", "taskset", "openssl"]:
@@ -138,11 +152,13 @@ def main():
     unknown = [k for k in kinds if k not in URLS]
     if unknown:
         raise SystemExit(f"unknown kinds {unknown}; known: {', '.join(URLS)}")
-    binaries = [("doorman", a.binary.resolve())]
+    binaries = [("doorman", a.binary.resolve(), "doorman")]
     if a.baseline:
-        binaries.append(("baseline", a.baseline.resolve()))
+        binaries.append(("baseline", a.baseline.resolve(), "doorman_b"))
     if a.nginx:
-        binaries.append(("nginx", "nginx"))
+        binaries.append(("nginx", "nginx", "nginx"))
+    if a.logs:
+        binaries += [(f"{label}_log", b, f"{name}_log") for label, b, name in binaries]
     peers.WORK.mkdir(parents=True, exist_ok=True)
     key, crt, _ = peers.setup_certs()
     peers.JWT = peers.Jwt()
@@ -153,10 +169,10 @@ def main():
         procs.append(peers.start_redis())
         for kind in kinds:
             got = {}
-            for name, binary in binaries:
-                if name == "nginx" and kind == "jwt":
+            for name, binary, proxy in binaries:
+                if name.startswith("nginx") and kind == "jwt":
                     continue
-                got[name] = count(binary, kind, a.requests, key, crt)
+                got[name] = count(binary, kind, a.requests, key, crt, proxy)
                 print(f"{kind:6} {name:9} {got[name]:9.0f} instructions/request", flush=True)
             rows.append((kind, got))
     finally:
@@ -166,7 +182,7 @@ def main():
              "warm-up, 32 connections.",
              f"Command: `scripts/instructions.py --kinds {a.kinds} --requests {a.requests}"
              + (" --baseline BINARY" if a.baseline else "") + (" --nginx" if a.nginx else "")
-             + "`", "",
+             + (" --logs" if a.logs else "") + "`", "",
              "| request | doorman | baseline | doorman ÷ baseline | nginx | doorman ÷ nginx |",
              "|---|---:|---:|---:|---:|---:|"]
     def cell(got, name):
@@ -175,6 +191,15 @@ def main():
     for kind, got in rows:
         lines.append(f"| {kind} | {got['doorman']:.0f} | " + " | ".join(
             [*cell(got, "baseline"), *cell(got, "nginx")]) + " |")
+    if a.logs:
+        lines += ["", "The access log's user-space cost: instructions per request with the log on "
+                  "minus with it off.", "", "| request | proxy | log off | log on | cost |",
+                  "|---|---|---:|---:|---:|"]
+        for kind, got in rows:
+            for name in ["doorman", "baseline", "nginx"]:
+                if name in got and f"{name}_log" in got:
+                    off, on = got[name], got[f"{name}_log"]
+                    lines.append(f"| {kind} | {name} | {off:.0f} | {on:.0f} | {on - off:.0f} |")
     report = peers.WORK / "instructions.md"
     report.write_text("\n".join(lines) + "\n")
     print(f"wrote {report}")

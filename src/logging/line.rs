@@ -135,17 +135,25 @@ fn number(n: impl itoa::Integer, out: &mut Vec<u8>) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-/// `a.b.c.d:port`, or `[v6]:port` as std writes it. IPv4 by hand: std's `Display` goes
-/// through the formatting machinery, which costs more than the rest of the line.
+/// `a.b.c.d:port`, or `[v6]:port` as std writes it. IPv4 by hand, on the stack and copied
+/// once: std's `Display` goes through the formatting machinery, which costs more than the
+/// rest of the line.
 fn address(a: SocketAddr, out: &mut Vec<u8>) {
     match a {
         SocketAddr::V4(v4) => {
+            // The longest: `255.255.255.255:65535`.
+            let mut text = [0u8; 21];
+            let mut n = 0;
             for (i, octet) in v4.ip().octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
-                number(octet, out);
+                n = decimal(u16::from(octet), &mut text, n);
             }
+            text[n] = b':';
+            n = decimal(v4.port(), &mut text, n + 1);
+            out.extend_from_slice(&text[..n]);
         }
         SocketAddr::V6(v6) => {
             let _ = write!(out, "[{}]", v6.ip());
@@ -154,10 +162,27 @@ fn address(a: SocketAddr, out: &mut Vec<u8>) {
                 out.pop();
                 let _ = write!(out, "%{}]", v6.scope_id());
             }
+            out.push(b':');
+            number(v6.port(), out);
         }
     }
-    out.push(b':');
-    number(a.port(), out);
+}
+
+/// Writes `v` in decimal into `text` at `at`; returns the index after it.
+fn decimal(mut v: u16, text: &mut [u8; 21], at: usize) -> usize {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let end = at + digits.len() - i;
+    text[at..end].copy_from_slice(&digits[i..]);
+    end
 }
 
 fn text_number(n: Option<u64>, out: &mut Vec<u8>) {
@@ -181,15 +206,24 @@ fn text_opt(v: Option<&[u8]>, out: &mut Vec<u8>) {
     }
 }
 
+/// The bytes a text value may hold unquoted: visible ASCII other than `"` and `\\`.
+static PLAIN: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        plain[b] = c.is_ascii_graphic() && c != b'"' && c != b'\\';
+        b += 1;
+    }
+    plain
+};
+
 /// A text value: as is when every byte is visible ASCII other than `"` and `\` (and it is
 /// not `-`, which means "none"); otherwise quoted, with `"` and `\` escaped by a backslash and
 /// every other byte outside visible ASCII or space as `\xHH`. So a value is always one field:
 /// it cannot hold a raw space outside quotes, nor end the line.
 fn text_value(v: &[u8], out: &mut Vec<u8>) {
-    let plain = !v.is_empty()
-        && v != b"-"
-        && v.iter()
-            .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    let plain = !v.is_empty() && v != b"-" && v.iter().all(|&b| PLAIN[usize::from(b)]);
     if plain {
         out.extend_from_slice(v);
         return;

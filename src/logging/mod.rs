@@ -1,5 +1,5 @@
 //! The logs. The access log has a path of its own, off `tracing`: one line per request,
-//! formatted into a buffer on the request's thread (`line`) and written by a writer thread
+//! formatted straight into a buffer of the request's thread (`line`) and written by a writer thread
 //! (`sink`), so a line costs well under a microsecond and a slow disk never holds a request.
 //! The diagnostic log (errors, reloads, health changes) stays on `tracing`; its level comes
 //! from `[log] level` unless `RUST_LOG` is set.
@@ -10,7 +10,6 @@
 pub mod line;
 mod sink;
 
-use std::cell::RefCell;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -87,18 +86,9 @@ pub fn written_lines() -> u64 {
     SINK.get().map_or(0, Sink::written)
 }
 
-thread_local! {
-    /// The line being formatted, reused: a line allocates nothing once this has grown.
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
-}
-
 /// Format `entry` and append it to the access log, if the writer runs.
 pub(crate) fn access(format: AccessFormat, entry: &Entry<'_>) {
-    let Some(sink) = SINK.get() else { return };
-    SCRATCH.with(|scratch| {
-        let mut line = scratch.borrow_mut();
-        line.clear();
-        entry.write(format, &mut line);
-        sink.append(&line);
-    });
+    if let Some(sink) = SINK.get() {
+        sink.append_with(|out| entry.write(format, out));
+    }
 }

@@ -1,12 +1,16 @@
-//! Where access-log lines go: a shared buffer the request path appends whole lines to, and a
-//! writer thread that owns the file (or stderr) and writes the buffer out in batches.
+//! Where access-log lines go: a buffer per thread that the request path formats whole lines
+//! into, and a writer thread that owns the file (or stderr) and writes the buffers out in
+//! batches.
 //!
-//! A request never waits for a disk. It formats its line on its own thread, then holds a
-//! lock only to copy the line in; a full buffer (64 KiB, as nginx's `buffer=64k`) is handed
-//! to the writer through a bounded queue, and when that queue is full too (the disk is
-//! slower than the traffic) the batch is dropped and its lines counted
-//! (`doorman_log_dropped_lines_total`). The writer also takes whatever is buffered once a
-//! second, so a quiet proxy's lines still appear promptly.
+//! A request never waits for a disk, nor for another worker: each thread formats its line
+//! straight into its own buffer (a lock only the writer ever contends for, once a second).
+//! A full buffer (64 KiB, as nginx's `buffer=64k` per worker) is handed to the writer
+//! through a bounded queue, and when that queue is full too (the disk is slower than the
+//! traffic) the batch is dropped and its lines counted (`doorman_log_dropped_lines_total`).
+//! The writer also takes whatever every thread has buffered once a second, so a quiet
+//! proxy's lines still appear promptly. As with nginx's workers, lines from different
+//! threads may reach the file out of time order by up to that second; each thread's own
+//! lines stay in order.
 //!
 //! Lines are only ever appended whole and a batch is written with one `write_all`, so a
 //! reopen (SIGUSR1, logrotate) or a retarget (a reload that changes `[log] access`) falls
@@ -14,7 +18,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -48,8 +53,13 @@ struct Control {
     flush: Vec<std::sync::mpsc::Sender<()>>,
 }
 
+type Local = Arc<Mutex<Buffer>>;
+
 struct Shared {
-    buffer: Mutex<Buffer>,
+    /// Which sink a thread's buffer belongs to (a process has one; tests start several).
+    id: usize,
+    /// Every thread's buffer, so the writer can take what is buffered.
+    buffers: Mutex<Vec<Local>>,
     /// Emptied batches the writer hands back, so steady traffic allocates no buffers.
     spare: Mutex<Vec<Vec<u8>>>,
     control: Mutex<Control>,
@@ -64,6 +74,11 @@ pub(crate) struct Sink {
     queue: SyncSender<Message>,
 }
 
+thread_local! {
+    /// This thread's buffer and the sink it belongs to.
+    static LOCAL: RefCell<Option<(usize, Local)>> = const { RefCell::new(None) };
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -71,11 +86,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Sink {
     /// Start the writer thread writing to `target`.
     pub(crate) fn start(target: AccessTarget) -> std::io::Result<Sink> {
+        static IDS: AtomicUsize = AtomicUsize::new(0);
         let shared = Arc::new(Shared {
-            buffer: Mutex::new(Buffer {
-                bytes: Vec::with_capacity(BATCH_BYTES + 1024),
-                lines: 0,
-            }),
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            buffers: Mutex::new(Vec::new()),
             spare: Mutex::new(Vec::new()),
             control: Mutex::new(Control::default()),
             dropped: AtomicU64::new(0),
@@ -94,23 +108,41 @@ impl Sink {
         Ok(Sink { shared, queue })
     }
 
-    /// Append one whole line (with its newline).
-    pub(crate) fn append(&self, line: &[u8]) {
-        let full = {
-            let mut b = lock(&self.shared.buffer);
-            b.bytes.extend_from_slice(line);
-            b.lines += 1;
-            if b.bytes.len() < BATCH_BYTES {
-                return;
-            }
-            let fresh = lock(&self.shared.spare)
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES + 1024));
-            Buffer {
-                bytes: std::mem::replace(&mut b.bytes, fresh),
-                lines: std::mem::take(&mut b.lines),
-            }
-        };
+    /// Append one whole line: `write` appends it (with its newline) to this thread's buffer.
+    pub(crate) fn append_with(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        LOCAL.with(|local| {
+            let mut local = local.borrow_mut();
+            let buffer = match &*local {
+                Some((id, b)) if *id == self.shared.id => b,
+                _ => {
+                    let b: Local = Arc::new(Mutex::new(Buffer {
+                        bytes: Vec::with_capacity(BATCH_BYTES + 1024),
+                        lines: 0,
+                    }));
+                    lock(&self.shared.buffers).push(b.clone());
+                    &local.insert((self.shared.id, b)).1
+                }
+            };
+            let full = {
+                let mut b = lock(buffer);
+                write(&mut b.bytes);
+                b.lines += 1;
+                if b.bytes.len() < BATCH_BYTES {
+                    return;
+                }
+                let fresh = lock(&self.shared.spare)
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES + 1024));
+                Buffer {
+                    bytes: std::mem::replace(&mut b.bytes, fresh),
+                    lines: std::mem::take(&mut b.lines),
+                }
+            };
+            self.hand_over(full);
+        });
+    }
+
+    fn hand_over(&self, full: Buffer) {
         if let Err(
             TrySendError::Full(Message::Batch(b)) | TrySendError::Disconnected(Message::Batch(b)),
         ) = self.queue.try_send(Message::Batch(full))
@@ -208,14 +240,9 @@ impl Writer {
                         self.write(b, &mut last_error);
                     }
                 }
-                let pending = {
-                    let mut b = lock(&self.shared.buffer);
-                    Buffer {
-                        bytes: std::mem::take(&mut b.bytes),
-                        lines: std::mem::take(&mut b.lines),
-                    }
-                };
-                self.write(pending, &mut last_error);
+                for pending in self.take_buffered() {
+                    self.write(pending, &mut last_error);
+                }
                 last_take = Instant::now();
             }
             if let Some(target) = control.target {
@@ -228,6 +255,27 @@ impl Writer {
                 let _ = done.send(());
             }
         }
+    }
+
+    /// What every thread has buffered. A thread that has exited leaves its buffer behind; it
+    /// is forgotten once emptied.
+    fn take_buffered(&self) -> Vec<Buffer> {
+        let mut buffers = lock(&self.shared.buffers);
+        let mut taken = Vec::new();
+        for local in buffers.iter() {
+            let mut b = lock(local);
+            if b.lines > 0 {
+                let fresh = lock(&self.shared.spare)
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES + 1024));
+                taken.push(Buffer {
+                    bytes: std::mem::replace(&mut b.bytes, fresh),
+                    lines: std::mem::take(&mut b.lines),
+                });
+            }
+        }
+        buffers.retain(|local| Arc::strong_count(local) > 1);
+        taken
     }
 
     fn write(&mut self, b: Buffer, last_error: &mut Option<Instant>) {
@@ -268,3 +316,6 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
