@@ -720,13 +720,18 @@ def main():
         proxies = {}
         logs = {"both": ["", "_log"], "on": ["_log"], "off": [""]}[a.logs]
         starts = []
+        # Each proxy's logged and unlogged processes next to each other, so that run i of the
+        # two is measured back to back: the pair the log's cost is taken from.
         for log in logs:
             starts.append((f"doorman{log}", lambda n=f"doorman{log}": start_doorman(key, crt, JWT, n)))
-            if a.baseline:
+        if a.baseline:
+            for log in logs:
                 starts.append((f"doorman_b{log}", lambda n=f"doorman_b{log}": start_doorman(
                     key, crt, JWT, n, a.baseline.resolve())))
-            starts += [(f"nginx{log}", lambda n=f"nginx{log}": start_nginx(key, crt, name=n)),
-                       (f"haproxy{log}", lambda n=f"haproxy{log}": start_haproxy(combined, JWT, n))]
+        for log in logs:
+            starts.append((f"nginx{log}", lambda n=f"nginx{log}": start_nginx(key, crt, name=n)))
+        for log in logs:
+            starts.append((f"haproxy{log}", lambda n=f"haproxy{log}": start_haproxy(combined, JWT, n)))
         starts = [(n, s) for n, s in starts if n.removesuffix("_log") in chosen]
         for name, start in starts:
             proxies[name] = start()
@@ -897,24 +902,29 @@ ORDER = ["doorman_log", "doorman_b_log", "nginx_log", "haproxy_log",
 
 
 def log_cost(results):
-    """What each proxy's access log costs: CPU per request with it on minus with it off,
-    medians of the same run."""
+    """What each proxy's access log costs: CPU per request with it on minus with it off.
+    Run i of the two was measured back to back (they are neighbours in the run order), so the
+    cost is the median of those pairs' differences, which the host's drift from one run to
+    the next does not enter; the medians of each side are shown beside it."""
     lines = []
     for scenario in dict.fromkeys(s for s, _ in results):
         for proxy in ["doorman", "doorman_b", "nginx", "haproxy"]:
-            on = med(results.get((scenario, f"{proxy}_log"), []), "cpu_us")
-            off = med(results.get((scenario, proxy), []), "cpu_us")
-            if on is None or off is None:
+            on_runs = results.get((scenario, f"{proxy}_log"), [])
+            off_runs = results.get((scenario, proxy), [])
+            pairs = [o["cpu_us"] - f["cpu_us"] for o, f in zip(on_runs, off_runs)]
+            if not pairs:
                 continue
+            on, off = med(on_runs, "cpu_us"), med(off_runs, "cpu_us")
             if not lines:
                 lines += ["", "## What the access log costs", "",
                           "| scenario | proxy | CPU µs/request, log off | log on | cost of the "
-                          "log line |", "|---|---|---:|---:|---:|"]
+                          "log line (median of pairs) | pairs' range |",
+                          "|---|---|---:|---:|---:|---:|"]
             lines.append(f"| {SCENARIOS[scenario][0]} | {proxy} | {off:.1f} | {on:.1f} | "
-                         f"{on - off:.1f} |")
+                         f"{statistics.median(pairs):.2f} | {min(pairs):.2f} to {max(pairs):.2f} |")
     if lines:
-        lines += ["", "The cost is the difference of two medians of the same run; a figure "
-                  "within ~0.3 µs of zero is within the runs' spread."]
+        lines += ["", "The cost is the median over runs of (log on − log off), each pair measured "
+                  "back to back; the range shows how far single pairs spread."]
     return lines
 
 
