@@ -12,7 +12,7 @@
 //! Layers, imports pointing down only:
 //!
 //! ```text
-//! main.rs, demo, compare                    the binary and its tools
+//! bin/doorman, demo, compare                the binary and its tools
 //! server                                    listeners, connections, drain, reloads applied
 //! admin · reload                            the admin listener; preparing a new snapshot
 //! pipeline                                  the stages

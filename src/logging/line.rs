@@ -177,7 +177,11 @@ static OCTETS: [(u8, [u8; 3]); 256] = {
     let mut table = [(0u8, [0u8; 3]); 256];
     let mut v = 0;
     while v < 256 {
-        let d = [b'0' + (v / 100) as u8, b'0' + (v / 10 % 10) as u8, b'0' + (v % 10) as u8];
+        let d = [
+            b'0' + (v / 100) as u8,
+            b'0' + (v / 10 % 10) as u8,
+            b'0' + (v % 10) as u8,
+        ];
         table[v] = match v {
             0..10 => (1, [d[2], 0, 0]),
             10..100 => (2, [d[1], d[2], 0]),

@@ -16,9 +16,9 @@
 //! reopen (SIGUSR1, logrotate) or a retarget (a reload that changes `[log] access`) falls
 //! between lines: the batches before it go to the old file, the rest to the new one.
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -24,7 +24,9 @@ fn lines_from_many_threads_are_all_written_whole_and_in_order() {
                 for n in 0..PER_THREAD {
                     // Long enough that each thread fills a batch several times.
                     sink.append_with(|out| {
-                        out.extend_from_slice(format!("t{t} {n:06} {}\n", "x".repeat(40)).as_bytes())
+                        out.extend_from_slice(
+                            format!("t{t} {n:06} {}\n", "x".repeat(40)).as_bytes(),
+                        )
                     });
                 }
             })

@@ -14,6 +14,13 @@ use doorman::server::{self, Listeners};
 use doorman::snapshot::Snapshot;
 use tracing::{error, info};
 
+mod process;
+mod reload_command;
+
+use process::{
+    PidFile, follow_pid_file, reload_on_sighup, reopen_on_sigusr1, shutdown_on, shutdown_signal,
+};
+
 /// jemalloc, as Pingora and linkerd2-proxy ship: less memory per idle connection and fewer
 /// instructions per request than glibc's malloc, and no per-thread arenas growing under
 /// load (docs/benchmarks.md, "What the design choices measured", has the figures).
@@ -190,7 +197,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Reload { config, pid_file } => reload(config, pid_file),
+        Command::Reload { config, pid_file } => reload_command::reload(config, pid_file),
         Command::Compare {
             config,
             requests,
@@ -284,14 +291,6 @@ fn start_logs(settings: &config::LogSettings) -> Result<(), String> {
         config::AccessTarget::File(p) => format!("cannot open the access log {}: {e}", p.display()),
         _ => format!("cannot start the access log: {e}"),
     })
-}
-
-/// Reopen the access-log file on every SIGUSR1 (logrotate's postrotate, as nginx's USR1).
-async fn reopen_on_sigusr1(mut usr1: tokio::signal::unix::Signal) {
-    while usr1.recv().await.is_some() {
-        info!("SIGUSR1: reopening the access log");
-        doorman::logging::reopen();
-    }
 }
 
 /// How long the access log may take to write out its last lines when doorman stops.
@@ -457,208 +456,6 @@ fn run(path: PathBuf) -> ExitCode {
         }
         Err(e) => fail(e),
     }
-}
-
-/// The pid file currently written, if any (a reload may move it).
-#[derive(Clone, Default)]
-struct PidFile(std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>);
-
-impl PidFile {
-    /// Write our pid to `path` (whole or not at all: a temp file renamed), and remove the
-    /// previous file if it was elsewhere.
-    fn set(&self, path: Option<&std::path::Path>) -> Result<(), String> {
-        let mut current = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if current.as_deref() == path {
-            return Ok(());
-        }
-        if let Some(p) = path {
-            let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, format!("{}\n", std::process::id()))
-                .and_then(|()| std::fs::rename(&tmp, p))
-                .map_err(|e| format!("cannot write the pid file {}: {e}", p.display()))?;
-        }
-        if let Some(old) = current.take() {
-            let _ = std::fs::remove_file(old);
-        }
-        *current = path.map(PathBuf::from);
-        Ok(())
-    }
-
-    fn remove(&self) {
-        if let Some(p) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// Every SIGHUP asks the server for a reload; the outcome is logged by the reloader.
-async fn reload_on_sighup(
-    mut hup: tokio::signal::unix::Signal,
-    reloader: std::sync::Arc<Reloader>,
-) {
-    while hup.recv().await.is_some() {
-        info!("SIGHUP: reloading {}", reloader.path().display());
-        if reloader.reload().await.is_none() {
-            return;
-        }
-    }
-}
-
-/// After each applied reload, move the pid file if `[server] pid_file` changed.
-async fn follow_pid_file(
-    mut applied: tokio::sync::watch::Receiver<u64>,
-    snapshot: doorman::snapshot::SharedSnapshot,
-    pid_file: PidFile,
-) {
-    while applied.changed().await.is_ok() {
-        let wanted = snapshot.load().settings.pid_file.clone();
-        if let Err(e) = pid_file.set(wanted.as_deref()) {
-            error!("{e}");
-        }
-    }
-}
-
-/// `doorman reload`: check the file first (like `nginx -t`), signal, then wait for the
-/// instance to report an attempt made after the signal on its admin listener.
-fn reload(path: PathBuf, pid_file: Option<PathBuf>) -> ExitCode {
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => return fail(format!("{}: cannot read file: {e}", path.display())),
-    };
-    let config = match config::parse(&text, &path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            eprintln!("{}: not reloading: the file is invalid", path.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    let Some(pid_file) = pid_file.or(config.server.pid_file.clone()) else {
-        return fail("no pid file: set [server] pid_file or pass --pid-file".into());
-    };
-    let pid = match std::fs::read_to_string(&pid_file)
-        .map_err(|e| e.to_string())
-        .and_then(|t| t.trim().parse::<i32>().map_err(|e| e.to_string()))
-    {
-        Ok(pid) if pid > 0 => pid,
-        Ok(pid) => return fail(format!("{}: bad pid {pid}", pid_file.display())),
-        Err(e) => return fail(format!("{}: {e}", pid_file.display())),
-    };
-    // A stale pid file may name another program now: SIGHUP would likely end it.
-    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-        Ok(comm) if comm.trim_end().starts_with("doorman") => {}
-        Ok(comm) => {
-            return fail(format!(
-                "pid {pid} (from {}) is {:?}, not doorman: stale pid file?",
-                pid_file.display(),
-                comm.trim_end()
-            ));
-        }
-        Err(_) => {
-            return fail(format!(
-                "no process {pid} (from {}): stale pid file?",
-                pid_file.display()
-            ));
-        }
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(format!("cannot start the runtime: {e}")),
-    };
-    let admin = config.server.admin_listen;
-    let expected = doorman::reload::config_hash(&text);
-    let signalled_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    if let Err(e) = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    ) {
-        return fail(format!("cannot signal pid {pid}: {e}"));
-    }
-    // The admin address is the new file's: where the instance listens once the reload
-    // applies (a refused reload that moved it cannot be reported here).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let Some(v) = rt
-            .block_on(doorman::admin::request(
-                admin,
-                config.server.admin_token.as_ref(),
-                http::Method::GET,
-                "/reload",
-                None,
-            ))
-            .ok()
-            .and_then(|(_, text)| serde_json::from_str::<serde_json::Value>(&text).ok())
-        else {
-            continue;
-        };
-        if v["at_unix_ms"].as_u64().is_none_or(|t| t < signalled_ms) || v["generation"] == 0 {
-            continue;
-        }
-        let hash = v["config_hash"].as_str().unwrap_or("?");
-        if v["result"] != "ok" {
-            eprintln!("reload failed; the running configuration is unchanged:");
-            for e in v["errors"].as_array().into_iter().flatten() {
-                eprintln!("  {}", e.as_str().unwrap_or("?"));
-            }
-            return ExitCode::FAILURE;
-        }
-        if hash != expected {
-            return fail(format!(
-                "the instance reloaded config_hash {hash}, but this file is {expected}: it changed meanwhile, or another reload ran"
-            ));
-        }
-        println!("reloaded: config_hash {hash}");
-        return ExitCode::SUCCESS;
-    }
-    fail(format!(
-        "SIGHUP sent to {pid}, but its admin listener {admin} reported no reload within 15s; see its log"
-    ))
-}
-
-/// Resolves on the first SIGINT or SIGTERM; a second one exits at once. Installs its
-/// handlers when first polled (`demo`).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(term), Ok(int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    shutdown_on(term, int, None).await
-}
-
-/// Resolves on the first SIGINT or SIGTERM; a second one removes the pid file and exits
-/// at once.
-async fn shutdown_on(
-    mut term: tokio::signal::unix::Signal,
-    mut int: tokio::signal::unix::Signal,
-    pid_file: Option<PidFile>,
-) {
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down gracefully"),
-        _ = int.recv() => info!("SIGINT: shutting down gracefully"),
-    }
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        error!("second signal: exiting now");
-        doorman::logging::flush(std::time::Duration::from_secs(1));
-        if let Some(p) = pid_file {
-            p.remove();
-        }
-        std::process::exit(1);
-    });
 }
 
 /// Write generated text to stdout; a closed pipe (`| head`) is an error, not a panic.
