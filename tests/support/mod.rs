@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod jwt;
+pub mod sentinel;
 
 use std::io;
 use std::net::SocketAddr;
