@@ -68,7 +68,7 @@ impl Target {
                 let nodes = SentinelNodeConnectionInfo::default().set_redis_connection_info(redis);
                 let client = SentinelClient::build(
                     sentinels.iter().map(String::as_str).collect(),
-                    master.as_str(),
+                    master.clone(),
                     Some(nodes),
                     SentinelServerType::Master,
                 )
