@@ -134,10 +134,10 @@ impl Store {
                     "revoked_tokens": jtis, "revoked_subjects": subs,
                 });
                 // mode, master, session_connected, failovers, untrusted_reason.
-                if let (Some(v), serde_json::Value::Object(session)) =
+                if let (Some(map), serde_json::Value::Object(session)) =
                     (v.as_object_mut(), r.session_status())
                 {
-                    v.extend(session);
+                    map.extend(session);
                 }
                 v
             }
