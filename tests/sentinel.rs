@@ -255,3 +255,70 @@ async fn a_sentinel_failover_is_followed_without_a_stale_answer() {
     a.stop().await;
     b.stop().await;
 }
+
+/// `password_env` end to end, through `doorman revoke` (a process of its own, so the
+/// variable is set for it alone): the configured node requires a password, the config names
+/// only the variable, and the revocation lands. Without the variable, `doorman check`
+/// reports it at its line.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_redis_password_comes_from_password_env() {
+    let redis = RedisServer::start();
+    let _: () = query(redis.port, &["CONFIG", "SET", "requirepass", "s3cret-pw"]).await;
+    let pki = TestPki::new();
+    let leaf = pki.leaf("localhost", &["localhost"]);
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}\
+         [store]\nredis_url = \"redis://127.0.0.1:{}/0\"\npassword_env = \"DOORMAN_TEST_REDIS_PASSWORD\"\n\
+         [upstreams.api]\nservers = [{{ address = \"127.0.0.1:9\" }}]\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n",
+        cert_toml(&leaf, &["localhost"]),
+        redis.port
+    );
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("password_env"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, &text).unwrap();
+    let run = |args: &[&str], password: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.args(args).arg("--config").arg(&path);
+        c.env_remove("DOORMAN_TEST_REDIS_PASSWORD");
+        if let Some(p) = password {
+            c.env("DOORMAN_TEST_REDIS_PASSWORD", p);
+        }
+        c.output().unwrap()
+    };
+    let out = tokio::task::block_in_place(|| {
+        run(&["revoke", "--sub", "zed", "--before", "1"], Some("s3cret-pw"))
+    });
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // AUTH as a plain client: the record is there.
+    let client = redis::Client::open(format!("redis://:s3cret-pw@127.0.0.1:{}/0", redis.port)).unwrap();
+    let mut conn = within("connect with the password", client.get_multiplexed_async_connection())
+        .await
+        .unwrap();
+    let cutoff: String = redis::cmd("GET")
+        .arg("doorman:revoked:sub:zed")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(cutoff, "1");
+
+    // A wrong password fails loudly; no variable at all is a config error at its line.
+    let out = tokio::task::block_in_place(|| {
+        run(&["revoke", "--sub", "zed", "--before", "1"], Some("wrong"))
+    });
+    assert!(!out.status.success());
+    let out = tokio::task::block_in_place(|| run(&["check"], None));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:{line}: store.password_env: environment variable DOORMAN_TEST_REDIS_PASSWORD is not set",
+            path.display()
+        )),
+        "{stderr}"
+    );
+}

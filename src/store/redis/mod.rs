@@ -431,7 +431,11 @@ impl RedisStore {
     /// resolve the master again.
     async fn drop_fallback_if_broken(&self, e: &redis::RedisError) {
         let demoted = is_readonly(e);
-        if e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_io_error() || demoted {
+        // A timeout alone is not a reason: a slow node keeps its connection.
+        let broken = e.is_connection_dropped()
+            || e.is_unrecoverable_error()
+            || (e.is_io_error() && !e.is_timeout());
+        if broken || demoted {
             self.fallback.lock().await.take();
             self.target.forget_master();
         }
