@@ -120,7 +120,13 @@ async fn status_reports_a_redis_store_and_its_view() {
         }
     })
     .await;
-    assert_eq!(s["store"]["untrusted_reason"], "PING deadline missed");
+    // The session that noticed it ended on its PING deadline; a session that then fails to
+    // start says so instead.
+    let reason = s["store"]["untrusted_reason"].as_str().unwrap().to_string();
+    assert!(
+        reason == "PING deadline missed" || reason.starts_with("no session: "),
+        "{reason}"
+    );
     redis.resume();
     p.stop().await;
 }
