@@ -123,7 +123,7 @@ impl Metrics {
         );
         r.register(
             "revocation_view_trusted",
-            "Redis store: 1 while the local revocation view is in sync (checks answered locally), 0 while checks go to Redis",
+            "1 while revocation checks are answered locally (always with the embedded store; with Redis, while the view is in sync), 0 while they go to Redis",
             self.revocation_view_trusted.clone(),
         );
         r.register(

@@ -96,11 +96,15 @@ impl Store {
     ) -> Result<Self, String> {
         let records = Records::new(revocation, leeway);
         match &store.redis {
-            None => Ok(Store::Memory(Arc::new(MemoryStore::new(
-                records,
-                Caps::of(store),
-                counters,
-            )))),
+            None => {
+                // The embedded list is the only copy: always answered locally.
+                redis.view_trusted.set(1);
+                Ok(Store::Memory(Arc::new(MemoryStore::new(
+                    records,
+                    Caps::of(store),
+                    counters,
+                ))))
+            }
             Some(spec) => Ok(Store::Redis(RedisStore::start(
                 spec, store, records, redis,
             )?)),
