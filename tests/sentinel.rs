@@ -7,6 +7,7 @@
 mod support;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -161,15 +162,19 @@ async fn a_sentinel_failover_is_followed_without_a_stale_answer() {
     // the revoked token must never pass (on_error = closed: 503 while Redis cannot answer,
     // 401 when it can); a live token gets 200 or 503, nothing else.
     set.master.kill();
+    // The watch stops between two requests once both views resynced (not cancelled in the
+    // middle of one: the client connection would not survive that).
+    let done = AtomicBool::new(false);
     let promoted = async {
         set.wait_for_promotion().await;
         for p in [&a, &b] {
             until_synced_on(p, set.replica.port, "view resynced on the promoted replica").await;
         }
+        done.store(true, Ordering::Release);
     };
     let watch = async {
         let mut seen = Vec::new();
-        loop {
+        while !done.load(Ordering::Acquire) {
             let (ea, eb, l) = (
                 status(&mut ca, &early).await,
                 status(&mut cb, &early).await,
@@ -180,15 +185,15 @@ async fn a_sentinel_failover_is_followed_without_a_stale_answer() {
             assert!(matches!(l, 200 | 503), "A answered {l} for a live token");
             seen.push(l);
             tokio::time::sleep(Duration::from_millis(5)).await;
-            if seen.len() > 20_000 {
-                break seen;
-            }
+            // Bounded: `promoted` gives up (and fails the test) long before this.
+            assert!(seen.len() < 20_000, "no failover after {} checks", seen.len());
         }
+        seen
     };
-    tokio::select! {
-        () = promoted => {}
-        seen = watch => panic!("no failover after {} checks", seen.len()),
-    }
+    let ((), seen) = tokio::join!(promoted, watch);
+    // The failover was watched: the live token was refused with 503 at least once while
+    // no master could answer.
+    assert!(seen.contains(&503), "{seen:?}");
 
     // After the failover: both name the new master, counted once, view trusted again.
     for p in [&a, &b] {
