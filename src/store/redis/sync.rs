@@ -186,6 +186,11 @@ async fn session(store: &Weak<RedisStore>) -> Result<Synced, SessionError> {
                         warn!("revocation view: the Redis node is no longer the master");
                         return Ok(Synced::Ended("the node is no longer the master (ROLE)"));
                     }
+                    // The connection's own response timeout is the same deadline.
+                    Ok(Err(e)) if e.is_timeout() => {
+                        warn!("revocation view: Redis PING deadline missed");
+                        return Ok(Synced::Ended("PING deadline missed"));
+                    }
                     Ok(Err(e)) => {
                         warn!(error = %e, "revocation view: Redis PING failed");
                         return Ok(Synced::Ended("PING failed"));
