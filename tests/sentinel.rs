@@ -180,13 +180,23 @@ async fn a_sentinel_failover_is_followed_without_a_stale_answer() {
                 status(&mut cb, &early).await,
                 status(&mut ca, &live).await,
             );
-            assert!(matches!(ea, 401 | 503), "A answered {ea} for a revoked token");
-            assert!(matches!(eb, 401 | 503), "B answered {eb} for a revoked token");
+            assert!(
+                matches!(ea, 401 | 503),
+                "A answered {ea} for a revoked token"
+            );
+            assert!(
+                matches!(eb, 401 | 503),
+                "B answered {eb} for a revoked token"
+            );
             assert!(matches!(l, 200 | 503), "A answered {l} for a live token");
             seen.push(l);
             tokio::time::sleep(Duration::from_millis(5)).await;
             // Bounded: `promoted` gives up (and fails the test) long before this.
-            assert!(seen.len() < 20_000, "no failover after {} checks", seen.len());
+            assert!(
+                seen.len() < 20_000,
+                "no failover after {} checks",
+                seen.len()
+            );
         }
         seen
     };
@@ -217,7 +227,13 @@ async fn a_sentinel_failover_is_followed_without_a_stale_answer() {
     let (code, body) = revoke(&b, &after_jti, after_exp).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["replicated"], false);
-    until_status(&mut ca, &after, 401, "A refuses the token B revoked after the failover").await;
+    until_status(
+        &mut ca,
+        &after,
+        401,
+        "A refuses the token B revoked after the failover",
+    )
+    .await;
 
     // A raw write on the new master reaches both views.
     let (raw, raw_jti, _) = token_for(&kit, "dee");
@@ -252,7 +268,11 @@ async fn a_sentinel_failover_is_followed_without_a_stale_answer() {
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("(NOT replicated"), "{stdout}");
     until_status(&mut cb, &cli, 401, "B refuses the token revoked by the CLI").await;
@@ -296,14 +316,25 @@ async fn the_redis_password_comes_from_password_env() {
         c.output().unwrap()
     };
     let out = tokio::task::block_in_place(|| {
-        run(&["revoke", "--sub", "zed", "--before", "1"], Some("s3cret-pw"))
+        run(
+            &["revoke", "--sub", "zed", "--before", "1"],
+            Some("s3cret-pw"),
+        )
     });
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // AUTH as a plain client: the record is there.
-    let client = redis::Client::open(format!("redis://:s3cret-pw@127.0.0.1:{}/0", redis.port)).unwrap();
-    let mut conn = within("connect with the password", client.get_multiplexed_async_connection())
-        .await
-        .unwrap();
+    let client =
+        redis::Client::open(format!("redis://:s3cret-pw@127.0.0.1:{}/0", redis.port)).unwrap();
+    let mut conn = within(
+        "connect with the password",
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .unwrap();
     let cutoff: String = redis::cmd("GET")
         .arg("doorman:revoked:sub:zed")
         .query_async(&mut conn)

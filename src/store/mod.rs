@@ -18,8 +18,8 @@ use std::time::Duration;
 
 pub(crate) use idempotency::{Begin, IdemRecord, StoredResponse};
 pub(crate) use memory::{Caps, MemoryCounters, MemoryStore};
-pub(crate) use redis::RedisStore;
 pub use redis::RedisCounters;
+pub(crate) use redis::RedisStore;
 
 use crate::auth::VerifiedToken;
 use crate::config::{RevocationSettings, StoreSettings};
@@ -290,7 +290,9 @@ pub async fn write_to_redis(
             .await
             .map(Some)
     } else {
-        redis::write_record(&mut conn, records, r).await.map(|()| None)
+        redis::write_record(&mut conn, records, r)
+            .await
+            .map(|()| None)
     };
     written.map_err(|e| format!("writing the revocation: {e}"))
 }

@@ -84,9 +84,19 @@ fn data_node(dir: &Path, port: u16) -> Vec<String> {
     let port = port.to_string();
     let dir = dir.display().to_string();
     [
-        "--port", port.as_str(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--port",
+        port.as_str(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
         // Start a replica's full sync at once (the default waits 5 s for more replicas).
-        "--repl-diskless-sync-delay", "0", "--dir", dir.as_str(),
+        "--repl-diskless-sync-delay",
+        "0",
+        "--dir",
+        dir.as_str(),
     ]
     .map(String::from)
     .to_vec()
@@ -140,22 +150,25 @@ impl SentinelSet {
             }
         })
         .await;
-        within("every sentinel knows the replica and the other sentinels", async {
-            loop {
-                let mut ready = true;
-                for s in &set.sentinels {
-                    let replicas = table(s.port, &["SENTINEL", "REPLICAS", MASTER]).await;
-                    let peers = table(s.port, &["SENTINEL", "SENTINELS", MASTER]).await;
-                    ready &= replicas.len() == 1
-                        && replicas[0]["flags"] == "slave"
-                        && peers.len() == 2;
+        within(
+            "every sentinel knows the replica and the other sentinels",
+            async {
+                loop {
+                    let mut ready = true;
+                    for s in &set.sentinels {
+                        let replicas = table(s.port, &["SENTINEL", "REPLICAS", MASTER]).await;
+                        let peers = table(s.port, &["SENTINEL", "SENTINELS", MASTER]).await;
+                        ready &= replicas.len() == 1
+                            && replicas[0]["flags"] == "slave"
+                            && peers.len() == 2;
+                    }
+                    if ready {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                if ready {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
+            },
+        )
         .await;
         set
     }
@@ -177,14 +190,15 @@ impl SentinelSet {
     pub async fn agreed_master(&self) -> Option<u16> {
         let mut ports = Vec::new();
         for s in &self.sentinels {
-            let addr: Option<(String, String)> = query(
-                s.port,
-                &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER],
-            )
-            .await;
+            let addr: Option<(String, String)> =
+                query(s.port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER]).await;
             ports.push(addr.and_then(|(_, p)| p.parse::<u16>().ok()));
         }
-        ports.windows(2).all(|w| w[0] == w[1]).then(|| ports[0]).flatten()
+        ports
+            .windows(2)
+            .all(|w| w[0] == w[1])
+            .then(|| ports[0])
+            .flatten()
     }
 
     /// Wait until the replica has applied every write the master has made so far (its
@@ -196,8 +210,14 @@ impl SentinelSet {
         };
         within("the replica catches up with the master", async {
             loop {
-                let m = offset(info(self.master.port, "replication").await, "master_repl_offset:");
-                let r = offset(info(self.replica.port, "replication").await, "slave_repl_offset:");
+                let m = offset(
+                    info(self.master.port, "replication").await,
+                    "master_repl_offset:",
+                );
+                let r = offset(
+                    info(self.replica.port, "replication").await,
+                    "slave_repl_offset:",
+                );
                 if m.is_some() && m == r {
                     break;
                 }

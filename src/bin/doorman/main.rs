@@ -377,7 +377,9 @@ fn revoke(path: PathBuf, what: doorman::store::Revoke) -> ExitCode {
                 None => println!("revoked: {what:?}"),
                 Some(true) => println!("revoked: {what:?} (replicated)"),
                 // Written, but a failover before a replica copies it could lose it.
-                Some(false) => println!("revoked: {what:?} (NOT replicated: no replica acknowledged it within [store] timeout)"),
+                Some(false) => println!(
+                    "revoked: {what:?} (NOT replicated: no replica acknowledged it within [store] timeout)"
+                ),
             }
             ExitCode::SUCCESS
         }

@@ -9,10 +9,7 @@ use super::Validator;
 
 impl Validator {
     pub(super) fn store(&mut self, raw: RawStore) -> StoreSettings {
-        let url_password = raw
-            .redis_url
-            .as_deref()
-            .and_then(|url| self.redis_url(url));
+        let url_password = raw.redis_url.as_deref().and_then(|url| self.redis_url(url));
         let redis = match (raw.redis_url, raw.redis_sentinel) {
             (Some(_), Some(_)) => {
                 self.err(
@@ -177,9 +174,9 @@ fn parse_url(url: &str) -> Result<redis::ConnectionInfo, String> {
 /// reported: a second error about the same mistake would only add noise).
 fn raw_has_no_redis(redis: &Option<RedisSpec>, errors: &[super::super::ConfigError]) -> bool {
     redis.is_none()
-        && !errors
-            .iter()
-            .any(|e| e.key.starts_with("store.redis_url") || e.key.starts_with("store.redis_sentinel"))
+        && !errors.iter().any(|e| {
+            e.key.starts_with("store.redis_url") || e.key.starts_with("store.redis_sentinel")
+        })
 }
 
 #[cfg(test)]
@@ -189,11 +186,13 @@ mod tests {
 
     /// (key, line, message) of every error outside `[tls]` (its files do not exist here).
     fn store_errors(store: &str) -> Vec<(String, Option<usize>, String)> {
-        errors(&format!("[server]\nlisten = \"127.0.0.1:1\"\n[store]\n{store}{MINIMAL_REST}"))
-            .into_iter()
-            .filter(|e| !e.key.starts_with("tls"))
-            .map(|e| (e.key, e.line, e.message))
-            .collect()
+        errors(&format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[store]\n{store}{MINIMAL_REST}"
+        ))
+        .into_iter()
+        .filter(|e| !e.key.starts_with("tls"))
+        .map(|e| (e.key, e.line, e.message))
+        .collect()
     }
 
     fn parsed(store: &str) -> StoreSettings {
@@ -229,7 +228,10 @@ mod tests {
         assert!(s.durable_revocations);
         assert_eq!(s.password, None);
         let s = parsed("redis_url = \"redis://127.0.0.1:6379/0\"");
-        assert_eq!(s.redis, Some(RedisSpec::Url("redis://127.0.0.1:6379/0".into())));
+        assert_eq!(
+            s.redis,
+            Some(RedisSpec::Url("redis://127.0.0.1:6379/0".into()))
+        );
         assert!(!s.durable_revocations);
     }
 

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use redis::aio::MultiplexedConnection;
 use redis::Value;
+use redis::aio::MultiplexedConnection;
 use tracing::warn;
 
 use super::{Records, Revoke, StoreError, jti_key, sub_key, subject_covers};
@@ -320,7 +320,9 @@ impl RedisStore {
             let (key, _, _) = self.records().record(r, unix_now());
             refresh(self, &mut conn, std::slice::from_ref(&key))
                 .await
-                .map_err(|e| redis::RedisError::from((redis::ErrorKind::Io, "re-read", e.to_string())))?;
+                .map_err(|e| {
+                    redis::RedisError::from((redis::ErrorKind::Io, "re-read", e.to_string()))
+                })?;
             Ok::<_, redis::RedisError>(replicated)
         };
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {

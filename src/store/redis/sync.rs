@@ -20,9 +20,7 @@ use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{
-    AsyncCommands, AsyncConnectionConfig, Client, PushInfo, PushKind, ScanOptions, Value,
-};
+use redis::{AsyncCommands, AsyncConnectionConfig, Client, PushInfo, PushKind, ScanOptions, Value};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tracing::{info, warn};
 

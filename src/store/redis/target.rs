@@ -21,7 +21,8 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 pub(in crate::store) enum Target {
     /// One node: the configured URL, with RESP3 and the password applied.
     Node(Client),
-    Sentinel(Sentinel),
+    /// Boxed: the sentinel client (a connection slot per sentinel) is far larger.
+    Sentinel(Box<Sentinel>),
 }
 
 pub(in crate::store) struct Sentinel {
@@ -47,7 +48,10 @@ impl std::fmt::Debug for Target {
 
 impl Target {
     /// Check the URLs and build the target (no connection yet).
-    pub(in crate::store) fn new(spec: &RedisSpec, password: Option<&Secret>) -> Result<Target, String> {
+    pub(in crate::store) fn new(
+        spec: &RedisSpec,
+        password: Option<&Secret>,
+    ) -> Result<Target, String> {
         match spec {
             RedisSpec::Url(url) => {
                 let info = url
@@ -60,8 +64,8 @@ impl Target {
                 ))
             }
             RedisSpec::Sentinel { master, sentinels } => {
-                let mut redis = redis::RedisConnectionInfo::default()
-                    .set_protocol(ProtocolVersion::RESP3);
+                let mut redis =
+                    redis::RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP3);
                 if let Some(p) = password {
                     redis = redis.set_password(&*p.0);
                 }
@@ -73,11 +77,11 @@ impl Target {
                     SentinelServerType::Master,
                 )
                 .map_err(|e| format!("store.redis_sentinel: {e}"))?;
-                Ok(Target::Sentinel(Sentinel {
+                Ok(Target::Sentinel(Box::new(Sentinel {
                     name: master.clone(),
                     client: tokio::sync::Mutex::new(client),
                     master: Mutex::new(None),
-                }))
+                })))
             }
         }
     }
@@ -142,7 +146,10 @@ pub(in crate::store) fn address(c: &Client) -> String {
 /// A node's connection info with RESP3 (client-side caching pushes need it) and the
 /// configured password, unless the URL carries its own (config validation refuses both).
 fn node_info(info: ConnectionInfo, password: Option<&Secret>) -> ConnectionInfo {
-    let mut redis = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    let mut redis = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
     if let Some(p) = password
         && redis.password().is_none()
     {

@@ -17,7 +17,9 @@ pub(in crate::store) async fn write_connection(
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(WRITE_TIMEOUT));
-    client.get_multiplexed_async_connection_with_config(&cfg).await
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
 }
 
 /// Write a revocation so that it never weakens one already there: a jti keeps the later
