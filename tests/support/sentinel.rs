@@ -21,12 +21,22 @@ pub struct Node {
 impl Node {
     /// Start redis-server with `args(port)` on a free port; returns once it answers PING.
     fn spawn(args: impl Fn(u16) -> Vec<String>) -> Node {
+        Self::spawn_on(
+            || {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            },
+            args,
+        )
+    }
+
+    /// `spawn` on a port chosen by `pick` (a cluster node also needs port + 10000 free).
+    pub(super) fn spawn_on(pick: impl Fn() -> u16, args: impl Fn(u16) -> Vec<String>) -> Node {
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = pick();
             let mut child = match Command::new("redis-server")
                 .args(args(port))
                 .stdout(Stdio::null())
