@@ -211,6 +211,67 @@ impl SentinelSet {
             .flatten()
     }
 
+    /// Start the killed master again on its port, as a replica of the promoted one, and
+    /// wait until it is in sync and every sentinel lists it as a healthy replica.
+    pub async fn rejoin_old_master(&mut self) {
+        let (port, promoted) = (self.master.port, self.replica.port.to_string());
+        let path = self._dir.path().to_path_buf();
+        self.master = Node::spawn_on(
+            || port,
+            |p| {
+                let mut a = data_node(&path, p);
+                a.extend(["--replicaof", "127.0.0.1", promoted.as_str()].map(String::from));
+                a
+            },
+        );
+        within("the old master syncs as a replica", async {
+            while !info(port, "replication")
+                .await
+                .contains("master_link_status:up")
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        let want = port.to_string();
+        within(
+            "every sentinel lists the old master as a healthy replica",
+            async {
+                loop {
+                    let mut ready = true;
+                    for s in &self.sentinels {
+                        let replicas = table(s.port, &["SENTINEL", "REPLICAS", MASTER]).await;
+                        ready &= replicas
+                            .iter()
+                            .any(|r| r["port"] == want && r["flags"] == "slave");
+                    }
+                    if ready {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        )
+        .await;
+    }
+
+    /// A graceful failover (`SENTINEL FAILOVER`): the current master stays up and becomes a
+    /// replica. Returns once every sentinel names `port` and that node says it is master.
+    pub async fn failover_to(&self, port: u16) {
+        let _: () = query(self.sentinels[0].port, &["SENTINEL", "FAILOVER", MASTER]).await;
+        within("the sentinels switch the master", async {
+            loop {
+                if self.agreed_master().await == Some(port)
+                    && info(port, "replication").await.contains("role:master")
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+
     /// Wait until the replica has applied every write the master has made so far (its
     /// replication offset caught up with the master's).
     pub async fn wait_replicated(&self) {
@@ -224,11 +285,11 @@ impl SentinelSet {
                     info(self.master.port, "replication").await,
                     "master_repl_offset:",
                 );
-                let r = offset(
-                    info(self.replica.port, "replication").await,
-                    "slave_repl_offset:",
-                );
-                if m.is_some() && m == r {
+                // Linked too: after a switch the offsets can match before the link is up.
+                let replica = info(self.replica.port, "replication").await;
+                let linked = replica.contains("master_link_status:up");
+                let r = offset(replica, "slave_repl_offset:");
+                if linked && m.is_some() && m == r {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
