@@ -179,3 +179,31 @@ fn max_age_is_read_from_cache_control() {
         assert_eq!(max_age(&h), want.map(Duration::from_secs), "{values:?}");
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_refresh_task_ends_with_the_last_handle() {
+    // Nothing listens on port 1: the task keeps failing until it is stopped.
+    let mut s = settings(JwksSource::Url("http://127.0.0.1:1/certs".parse().unwrap()));
+    s.min_refresh = Duration::from_millis(10);
+    let j = Jwks::start(&s, Vec::new(), None);
+    let shared = Arc::downgrade(&j.shared);
+    let mut done = j.shared.done.subscribe();
+    tokio::time::timeout(Duration::from_secs(20), done.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        j.status()["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot reach the provider")
+    );
+    drop(j);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while shared.upgrade().is_some() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the task let go of the key set");
+}
