@@ -244,7 +244,6 @@ impl Validator {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{MINIMAL_REST, errors};
-    use super::*;
 
     fn jwks_errors(jwks: &str, auth_extra: &str) -> Vec<(String, String)> {
         let text = format!(
