@@ -26,7 +26,7 @@ use serde_json::json;
 use tokio::sync::{Notify, oneshot, watch};
 use tracing::warn;
 
-use crate::config::{JwksSettings, JwksSource, JwtKey, ParsedKeySet, SetKey};
+use crate::config::{JwksSettings, JwksSource, JwtKey, ParsedKeySet, SetKey, Skipped};
 pub(crate) use fetch::FetchError;
 
 /// Counts one fetch by its outcome (`ok` or a [`FetchError`] label), into the metrics.
@@ -73,6 +73,8 @@ struct Shared {
     /// The kids of `[[auth.keys]]`: a key of the set under one of them is refused (the
     /// static key wins). Updated when a reload hands the set to a new snapshot.
     static_kids: Mutex<Vec<String>>,
+    /// The keys the last set skipped, and why: logged again only when they change.
+    last_skipped: Mutex<Vec<Skipped>>,
     /// A fetch is running.
     in_flight: AtomicBool,
     /// A request asked for an early fetch that has not started yet.
@@ -122,6 +124,7 @@ impl Jwks {
             current: ArcSwap::from_pointee(KeySet::default()),
             record: Mutex::default(),
             static_kids: Mutex::new(static_kids),
+            last_skipped: Mutex::default(),
             in_flight: AtomicBool::new(false),
             early: AtomicBool::new(false),
             last_early: Mutex::new(None),
@@ -255,10 +258,7 @@ impl Shared {
     /// usable key left is a failure (the set in force stays). A set equal to the one in
     /// force keeps its generation, so cached tokens stay cached.
     fn apply(&self, parsed: ParsedKeySet) -> Result<(), FetchError> {
-        let source = self.settings.source.to_string();
-        for s in &parsed.skipped {
-            warn!(%source, kid = s.kid.as_deref().unwrap_or("(none)"), why = %s.why, "JWKS: key skipped");
-        }
+        let mut skipped = parsed.skipped;
         let keys: Vec<SetKey> = {
             let static_kids = lock(&self.static_kids);
             parsed
@@ -266,13 +266,26 @@ impl Shared {
                 .into_iter()
                 .filter(|k| match &k.key.kid {
                     Some(kid) if static_kids.contains(kid) => {
-                        warn!(%source, %kid, "JWKS: key skipped: its kid is in [[auth.keys]], whose key is used");
+                        skipped.push(Skipped {
+                            kid: Some(kid.clone()),
+                            why: "its kid is in [[auth.keys]], whose key is used".into(),
+                        });
                         false
                     }
                     _ => true,
                 })
                 .collect()
         };
+        // Logged when they change, not at every refresh of the same document.
+        let mut last = lock(&self.last_skipped);
+        if *last != skipped {
+            let source = self.settings.source.to_string();
+            for s in &skipped {
+                warn!(%source, kid = s.kid.as_deref().unwrap_or("(none)"), why = %s.why, "JWKS: key skipped");
+            }
+            *last = skipped;
+        }
+        drop(last);
         if keys.is_empty() {
             return Err(FetchError::NoUsableKeys);
         }
@@ -280,6 +293,7 @@ impl Shared {
         let same = old.keys.len() == keys.len() && keys.iter().all(|k| old.keys.contains(k));
         if !same {
             let generation = old.generation + 1;
+            let source = self.settings.source.to_string();
             tracing::info!(%source, generation, keys = keys.len(), "JWKS: new key set in force");
             self.current.store(Arc::new(KeySet { keys, generation }));
         }
