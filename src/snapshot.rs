@@ -181,11 +181,14 @@ impl Snapshot {
     }
 
     /// The last step of a reload, when nothing can fail any more: settings of a kept store
-    /// (timeout, TTLs, leeway) take effect.
+    /// (timeout, TTLs, leeway) take effect, and a kept key set learns the new static kids.
     pub(crate) fn commit(&self) {
         let (store, revocation, leeway) = &self.store_spec;
         self.store
             .retune(store, crate::store::Records::new(revocation, *leeway));
+        if let Some(auth) = &self.auth {
+            auth.commit();
+        }
     }
 
     /// `[store] timeout`: the budget of a store call on the request path.

@@ -318,10 +318,7 @@ async fn garbage_or_an_empty_set_leaves_the_last_good_set_in_force() {
     wait_ready(&p).await;
     let token = key.token(&good_claims("alice"));
     for (mode, error) in [
-        (
-            Mode::Garbage,
-            "not a key set: not JSON: expected value at line 1 column 1",
-        ),
+        (Mode::Garbage, "not a key set: not JSON"),
         (Mode::Empty, "the set has no usable key"),
     ] {
         idp.set_mode(mode);

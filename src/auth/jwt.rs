@@ -191,11 +191,18 @@ impl Verifier {
             .jwks
             .as_ref()
             .map(|settings| match previous.and_then(|p| p.jwks.as_ref()) {
-                Some(running) if running.settings() == settings => {
-                    running.set_static_kids(static_kids.clone());
-                    running.clone()
+                // Its static kids change only in `commit`: a reload that fails later must
+                // leave the running set as it was.
+                Some(running) if running.settings() == settings => running.clone(),
+                // Same provider, other timing, CA or algorithms: the new set starts from the
+                // keys in force (those its algorithms still allow), so a reload while the
+                // provider is down does not lose the last good set.
+                running => {
+                    let seed = running
+                        .filter(|r| r.settings().source == settings.source)
+                        .map(|r| r.current().clone());
+                    Arc::new(Jwks::start(settings, static_kids.clone(), on_fetch, seed))
                 }
-                _ => Arc::new(Jwks::start(settings, static_kids.clone(), on_fetch)),
             });
         Verifier {
             keys: s.keys.clone(),
@@ -209,6 +216,14 @@ impl Verifier {
             forward_claims: s.forward_claims.clone(),
             strip_authorization: s.strip_authorization,
             cache: TokenCache::new(s.cache_entries),
+        }
+    }
+
+    /// The last step of a reload, when nothing can fail any more: a kept key set learns the
+    /// new `[[auth.keys]]` kids (a set key under one of them is refused from its next fetch).
+    pub(crate) fn commit(&self) {
+        if let Some(jwks) = &self.jwks {
+            jwks.set_static_kids(self.keys.iter().filter_map(|k| k.kid.clone()).collect());
         }
     }
 

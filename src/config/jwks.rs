@@ -23,6 +23,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 
 use super::JwtKey;
+use crate::message::json::{StrictJsonError, strict_json};
 
 /// Entries looked at in one set; the rest are skipped. A set this large is a mistake or an
 /// attack: a token without a kid is tried against every key of its algorithm.
@@ -97,7 +98,13 @@ impl Shape {
 /// Parse a JWKS document. Err when it is not a JSON object with a `keys` array; every entry
 /// that cannot be used is skipped with its reason.
 pub fn parse_key_set(bytes: &[u8], algorithms: &[Algorithm]) -> Result<ParsedKeySet, String> {
-    let doc: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    // Strict: a member named twice (two `alg`s, two `kid`s) is ambiguous, and which one
+    // counts is not for a parser's habit to decide. The whole document is refused; the set in
+    // force stays.
+    let doc: Value = strict_json(bytes).map_err(|e| match e {
+        StrictJsonError::Duplicate => "a JSON object repeats a member".to_string(),
+        StrictJsonError::Malformed => "not JSON".to_string(),
+    })?;
     let Some(Value::Array(entries)) = doc.as_object().and_then(|o| o.get("keys")) else {
         return Err("not a JWK set: no \"keys\" array".into());
     };
@@ -118,6 +125,14 @@ pub fn parse_key_set(bytes: &[u8], algorithms: &[Algorithm]) -> Result<ParsedKey
             ),
         });
     }
+    // The same key twice (no kid, or the same kid and algorithm) is one key.
+    let mut unique: Vec<SetKey> = Vec::with_capacity(out.keys.len());
+    for k in std::mem::take(&mut out.keys) {
+        if !unique.contains(&k) {
+            unique.push(k);
+        }
+    }
+    out.keys = unique;
     // A kid names one key: with two, which one verifies would depend on their order.
     let mut i = 0;
     while i < out.keys.len() {

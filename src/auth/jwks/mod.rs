@@ -114,14 +114,36 @@ fn unix_ms() -> u64 {
 impl Jwks {
     /// The key set of `settings`: a `file` set is in force at once; a fetched one starts
     /// its refresh task (within a tokio runtime; without one it never loads).
+    ///
+    /// `seed`: the keys in force of a set from the same provider that a reload replaces; the
+    /// ones `settings.algorithms` still allows are in force until the first fetch answers.
     pub(crate) fn start(
         settings: &JwksSettings,
         static_kids: Vec<String>,
         on_fetch: Option<FetchCounter>,
+        seed: Option<Arc<KeySet>>,
     ) -> Jwks {
+        let seeded = seed
+            .map(|old| KeySet {
+                keys: old
+                    .keys
+                    .iter()
+                    .filter(|k| settings.algorithms.contains(&k.key.algorithm))
+                    .filter(|k| {
+                        k.key
+                            .kid
+                            .as_ref()
+                            .is_none_or(|kid| !static_kids.contains(kid))
+                    })
+                    .cloned()
+                    .collect(),
+                generation: old.generation,
+            })
+            .filter(|s| !s.keys.is_empty())
+            .unwrap_or_default();
         let shared = Arc::new(Shared {
             settings: settings.clone(),
-            current: ArcSwap::from_pointee(KeySet::default()),
+            current: ArcSwap::from_pointee(seeded),
             record: Mutex::default(),
             static_kids: Mutex::new(static_kids),
             last_skipped: Mutex::default(),
@@ -290,7 +312,11 @@ impl Shared {
             return Err(FetchError::NoUsableKeys);
         }
         let old = self.current.load();
-        let same = old.keys.len() == keys.len() && keys.iter().all(|k| old.keys.contains(k));
+        // Exact duplicates are gone (the parser drops them), so equal lengths and containment
+        // both ways mean the same keys.
+        let same = old.keys.len() == keys.len()
+            && keys.iter().all(|k| old.keys.contains(k))
+            && old.keys.iter().all(|k| keys.contains(k));
         if !same {
             let generation = old.generation + 1;
             let source = self.settings.source.to_string();

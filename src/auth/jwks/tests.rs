@@ -51,6 +51,7 @@ fn idle(static_kids: &[&str]) -> Jwks {
         &settings(url()),
         static_kids.iter().map(|k| k.to_string()).collect(),
         None,
+        None,
     )
 }
 
@@ -185,7 +186,7 @@ async fn the_refresh_task_ends_with_the_last_handle() {
     // Nothing listens on port 1: the task keeps failing until it is stopped.
     let mut s = settings(JwksSource::Url("http://127.0.0.1:1/certs".parse().unwrap()));
     s.min_refresh = Duration::from_millis(10);
-    let j = Jwks::start(&s, Vec::new(), None);
+    let j = Jwks::start(&s, Vec::new(), None, None);
     let shared = Arc::downgrade(&j.shared);
     let mut done = j.shared.done.subscribe();
     tokio::time::timeout(Duration::from_secs(20), done.changed())
