@@ -3,6 +3,7 @@
 //! the test CA, and a real redis-server on a free port. Everything talks to 127.0.0.1 only.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod idp;
 pub mod jwt;
 
 use std::io;
