@@ -8,7 +8,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use support::idp::{Idp, Mode, SigningKey};
+use support::jwks::*;
 use support::jwt::{ISSUER, good_claims, sign_raw};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,101 +28,9 @@ const MIB: usize = 1024 * 1024;
 
 // ------------------------------------------------------------------ helpers
 
-fn auth(issuer: &str, extra: &str, jwks: &str) -> String {
-    format!(
-        "[auth]\nissuer = \"{issuer}\"\naudiences = [\"api\"]\nforward_claims = {{ sub = \"x-user-id\" }}\n{extra}\n[auth.jwks]\n{jwks}\n"
-    )
-}
-
+/// `[auth.jwks]` fetching the provider's set by URL with this file's algorithms.
 fn by_url(idp: &Idp, extra: &str) -> String {
-    format!(
-        "url = \"{}\"\nca_file = \"{}\"\n{ALGS}\n{extra}\n",
-        idp.jwks_url(),
-        idp.ca_path().display()
-    )
-}
-
-fn rest(r: &Replica, auth: &str) -> String {
-    group_toml("api", &[r.addr], "") + auth + &route_toml("/", "api")
-}
-
-async fn start(auth: &str) -> (TestProxy, Replica) {
-    let r = Replica::start("r").await;
-    (TestProxy::start("", &rest(&r, auth)).await, r)
-}
-
-async fn call(p: &TestProxy, token: &str) -> (u16, Option<String>) {
-    let mut c = p.h1().await;
-    let req = c
-        .request(http::Method::GET, "/x")
-        .header("authorization", format!("Bearer {token}"))
-        .body(empty())
-        .unwrap();
-    let (resp, _) = within("request", c.send_collect(req)).await;
-    let challenge = resp
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_string());
-    (resp.status().as_u16(), challenge)
-}
-
-fn refused(why: &str) -> (u16, Option<String>) {
-    (
-        401,
-        Some(format!(
-            "Bearer error=\"invalid_token\", error_description=\"{why}\""
-        )),
-    )
-}
-
-const OK: (u16, Option<String>) = (200, None);
-
-async fn admin(p: &TestProxy, path: &str) -> (u16, String) {
-    let mut c = Client::plain(p.addrs.admin).await;
-    let req = http::Request::get(path)
-        .header("host", "localhost")
-        .header("accept", "application/json")
-        .body(empty())
-        .unwrap();
-    let (resp, body) = within("admin request", c.send_collect(req)).await;
-    (
-        resp.status().as_u16(),
-        String::from_utf8_lossy(&body).into_owned(),
-    )
-}
-
-async fn key_set(p: &TestProxy) -> Value {
-    let (status, body) = admin(p, "/status").await;
-    assert_eq!(status, 200);
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["key_set"].clone()
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    within(what, async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-}
-
-async fn wait_ready(p: &TestProxy) {
-    eventually("the key set to load", || async {
-        admin(p, "/ready").await.0 == 200
-    })
-    .await;
-}
-
-async fn wait_error(p: &TestProxy, want: &str) {
-    eventually(&format!("last_error = {want:?}"), || async {
-        key_set(p).await["last_error"] == want
-    })
-    .await;
+    by_url_with(idp, ALGS, extra)
 }
 
 fn b64(bytes: &[u8]) -> String {

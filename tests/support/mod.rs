@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod idp;
+pub mod jwks;
 pub mod jwt;
 
 use std::io;
