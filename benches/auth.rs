@@ -67,6 +67,7 @@ fn settings(alg: Algorithm, key: DecodingKey) -> AuthSettings {
             algorithm: alg,
             key,
         }],
+        jwks: None,
     }
 }
 

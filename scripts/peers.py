@@ -751,6 +751,17 @@ def main():
                 order = taking if run % 2 == 0 else taking[::-1]
                 for proxy in order:
                     r = measure(proxy, scenario, a.seconds, a.connections)
+                    # The hypervisor took the CPUs away for a good part of the run: its
+                    # figures say more about the neighbours than about the proxy. Measure
+                    # again (at most twice) and keep the attempt with the least steal.
+                    for _ in range(STEAL_RETRIES):
+                        if r["steal_ms"] <= STEAL_LIMIT_MS * a.seconds / 10:
+                            break
+                        print(f"{scenario:11} {proxy.name:11} run {run + 1}: steal "
+                              f"{r['steal_ms']:.0f} ms, measuring again", flush=True)
+                        truncate_logs(proxy.name)
+                        again = measure(proxy, scenario, a.seconds, a.connections)
+                        r = min(r, again, key=lambda x: x["steal_ms"])
                     truncate_logs(proxy.name)
                     results.setdefault((scenario, proxy.name), []).append(r)
                     print(f"{scenario:11} {proxy.name:11} run {run + 1}: {r['rps']:9.0f} req/s "
@@ -895,6 +906,11 @@ def write_report(results, idle_results, a):
     out.write_text("\n".join(lines) + "\n")
     print(f"report written to {out}")
 
+
+# A run whose steal time is over this (per 10 s of run) is measured again, at most
+# STEAL_RETRIES times; the attempt with the least steal is kept.
+STEAL_LIMIT_MS = 300
+STEAL_RETRIES = 2
 
 # The headline rows first: every proxy with its access log on.
 ORDER = ["doorman_log", "doorman_b_log", "nginx_log", "haproxy_log",

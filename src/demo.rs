@@ -184,6 +184,7 @@ fn demo_auth(secret: &[u8]) -> AuthSettings {
             algorithm: jsonwebtoken::Algorithm::HS256,
             key: jsonwebtoken::DecodingKey::from_secret(secret),
         }],
+        jwks: None,
     }
 }
 

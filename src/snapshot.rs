@@ -93,7 +93,8 @@ impl Snapshot {
     /// it: an unchanged upstream group is kept whole (keep-alive pool, health and ejections,
     /// in-flight counts, retry budget, ring); a changed one is built anew and takes over the
     /// health state of the replicas it kept; an unchanged store (Redis connections,
-    /// revocation view, embedded records) is kept. TLS, routes and keys are always rebuilt.
+    /// revocation view, embedded records) is kept, and so is an unchanged `[auth.jwks]` key
+    /// set (its keys and refresh task). TLS, routes and static keys are always rebuilt.
     pub(crate) fn rebuild(config: &Config, previous: Option<&Snapshot>) -> Result<Self, String> {
         let tls = crate::tls::server_config(&config.tls, &config.cipher_suites)
             .map_err(|e| format!("tls: {e}"))?;
@@ -158,7 +159,13 @@ impl Snapshot {
             routes,
             groups,
             tls,
-            auth: config.auth.as_ref().map(|a| Arc::new(Verifier::new(a))),
+            auth: config.auth.as_ref().map(|a| {
+                let fetches = metrics.jwks_fetches.clone();
+                let count: crate::auth::FetchCounter =
+                    Arc::new(move |outcome| Metrics::count(&fetches, outcome));
+                let running = previous.and_then(|p| p.auth.as_deref());
+                Arc::new(Verifier::rebuild(a, running, Some(count)))
+            }),
             store,
             revocation_enabled: config.revocation.enabled,
             metrics,
@@ -173,11 +180,14 @@ impl Snapshot {
     }
 
     /// The last step of a reload, when nothing can fail any more: settings of a kept store
-    /// (timeout, TTLs, leeway) take effect.
+    /// (timeout, TTLs, leeway) take effect, and a kept key set learns the new static kids.
     pub(crate) fn commit(&self) {
         let (store, revocation, leeway) = &self.store_spec;
         self.store
             .retune(store, crate::store::Records::new(revocation, *leeway));
+        if let Some(auth) = &self.auth {
+            auth.commit();
+        }
     }
 
     /// `[store] timeout`: the budget of a store call on the request path.

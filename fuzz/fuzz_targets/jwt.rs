@@ -50,6 +50,7 @@ static VERIFIER: LazyLock<Verifier> = LazyLock::new(|| {
                 key: DecodingKey::from_secret(KEY2),
             },
         ],
+        jwks: None,
     })
 });
 

@@ -1,5 +1,5 @@
 //! The admin listener: `GET /health` (process alive), `GET /ready` (config loaded, listeners
-//! bound, not draining), `POST /revocations` (revoke a token or a subject), `POST /reload`
+//! bound, not draining, the identity provider's key set loaded), `POST /revocations` (revoke a token or a subject), `POST /reload`
 //! (reload proxy.toml now) and `GET /reload` (the last reload's outcome). Plain HTTP/1.1 on
 //! its own address — keep it on loopback or a private network.
 //!
@@ -144,10 +144,12 @@ async fn answer(
         "/health" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/metrics" => metrics(snap),
         "/status" => status::answer(&req, state, snap).await,
-        // Ready: serving, and every upstream group has a replica that may take traffic.
+        // Ready: serving, every upstream group has a replica that may take traffic, and the
+        // identity provider's key set (if any) has loaded once.
         "/ready"
             if state.ready.load(Ordering::Acquire)
-                && snap.groups.iter().all(|g| g.has_live_replica()) =>
+                && snap.groups.iter().all(|g| g.has_live_replica())
+                && snap.auth.as_ref().is_none_or(|v| v.keys_ready()) =>
         {
             json(StatusCode::OK, r#"{"ready":true}"#)
         }
@@ -181,6 +183,12 @@ fn json_content_type<B>(req: &Request<B>) -> bool {
 /// is encoded as OpenMetrics text.
 fn metrics(snap: &Snapshot) -> Response<Full<Bytes>> {
     let m = &snap.metrics;
+    m.set_jwks(
+        snap.auth
+            .as_ref()
+            .and_then(|v| v.jwks())
+            .map(|j| j.gauges()),
+    );
     m.refresh(snap.groups.iter().flat_map(|g| {
         g.servers.iter().map(|s| {
             let in_flight = s.in_flight.load(std::sync::atomic::Ordering::Relaxed);

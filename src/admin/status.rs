@@ -176,6 +176,7 @@ async fn status(state: &AdminState, snap: &Snapshot) -> serde_json::Value {
             "miss": m.revocation_view.get(&crate::metrics::OutcomeLabels { outcome: "miss" }).map_or(0, |c| c.get()),
             "resyncs": m.revocation_resyncs.get(),
         },
+        "key_set": snap.auth.as_ref().and_then(|v| v.jwks()).map(|j| j.status()),
         "auth": counts(&m.auth, &["ok", "missing", "malformed", "expired", "bad_signature", "revoked", "store_unavailable"]),
         "idempotency": counts(&m.idempotency, &["first", "replay", "conflict", "mismatch", "not_replayable", "lease_expired"]),
     })

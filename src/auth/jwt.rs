@@ -2,26 +2,23 @@
 //! the token's `alg` must name it exactly, so `none`, algorithm confusion (HS256 signed
 //! with a public key) and algorithms a key does not allow are refused before any crypto.
 //! Header and claims rules are checked here rather than left to jsonwebtoken's defaults,
-//! which accept a missing `aud`/`iss` and ignore `crit`.
+//! which accept a missing `aud`/`iss` and ignore `crit`. The header and claims JSON are
+//! parsed strictly (`json.rs`): an object that repeats a member refuses the token.
 //!
-//! The header and claims JSON are parsed strictly: an object that repeats a member, at any
-//! depth, refuses the token. serde_json keeps the last of two `"sub"`s; a replica (or an
-//! audit log) whose parser keeps the first would act for another identity than the one
-//! doorman checked. Member names are compared after JSON unescaping, so `"s\u0075b"`
-//! repeats `"sub"`.
+//! Keys come from `[[auth.keys]]` and, with `[auth.jwks]`, from the identity provider's key
+//! set (`jwks/`), read lock-free; a kid in both is the static key's. Every rule applies the
+//! same to both.
 
-use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::cache::TokenCache;
+use super::json::json_object;
+use super::jwks::{FetchCounter, Jwks, KeySet};
 use crate::config::{AuthSettings, JwtKey};
 
 /// Why a token was refused; `description()` goes into `WWW-Authenticate`.
@@ -106,6 +103,8 @@ pub struct VerifiedToken {
     pub forward: Vec<(HeaderName, HeaderValue)>,
     /// Every claim, for sticky routing on a claim.
     pub claims: Map<String, Value>,
+    /// The generation of the key set whose key verified it; None for a static key.
+    pub(crate) key_set: Option<u64>,
 }
 
 impl VerifiedToken {
@@ -159,6 +158,8 @@ pub(crate) fn alg_name(a: Algorithm) -> Option<&'static str> {
 #[derive(Debug)]
 pub struct Verifier {
     keys: Vec<JwtKey>,
+    /// `[auth.jwks]`: the identity provider's keys, shared across reloads that keep it.
+    jwks: Option<Arc<Jwks>>,
     issuer: Option<String>,
     audiences: Option<Vec<String>>,
     pub leeway: u64,
@@ -171,9 +172,41 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// A verifier of its own: with `[auth.jwks]`, a new key set (its refresh task started
+    /// in the current tokio runtime).
     pub fn new(s: &AuthSettings) -> Self {
+        Self::rebuild(s, None, None)
+    }
+
+    /// A verifier for a new snapshot. The key set of `previous` is kept when `[auth.jwks]`
+    /// is unchanged (its keys, task and status live on); else a new one starts, counting
+    /// its fetches with `on_fetch`.
+    pub(crate) fn rebuild(
+        s: &AuthSettings,
+        previous: Option<&Verifier>,
+        on_fetch: Option<FetchCounter>,
+    ) -> Self {
+        let static_kids: Vec<String> = s.keys.iter().filter_map(|k| k.kid.clone()).collect();
+        let jwks = s
+            .jwks
+            .as_ref()
+            .map(|settings| match previous.and_then(|p| p.jwks.as_ref()) {
+                // Its static kids change only in `commit`: a reload that fails later must
+                // leave the running set as it was.
+                Some(running) if running.settings() == settings => running.clone(),
+                // Same provider, other timing, CA or algorithms: the new set starts from the
+                // keys in force (those its algorithms still allow), so a reload while the
+                // provider is down does not lose the last good set.
+                running => {
+                    let seed = running
+                        .filter(|r| r.settings().source == settings.source)
+                        .map(|r| r.current().clone());
+                    Arc::new(Jwks::start(settings, static_kids.clone(), on_fetch, seed))
+                }
+            });
         Verifier {
             keys: s.keys.clone(),
+            jwks,
             issuer: s.issuer.clone(),
             audiences: s.audiences.clone(),
             leeway: s.leeway.as_secs(),
@@ -184,6 +217,25 @@ impl Verifier {
             strip_authorization: s.strip_authorization,
             cache: TokenCache::new(s.cache_entries),
         }
+    }
+
+    /// The last step of a reload, when nothing can fail any more: a kept key set learns the
+    /// new `[[auth.keys]]` kids (a set key under one of them is refused from its next fetch).
+    pub(crate) fn commit(&self) {
+        if let Some(jwks) = &self.jwks {
+            jwks.set_static_kids(self.keys.iter().filter_map(|k| k.kid.clone()).collect());
+        }
+    }
+
+    /// The identity provider's key set, when `[auth.jwks]` is configured.
+    pub(crate) fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.jwks.as_ref()
+    }
+
+    /// Whether every key source has loaded (`/ready`): static keys always have; a key set
+    /// once its first fetch succeeded.
+    pub fn keys_ready(&self) -> bool {
+        self.jwks.as_ref().is_none_or(|j| j.ready())
     }
 
     /// Headers a client must never set itself: the ones doorman fills from claims.
@@ -203,20 +255,47 @@ impl Verifier {
         token: &str,
         now: u64,
     ) -> (Result<Arc<VerifiedToken>, Reject>, bool) {
+        let set = self.jwks.as_ref().map(|j| j.current());
         if let Some(hit) = self.cache.get(token) {
-            return (hit.check_time(now, self.leeway).map(|()| hit), true);
+            // Verified by a key of the set: only while that set is still the one in force,
+            // so a token never outlives the removal of its key.
+            let in_force = match hit.key_set {
+                None => true,
+                Some(generation) => set.as_ref().is_some_and(|s| s.generation == generation),
+            };
+            if in_force {
+                return (hit.check_time(now, self.leeway).map(|()| hit), true);
+            }
         }
-        let verified = self.verify_uncached(token).and_then(|v| {
-            v.check_time(now, self.leeway)?;
-            let v = Arc::new(v);
-            self.cache.insert(v.clone());
-            Ok(v)
-        });
+        let verified = self
+            .verify_with(token, set.as_deref().map(|s| &**s))
+            .and_then(|v| {
+                v.check_time(now, self.leeway)?;
+                let v = Arc::new(v);
+                self.cache.insert(v.clone());
+                Ok(v)
+            });
         (verified, false)
+    }
+
+    /// A token was refused for an unknown kid: with a key set, ask for an early fetch (rate
+    /// limited, shared, bounded by `[auth.jwks] timeout`). True when a fetch finished
+    /// meanwhile and the token is worth verifying again.
+    pub async fn refresh_for_unknown_kid(&self) -> bool {
+        match &self.jwks {
+            Some(j) => j.refresh_for_unknown_kid().await,
+            None => false,
+        }
     }
 
     /// Signature and every time-independent rule.
     pub fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, Reject> {
+        let set = self.jwks.as_ref().map(|j| j.current());
+        self.verify_with(token, set.as_deref().map(|s| &**s))
+    }
+
+    /// `verify_uncached` with the key set in force now.
+    fn verify_with(&self, token: &str, set: Option<&KeySet>) -> Result<VerifiedToken, Reject> {
         let mut parts = token.split('.');
         let (Some(h64), Some(p64), Some(s64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -241,12 +320,18 @@ impl Verifier {
         if !registered_header_types_hold(&header) {
             return Err(Reject::Malformed);
         }
-        let candidates: Vec<&JwtKey> = match header.get("kid") {
+        // Each candidate with the generation of the set it came from (None: a static key).
+        let generation = set.map(|s| s.generation);
+        let set_keys = set.into_iter().flat_map(|s| s.keys.iter().map(|k| &k.key));
+        let candidates: Vec<(&JwtKey, Option<u64>)> = match header.get("kid") {
             Some(Value::String(kid)) => {
+                // A static key first: a kid in both is the static key's.
                 let key = self
                     .keys
                     .iter()
                     .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                    .map(|k| (k, None))
+                    .or_else(|| set.and_then(|s| s.find(kid)).map(|k| (k, generation)))
                     .ok_or(Reject::UnknownKid)?;
                 vec![key]
             }
@@ -254,22 +339,24 @@ impl Verifier {
             None => self
                 .keys
                 .iter()
-                .filter(|k| alg_name(k.algorithm) == Some(alg))
+                .map(|k| (k, None))
+                .chain(set_keys.map(|k| (k, generation)))
+                .filter(|(k, _)| alg_name(k.algorithm) == Some(alg))
                 .collect(),
         };
         if candidates.is_empty()
             || candidates
                 .iter()
-                .any(|k| alg_name(k.algorithm) != Some(alg))
+                .any(|(k, _)| alg_name(k.algorithm) != Some(alg))
         {
             return Err(Reject::Algorithm);
         }
         let message = &token.as_bytes()[..h64.len() + 1 + p64.len()];
-        let mut verified = false;
-        for key in candidates {
+        let mut verified_by = None;
+        for (key, generation) in candidates {
             match jsonwebtoken::crypto::verify(s64, message, &key.key, key.algorithm) {
                 Ok(true) => {
-                    verified = true;
+                    verified_by = Some(generation);
                     break;
                 }
                 Ok(false) => {}
@@ -279,11 +366,13 @@ impl Verifier {
                 Err(_) => {}
             }
         }
-        if !verified {
+        let Some(key_set) = verified_by else {
             return Err(Reject::Signature);
-        }
+        };
         let claims = json_object(p64)?;
-        self.claims(token, claims)
+        let mut verified = self.claims(token, claims)?;
+        verified.key_set = key_set;
+        Ok(verified)
     }
 
     fn claims(&self, token: &str, c: Map<String, Value>) -> Result<VerifiedToken, Reject> {
@@ -354,94 +443,8 @@ impl Verifier {
             sub,
             forward,
             claims: c,
+            key_set: None,
         })
-    }
-}
-
-fn json_object(b64: &str) -> Result<Map<String, Value>, Reject> {
-    let bytes = URL_SAFE_NO_PAD.decode(b64).map_err(|_| Reject::Malformed)?;
-    // The visitor raises the flag where it finds a repeated member, and its error ends the
-    // parse there: the flag, not the error's text, says why the parse failed.
-    let duplicate = Cell::new(false);
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let parsed = Strict(&duplicate)
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|()| v));
-    match parsed {
-        _ if duplicate.get() => Err(Reject::DuplicateMember),
-        Ok(Value::Object(m)) => Ok(m),
-        _ => Err(Reject::Malformed),
-    }
-}
-
-/// A JSON value as serde_json's `Value`, built in the same single pass by serde_json's own
-/// parser, but refusing an object that repeats a member name, at any depth: the refusal
-/// raises the flag it carries.
-#[derive(Clone, Copy)]
-struct Strict<'a>(&'a Cell<bool>);
-
-impl<'de> DeserializeSeed<'de> for Strict<'_> {
-    type Value = Value;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Strict<'_> {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
-        Ok(Value::Bool(b))
-    }
-
-    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
-        Ok(Value::from(n))
-    }
-
-    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
-        Ok(Value::from(n))
-    }
-
-    fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
-        // JSON has no NaN or infinity, so this is always a number.
-        Ok(serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number))
-    }
-
-    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
-        Ok(Value::String(s.to_owned()))
-    }
-
-    fn visit_string<E>(self, s: String) -> Result<Value, E> {
-        Ok(Value::String(s))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(v) = seq.next_element_seed(self)? {
-            items.push(v);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut members = Map::new();
-        while let Some(name) = map.next_key::<String>()? {
-            let v = map.next_value_seed(self)?;
-            if members.insert(name, v).is_some() {
-                self.0.set(true);
-                return Err(de::Error::custom("duplicate JSON member"));
-            }
-        }
-        Ok(Value::Object(members))
     }
 }
 
@@ -474,6 +477,8 @@ fn numeric_date(v: Option<&Value>) -> Result<Option<u64>, Reject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     fn parsed(json: &str) -> Result<Map<String, Value>, Reject> {
         json_object(&URL_SAFE_NO_PAD.encode(json))
@@ -516,34 +521,6 @@ mod tests {
                 !registered_header_types_hold(&parsed(bad).unwrap()),
                 "{bad}"
             );
-        }
-    }
-
-    #[test]
-    fn a_repeated_member_at_any_depth_is_refused() {
-        for json in [
-            r#"{"sub":"alice","sub":"admin"}"#,
-            r#"{"sub":"alice","sub":"alice"}"#,
-            r#"{"sub":"alice","s\u0075b":"admin"}"#,
-            r#"{"a":{"role":"user","role":"admin"}}"#,
-            r#"{"a":[{"x":1},{"y":1,"y":2}]}"#,
-            r#"{"a":[[{"deep":{"k":1,"k":1}}]]}"#,
-        ] {
-            assert_eq!(parsed(json), Err(Reject::DuplicateMember), "{json}");
-        }
-    }
-
-    #[test]
-    fn distinct_members_parse_as_serde_json_would() {
-        let json = r#"{"sub":"alice","n":-3,"u":18446744073709551615,"f":1.5,"b":true,
-            "z":null,"a":[1,"x",{"k":{"sub":"nested is another object"}}],"sub2":"alice"}"#;
-        let strict = parsed(json).unwrap();
-        let Value::Object(plain) = serde_json::from_str::<Value>(json).unwrap() else {
-            unreachable!()
-        };
-        assert_eq!(strict, plain);
-        for bad in ["[1]", "\"s\"", "{\"a\":1", "{\"a\":1} x", "{\"a\":1,}"] {
-            assert_eq!(parsed(bad), Err(Reject::Malformed), "{bad}");
         }
     }
 

@@ -159,6 +159,21 @@ pub(crate) struct RawAuth {
     pub(crate) max_lifetime: Option<String>,
     #[serde(default)]
     pub(crate) keys: Vec<RawKey>,
+    pub(crate) jwks: Option<RawJwks>,
+}
+
+/// `[auth.jwks]`: a JSON Web Key Set from the identity provider.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJwks {
+    pub(crate) url: Option<String>,
+    pub(crate) discovery: Option<bool>,
+    pub(crate) file: Option<String>,
+    pub(crate) refresh: Option<String>,
+    pub(crate) min_refresh: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) ca_file: Option<String>,
+    pub(crate) algorithms: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,7 @@
 //! `Duration`s, `SocketAddr`s and loaded certificates — never strings to re-parse at request time.
 
 mod file;
+mod jwks;
 mod validate;
 
 use std::fmt;
@@ -13,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::message::target::EscapedSlashes;
-pub use validate::{load, parse};
+pub use jwks::{MAX_KEYS, MIN_RSA_BITS, ParsedKeySet, SetKey, Skipped, parse_key_set};
+pub use validate::{load, parse, url_allowed};
 
 /// Defaults for every key that has one, in one place so docs and code agree.
 pub mod defaults {
@@ -55,6 +57,17 @@ pub mod defaults {
     pub(crate) const EMBEDDED_MAX_ENTRIES: usize = 100_000;
     pub(crate) const EMBEDDED_MAX_BYTES: usize = 256 * 1024 * 1024;
     pub(crate) const EMBEDDED_MAX_REVOCATIONS: usize = 1_000_000;
+    /// `[auth.jwks]`: background refresh, the shortest interval between two fetches a
+    /// token with an unknown kid may cause, and one fetch's budget.
+    pub(crate) const JWKS_REFRESH: Duration = Duration::from_secs(300);
+    pub(crate) const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
+    pub(crate) const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+    pub(crate) const JWKS_ALGORITHMS: &[jsonwebtoken::Algorithm] = &[
+        jsonwebtoken::Algorithm::RS256,
+        jsonwebtoken::Algorithm::ES256,
+    ];
+    /// The largest JWKS (or discovery) document read.
+    pub(crate) const JWKS_MAX_BYTES: usize = 1024 * 1024;
 }
 
 /// A fully validated configuration.
@@ -238,6 +251,68 @@ pub struct AuthSettings {
     /// when this is set, is refused. None: no cap.
     pub max_lifetime: Option<Duration>,
     pub keys: Vec<JwtKey>,
+    /// `[auth.jwks]`: keys from the identity provider, besides `keys`.
+    pub jwks: Option<JwksSettings>,
+}
+
+/// `[auth.jwks]`, validated: where the key set comes from and how it is kept fresh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwksSettings {
+    pub source: JwksSource,
+    /// Background refresh; a provider's `Cache-Control: max-age` is honoured within
+    /// [`min_refresh`, `refresh`].
+    pub refresh: Duration,
+    /// A token naming an unknown kid causes at most one fetch per this interval.
+    pub min_refresh: Duration,
+    /// One HTTP request, connect to last byte.
+    pub timeout: Duration,
+    /// `ca_file`'s certificates, trusted besides the system's roots.
+    pub ca: Vec<pki_types::CertificateDer<'static>>,
+    /// The algorithms keys from the set may be used with.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+}
+
+/// Where a key set comes from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    /// `url`: the set itself.
+    Url(http::Uri),
+    /// `discovery = true`: `{issuer}/.well-known/openid-configuration`, whose `issuer` must
+    /// be `[auth] issuer` and whose `jwks_uri` is the set.
+    Discovery { document: http::Uri, issuer: String },
+    /// `file`: read and parsed at load (and at every reload).
+    File {
+        path: PathBuf,
+        keys: Arc<ParsedKeySet>,
+    },
+}
+
+impl PartialEq for JwksSource {
+    /// Equal sources let a reload keep the running set and its refresh task. A file is
+    /// never equal: a reload reads it again.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (JwksSource::Url(a), JwksSource::Url(b)) => a == b,
+            (
+                JwksSource::Discovery { document, issuer },
+                JwksSource::Discovery {
+                    document: d,
+                    issuer: i,
+                },
+            ) => document == d && issuer == i,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for JwksSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JwksSource::Url(u) => write!(f, "{u}"),
+            JwksSource::Discovery { document, .. } => write!(f, "discovery via {document}"),
+            JwksSource::File { path, .. } => write!(f, "file {}", path.display()),
+        }
+    }
 }
 
 /// A verification key, loaded at config time. The algorithm is pinned here, never taken

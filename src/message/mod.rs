@@ -1,8 +1,10 @@
 //! HTTP vocabulary shared by every layer: the request target's normal form and host
-//! matching, the one Content-Length parser, the hop-by-hop header list and request ids.
+//! matching, the one Content-Length parser, strict JSON, the hop-by-hop header list and
+//! request ids.
 //! Knows nothing of the pipeline, upstreams or errors.
 
 pub(crate) mod content_length;
+pub(crate) mod json;
 pub mod target;
 
 use http::HeaderValue;

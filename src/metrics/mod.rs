@@ -83,6 +83,11 @@ pub(crate) struct Metrics {
     pub auth_counters: AuthCounters,
     pub token_cache: Family<OutcomeLabels, Counter>,
     pub revocation_view: Family<OutcomeLabels, Counter>,
+    /// `[auth.jwks]`: fetches by outcome; keys in force and seconds since the last good
+    /// fetch, read from the live key set at scrape time.
+    pub jwks_fetches: Family<OutcomeLabels, Counter>,
+    jwks_keys: Gauge,
+    jwks_age: Gauge,
     pub idempotency: Family<OutcomeLabels, Counter>,
     /// Idempotency FINISH scripts that failed or timed out (op `store`: a result; op
     /// `release`: giving the key back): the key keeps its lease until `lock_ttl`.
@@ -185,6 +190,9 @@ impl Metrics {
             auth_counters,
             token_cache,
             revocation_view,
+            jwks_fetches: Family::default(),
+            jwks_keys: Gauge::default(),
+            jwks_age: Gauge::default(),
             idempotency: Family::default(),
             idempotency_store_failures: Family::default(),
             store_duration: histograms(),
@@ -257,6 +265,14 @@ impl Metrics {
             let seen = self.log_dropped_seen.swap(dropped, Ordering::Relaxed);
             self.log_dropped.inc_by(dropped.saturating_sub(seen));
         }
+    }
+
+    /// The key set's live gauges at scrape time: (keys in force, seconds since the last
+    /// good fetch); None (no `[auth.jwks]`) reads 0 for both.
+    pub(crate) fn set_jwks(&self, gauges: Option<(i64, i64)>) {
+        let (keys, age) = gauges.unwrap_or_default();
+        self.jwks_keys.set(keys);
+        self.jwks_age.set(age);
     }
 
     /// OpenMetrics text of everything.

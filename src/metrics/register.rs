@@ -100,6 +100,21 @@ impl Metrics {
             "Revocation checks: answered by the local view (hit) or by Redis (miss)",
             self.revocation_view.clone(),
         );
+        r.register(
+            "jwks_fetches",
+            "Key set fetches from the identity provider by outcome (ok, http_status, timeout, connect, too_large, invalid, no_usable_keys, discovery)",
+            self.jwks_fetches.clone(),
+        );
+        r.register(
+            "jwks_keys",
+            "Keys of the identity provider's key set in force (0 without [auth.jwks])",
+            self.jwks_keys.clone(),
+        );
+        r.register(
+            "jwks_seconds_since_success",
+            "Seconds since the key set was last fetched and parsed (since start when it never was)",
+            self.jwks_age.clone(),
+        );
         r.register("idempotency", "Keyed requests by outcome (first, replay, conflict, mismatch, not_replayable, bad_key, failed) and leases that expired before their result was stored (lease_expired)", self.idempotency.clone());
         r.register(
             "idempotency_store_failures",

@@ -1,5 +1,5 @@
 //! The auth stage: who is calling. Verify the bearer token (cached after its first signature
-//! check), refuse revoked tokens from the store's local view, and forward the configured
+//! check; an unknown kid may wait, bounded, for an early key set fetch), refuse revoked tokens from the store's local view, and forward the configured
 //! claims upstream — after removing any copies the client sent itself.
 
 use http::header::{self, HeaderMap};
@@ -44,7 +44,12 @@ pub(super) async fn check(
             )));
         }
     };
-    let (verified, cached) = verifier.verify_traced(token, unix_now());
+    let (mut verified, mut cached) = verifier.verify_traced(token, unix_now());
+    // A kid no key has may be one the identity provider just rotated in: an early fetch of
+    // its key set (rate limited, shared, bounded by its timeout), then one more look.
+    if matches!(verified, Err(Reject::UnknownKid)) && verifier.refresh_for_unknown_kid().await {
+        (verified, cached) = verifier.verify_traced(token, unix_now());
+    }
     let hot = &m.auth_counters;
     if cached {
         &hot.cache_hit

@@ -4,6 +4,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cluster;
+pub mod idp;
+pub mod jwks;
 pub mod jwt;
 pub mod sentinel;
 

@@ -8,8 +8,11 @@ use super::Validator;
 
 impl Validator {
     pub(super) fn auth(&mut self, raw: RawAuth) -> Option<AuthSettings> {
-        if raw.keys.is_empty() {
-            self.err("auth.keys", "at least one [[auth.keys]] entry is required");
+        if raw.keys.is_empty() && raw.jwks.is_none() {
+            self.err(
+                "auth.keys",
+                "at least one [[auth.keys]] entry or an [auth.jwks] key set is required",
+            );
         }
         let mut keys = Vec::new();
         for (i, k) in raw.keys.into_iter().enumerate() {
@@ -23,6 +26,10 @@ impl Validator {
                 keys.push(jk);
             }
         }
+        let static_kids: Vec<&str> = keys.iter().filter_map(|k| k.kid.as_deref()).collect();
+        let jwks = raw
+            .jwks
+            .and_then(|j| self.jwks(j, raw.issuer.as_deref(), &static_kids));
         let mut forward_claims = Vec::new();
         for (claim, header) in raw.forward_claims {
             match http::HeaderName::from_bytes(header.as_bytes()) {
@@ -59,6 +66,7 @@ impl Validator {
                 d
             }),
             keys,
+            jwks,
         })
     }
 

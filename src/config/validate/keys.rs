@@ -12,8 +12,8 @@
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 
 use super::super::file::{
-    RawAuth, RawCertificate, RawHealth, RawIdempotency, RawKey, RawLog, RawRevocation, RawRoute,
-    RawSentinel, RawServer, RawServerEntry, RawStore, RawTls, RawUpstream,
+    RawAuth, RawCertificate, RawHealth, RawIdempotency, RawJwks, RawKey, RawLog, RawRevocation,
+    RawRoute, RawSentinel, RawServer, RawServerEntry, RawStore, RawTls, RawUpstream,
 };
 use super::Validator;
 
@@ -35,6 +35,7 @@ impl Raw for RawRoute {}
 impl Raw for RawIdempotency {}
 impl Raw for RawSentinel {}
 impl Raw for RawKey {}
+impl Raw for RawJwks {}
 impl Raw for RawRevocation {}
 impl Raw for RawLog {}
 
@@ -64,6 +65,7 @@ impl Raw for RawAuth {
     fn nested(v: &mut Validator, key: &str, path: &str, value: &mut toml::Value) -> bool {
         match key {
             "keys" => v.entries::<RawKey>(path, value),
+            "jwks" => v.entry::<RawJwks>(path, value),
             "forward_claims" => v.string_map(path, value),
             _ => false,
         }

@@ -11,6 +11,7 @@
 
 mod auth;
 mod idempotency;
+mod jwks;
 mod keys;
 mod lines;
 mod log;
@@ -26,6 +27,7 @@ use std::path::Path;
 
 use super::file::{RawAuth, RawIdempotency, RawLog, RawRevocation, RawServer, RawStore, SECTIONS};
 use super::{Config, ConfigError, ConfigErrors};
+pub use jwks::url_allowed;
 use lines::Lines;
 
 /// Read and validate a config file.
