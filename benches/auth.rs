@@ -12,7 +12,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 mod common;
 use common::redis_server;
 use doorman::auth::{Verifier, unix_now};
-use doorman::config::{AuthSettings, JwtKey, RevocationSettings, StoreSettings};
+use doorman::config::{AuthSettings, JwtKey, RedisSpec, RevocationSettings, StoreSettings};
 use doorman::store::{Revoke, Store};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 
@@ -133,7 +133,7 @@ fn revocation(c: &mut Criterion) {
     ] {
         let store = rt.block_on(async {
             let settings = StoreSettings {
-                redis_url: url,
+                redis: url.map(RedisSpec::Url),
                 ..StoreSettings::default()
             };
             let store = Store::new(

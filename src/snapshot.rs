@@ -139,17 +139,16 @@ impl Snapshot {
             // are applied by `commit` once the reload is certain.
             Some(p) if same_store(&p.store_spec, &store_spec) => p.store.clone(),
             _ => {
-                let resyncs = metrics.revocation_resyncs.clone();
                 let store = Store::new(
                     &config.store,
                     &config.revocation,
                     leeway,
-                    resyncs,
+                    metrics.redis_counters(),
                     metrics.memory_counters(),
                 )?;
                 if store.is_embedded() {
                     tracing::warn!(
-                        "no [store] redis_url: using the embedded in-process store (one doorman instance only)"
+                        "no [store] redis_url or redis_sentinel: using the embedded in-process store (one doorman instance only)"
                     );
                 }
                 store
@@ -215,15 +214,17 @@ impl Snapshot {
 }
 
 /// Whether a reload may keep the running store: the embedded store always (its records are
-/// the only copy), a Redis store while the URL and the key prefix its view tracks are the
-/// same.
+/// the only copy), a Redis store while where it connects (URL or sentinels and master, and
+/// the password) and the key prefix its view tracks are the same.
 fn same_store(
     old: &(StoreSettings, RevocationSettings, std::time::Duration),
     new: &(StoreSettings, RevocationSettings, std::time::Duration),
 ) -> bool {
-    match (&old.0.redis_url, &new.0.redis_url) {
+    match (&old.0.redis, &new.0.redis) {
         (None, None) => true,
-        (Some(a), Some(b)) => a == b && old.1.key_prefix == new.1.key_prefix,
+        (Some(a), Some(b)) => {
+            a == b && old.0.password == new.0.password && old.1.key_prefix == new.1.key_prefix
+        }
         _ => false,
     }
 }

@@ -101,10 +101,32 @@ async fn status_reports_a_redis_store_and_its_view() {
     assert_eq!(s["store"]["connected"], true);
     assert!(s["store"]["latency_ms"].as_f64().unwrap() > 0.0);
     assert!(s["revocation_checks"]["resyncs"].as_u64().unwrap() >= 1);
-    // A paused Redis: the page says so instead of hanging.
+    assert_eq!(s["store"]["mode"], "single");
+    assert_eq!(s["store"]["master"], format!("127.0.0.1:{}", redis.port));
+    assert_eq!(s["store"]["session_connected"], true);
+    assert_eq!(s["store"]["failovers"], 0);
+    assert_eq!(s["store"]["untrusted_reason"], serde_json::Value::Null);
+    // A paused Redis: the page says so instead of hanging, and why the view is untrusted.
     redis.pause();
     let s = within("status with Redis stopped", status_json(&p)).await;
     assert_eq!(s["store"]["connected"], false);
+    let s = within("the view is distrusted", async {
+        loop {
+            let s = status_json(&p).await;
+            if s["store"]["revocation_view"] == "resyncing" {
+                break s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The session that noticed it ended on its PING deadline; a session that then fails to
+    // start says so instead.
+    let reason = s["store"]["untrusted_reason"].as_str().unwrap().to_string();
+    assert!(
+        reason == "PING deadline missed" || reason.starts_with("no session: "),
+        "{reason}"
+    );
     redis.resume();
     p.stop().await;
 }

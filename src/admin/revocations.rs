@@ -43,9 +43,8 @@ pub(super) async fn revoke(req: Request<Incoming>, snap: &Snapshot) -> Response<
         }
     };
     match snap.store.revoke(&r).await {
-        Ok(()) => {
-            info!(revocation = ?r, "revoked");
-            let body = match &r {
+        Ok(replicated) => {
+            let mut body = match &r {
                 Revoke::Jti { jti, expires_at } => {
                     serde_json::json!({"revoked": {"jti": jti, "expires_at": expires_at}})
                 }
@@ -53,6 +52,17 @@ pub(super) async fn revoke(req: Request<Incoming>, snap: &Snapshot) -> Response<
                     serde_json::json!({"revoked": {"sub": sub, "before": before}})
                 }
             };
+            // With `durable_revocations`: whether a replica acknowledged the write within
+            // `[store] timeout`. The revocation is in force either way; false says that a
+            // failover before a replica copies it could lose it.
+            if let Some(replicated) = replicated {
+                body["replicated"] = replicated.into();
+            }
+            if replicated == Some(false) {
+                warn!(revocation = ?r, "revoked, but no Redis replica acknowledged the write within [store] timeout");
+            } else {
+                info!(revocation = ?r, "revoked");
+            }
             json_owned(StatusCode::OK, body)
         }
         Err(StoreError::Full(why)) => {

@@ -127,11 +127,22 @@ pub(crate) struct RawIdempotency {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawStore {
     pub(crate) redis_url: Option<String>,
+    pub(crate) redis_sentinel: Option<RawSentinel>,
+    pub(crate) password_env: Option<String>,
+    pub(crate) durable_revocations: Option<bool>,
     pub(crate) timeout: Option<String>,
     pub(crate) on_error: Option<String>,
     pub(crate) embedded_max_entries: Option<i64>,
     pub(crate) embedded_max_bytes: Option<i64>,
     pub(crate) embedded_max_revocations: Option<i64>,
+}
+
+/// `[store] redis_sentinel = { master = "...", sentinels = ["redis://...", ...] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSentinel {
+    pub(crate) master: String,
+    pub(crate) sentinels: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

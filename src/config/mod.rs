@@ -171,7 +171,13 @@ pub(crate) enum IdempotencyMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreSettings {
     /// None: the embedded in-process store (one instance only).
-    pub redis_url: Option<String>,
+    pub redis: Option<RedisSpec>,
+    /// `password_env`'s value, read at load: the password of the Redis nodes (for Sentinel,
+    /// of the master and replicas; a sentinel's own comes from its URL).
+    pub password: Option<Secret>,
+    /// Revocation writes wait for one replica (`WAIT 1`) within `timeout`, so that a
+    /// failover cannot lose an acknowledged revocation; the write reports whether it was.
+    pub durable_revocations: bool,
     /// Budget for any store call on the request path.
     pub timeout: Duration,
     pub on_error: OnError,
@@ -188,13 +194,37 @@ pub struct StoreSettings {
 impl Default for StoreSettings {
     fn default() -> Self {
         StoreSettings {
-            redis_url: None,
+            redis: None,
+            password: None,
+            durable_revocations: false,
             timeout: defaults::STORE_TIMEOUT,
             on_error: OnError::Closed,
             embedded_max_entries: defaults::EMBEDDED_MAX_ENTRIES,
             embedded_max_bytes: defaults::EMBEDDED_MAX_BYTES,
             embedded_max_revocations: defaults::EMBEDDED_MAX_REVOCATIONS,
         }
+    }
+}
+
+/// Where the Redis store lives (`[store] redis_url` or `redis_sentinel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisSpec {
+    /// One node.
+    Url(String),
+    /// The master that the sentinels name `master`, resolved again after every failover.
+    Sentinel {
+        master: String,
+        sentinels: Vec<String>,
+    },
+}
+
+/// A secret read from the environment (a Redis password): never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Arc<str>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
     }
 }
 

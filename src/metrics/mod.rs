@@ -98,6 +98,12 @@ pub(crate) struct Metrics {
     pub store_evictions: Family<KindLabels, Counter>,
     pub store_refusals: Family<KindLabels, Counter>,
     pub revocation_resyncs: Counter,
+    /// Redis store: times the resolved master changed (Sentinel failovers followed).
+    pub store_failovers: Counter,
+    /// Redis store: 1 while the tracking session is connected.
+    pub store_connected: Gauge,
+    /// Redis store: 1 while the revocation view is trusted (checks answered locally).
+    pub revocation_view_trusted: Gauge,
     pub reloads: Family<OutcomeLabels, Counter>,
     pub config: Family<ConfigLabels, Gauge>,
     /// Not exported (the request counter has them by route): per-replica answers and
@@ -195,6 +201,9 @@ impl Metrics {
             store_evictions: Family::default(),
             store_refusals: Family::default(),
             revocation_resyncs: Counter::default(),
+            store_failovers: Counter::default(),
+            store_connected: Gauge::default(),
+            revocation_view_trusted: Gauge::default(),
             reloads: Family::default(),
             config: Family::default(),
             answered: Family::default(),

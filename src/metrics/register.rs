@@ -127,6 +127,21 @@ impl Metrics {
             self.revocation_resyncs.clone(),
         );
         r.register(
+            "store_failovers",
+            "Redis store: times the master resolved through the sentinels changed (a failover followed)",
+            self.store_failovers.clone(),
+        );
+        r.register(
+            "store_connected",
+            "Redis store: 1 while the revocation tracking session is connected to its node",
+            self.store_connected.clone(),
+        );
+        r.register(
+            "revocation_view_trusted",
+            "1 while revocation checks are answered locally (always with the embedded store; with Redis, while the view is in sync), 0 while they go to Redis",
+            self.revocation_view_trusted.clone(),
+        );
+        r.register(
             "log_dropped_lines",
             "Log lines dropped because the non-blocking log writer's buffer was full",
             self.log_dropped.clone(),

@@ -20,6 +20,16 @@ impl Metrics {
         }
     }
 
+    /// The Redis store's handles: its resyncs and failovers, its session and view state.
+    pub(crate) fn redis_counters(&self) -> crate::store::RedisCounters {
+        crate::store::RedisCounters {
+            resyncs: self.revocation_resyncs.clone(),
+            failovers: self.store_failovers.clone(),
+            connected: self.store_connected.clone(),
+            view_trusted: self.revocation_view_trusted.clone(),
+        }
+    }
+
     /// Record one state-store operation that took `took`.
     pub(crate) fn store_observe(&self, op: &'static str, took: std::time::Duration, failed: bool) {
         let l = OpLabels { op };

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 pub(crate) use idempotency::{Begin, IdemRecord, StoredResponse};
 pub(crate) use memory::{Caps, MemoryCounters, MemoryStore};
+pub use redis::RedisCounters;
 pub(crate) use redis::RedisStore;
 
 use crate::auth::VerifiedToken;
@@ -84,24 +85,28 @@ impl Store {
     /// (call from within a tokio runtime).
     /// `leeway` is the JWT clock-skew allowance: a revoked jti is kept that much past the
     /// token's expiry, as long as a verifier could still accept the token.
-    /// `resyncs` counts each time a Redis view becomes coherent (a metric); `counters`,
-    /// what the embedded store evicts and refuses at its caps.
+    /// `redis` holds the Redis store's metrics (resyncs, failovers, session and view state);
+    /// `counters`, what the embedded store evicts and refuses at its caps.
     pub fn new(
         store: &StoreSettings,
         revocation: &RevocationSettings,
         leeway: Duration,
-        resyncs: prometheus_client::metrics::counter::Counter,
+        redis: RedisCounters,
         counters: MemoryCounters,
     ) -> Result<Self, String> {
         let records = Records::new(revocation, leeway);
-        match &store.redis_url {
-            None => Ok(Store::Memory(Arc::new(MemoryStore::new(
-                records,
-                Caps::of(store),
-                counters,
-            )))),
-            Some(url) => Ok(Store::Redis(RedisStore::start(
-                url, store, records, resyncs,
+        match &store.redis {
+            None => {
+                // The embedded list is the only copy: always answered locally.
+                redis.view_trusted.set(1);
+                Ok(Store::Memory(Arc::new(MemoryStore::new(
+                    records,
+                    Caps::of(store),
+                    counters,
+                ))))
+            }
+            Some(spec) => Ok(Store::Redis(RedisStore::start(
+                spec, store, records, redis,
             )?)),
         }
     }
@@ -124,14 +129,21 @@ impl Store {
             Store::Redis(r) => {
                 let ping = r.ping().await;
                 let (jtis, subs) = r.view_size();
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "kind": "redis",
                     "connected": ping.is_ok(),
                     "latency_ms": ping.as_ref().ok().map(|d| d.as_secs_f64() * 1000.0),
                     "error": ping.err().map(|e| e.to_string()),
                     "revocation_view": if r.view_trusted() { "synced" } else { "resyncing" },
                     "revoked_tokens": jtis, "revoked_subjects": subs,
-                })
+                });
+                // mode, master, session_connected, failovers, untrusted_reason.
+                if let (Some(map), serde_json::Value::Object(session)) =
+                    (v.as_object_mut(), r.session_status())
+                {
+                    map.extend(session);
+                }
+                v
             }
         }
     }
@@ -159,9 +171,11 @@ impl Store {
         }
     }
 
-    pub async fn revoke(&self, r: &Revoke) -> Result<(), StoreError> {
+    /// Write a revocation. `Some(replicated)` when `durable_revocations` asked Redis to
+    /// confirm that one replica has it; None when not asked (or the embedded store).
+    pub async fn revoke(&self, r: &Revoke) -> Result<Option<bool>, StoreError> {
         match self {
-            Store::Memory(m) => m.revoke(r),
+            Store::Memory(m) => m.revoke(r).map(|()| None),
             Store::Redis(s) => s.revoke(r).await,
         }
     }
@@ -212,7 +226,7 @@ impl Store {
     pub(crate) fn retune(&self, settings: &StoreSettings, records: Records) {
         match self {
             Store::Memory(m) => m.retune(records, Caps::of(settings)),
-            Store::Redis(r) => r.retune(settings.timeout, records),
+            Store::Redis(r) => r.retune(settings, records),
         }
     }
 }
@@ -252,14 +266,35 @@ impl Records {
     }
 }
 
-/// Write one revocation straight to Redis (used by `doorman revoke`).
-pub async fn write_to_redis(url: &str, records: &Records, r: &Revoke) -> Result<(), String> {
-    let mut conn = redis::write_connection(url)
+/// Write one revocation straight to Redis (used by `doorman revoke`): to the configured
+/// node, or to the master the sentinels name. With `durable_revocations`, returns whether
+/// one replica acknowledged it (waiting up to `timeout`).
+pub async fn write_to_redis(
+    store: &StoreSettings,
+    records: &Records,
+    r: &Revoke,
+) -> Result<Option<bool>, String> {
+    let Some(spec) = &store.redis else {
+        return Err("no Redis store is configured".into());
+    };
+    let target = redis::Target::new(spec, store.password.as_ref())?;
+    let client = target
+        .resolve()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    redis::write_record(&mut conn, records, r)
+        .map_err(|e| format!("finding the Redis master: {e}"))?;
+    let mut conn = redis::write_connection(&client)
         .await
-        .map_err(|e| format!("writing the revocation: {e}"))
+        .map_err(|e| format!("{}: {e}", redis::address(&client)))?;
+    let written = if store.durable_revocations {
+        redis::write_durably(&mut conn, records, r, store.timeout)
+            .await
+            .map(Some)
+    } else {
+        redis::write_record(&mut conn, records, r)
+            .await
+            .map(|()| None)
+    };
+    written.map_err(|e| format!("writing the revocation: {e}"))
 }
 
 /// The Redis keys for a token's revocation checks.

@@ -3,9 +3,11 @@
 //! the test CA, and a real redis-server on a free port. Everything talks to 127.0.0.1 only.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster;
 pub mod idp;
 pub mod jwks;
 pub mod jwt;
+pub mod sentinel;
 
 use std::io;
 use std::net::SocketAddr;

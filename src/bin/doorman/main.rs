@@ -63,7 +63,8 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Revoke a token (by jti) or every token of a subject. Writes Redis directly when
-    /// `[store] redis_url` is set; otherwise asks the running instance's admin listener.
+    /// `[store] redis_url` or `redis_sentinel` is set (to the master); otherwise asks the
+    /// running instance's admin listener.
     #[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "sub"])))]
     Revoke {
         #[arg(long, short, default_value = "config/proxy.toml")]
@@ -359,21 +360,27 @@ fn revoke(path: PathBuf, what: doorman::store::Revoke) -> ExitCode {
         return fail(format!("revocation refused: {why}"));
     }
     let result = rt.block_on(async {
-        match &config.store.redis_url {
-            Some(url) => doorman::store::write_to_redis(url, &records, &what).await,
-            None => {
-                doorman::admin::post_revocation(
-                    config.server.admin_listen,
-                    config.server.admin_token.as_ref(),
-                    &what,
-                )
-                .await
-            }
+        match &config.store.redis {
+            Some(_) => doorman::store::write_to_redis(&config.store, &records, &what).await,
+            None => doorman::admin::post_revocation(
+                config.server.admin_listen,
+                config.server.admin_token.as_ref(),
+                &what,
+            )
+            .await
+            .map(|()| None),
         }
     });
     match result {
-        Ok(()) => {
-            println!("revoked: {what:?}");
+        Ok(replicated) => {
+            match replicated {
+                None => println!("revoked: {what:?}"),
+                Some(true) => println!("revoked: {what:?} (replicated)"),
+                // Written, but a failover before a replica copies it could lose it.
+                Some(false) => println!(
+                    "revoked: {what:?} (NOT replicated: no replica acknowledged it within [store] timeout)"
+                ),
+            }
             ExitCode::SUCCESS
         }
         Err(e) => fail(format!("revocation failed: {e}")),

@@ -13,7 +13,7 @@ use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 
 use super::super::file::{
     RawAuth, RawCertificate, RawHealth, RawIdempotency, RawJwks, RawKey, RawLog, RawRevocation,
-    RawRoute, RawServer, RawServerEntry, RawStore, RawTls, RawUpstream,
+    RawRoute, RawSentinel, RawServer, RawServerEntry, RawStore, RawTls, RawUpstream,
 };
 use super::Validator;
 
@@ -33,7 +33,7 @@ impl Raw for RawHealth {}
 impl Raw for RawServerEntry {}
 impl Raw for RawRoute {}
 impl Raw for RawIdempotency {}
-impl Raw for RawStore {}
+impl Raw for RawSentinel {}
 impl Raw for RawKey {}
 impl Raw for RawJwks {}
 impl Raw for RawRevocation {}
@@ -42,6 +42,12 @@ impl Raw for RawLog {}
 impl Raw for RawTls {
     fn nested(v: &mut Validator, key: &str, path: &str, value: &mut toml::Value) -> bool {
         key == "certificates" && v.entries::<RawCertificate>(path, value)
+    }
+}
+
+impl Raw for RawStore {
+    fn nested(v: &mut Validator, key: &str, path: &str, value: &mut toml::Value) -> bool {
+        key == "redis_sentinel" && v.entry::<RawSentinel>(path, value)
     }
 }
 

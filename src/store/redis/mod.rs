@@ -3,22 +3,29 @@
 //!
 //! The view is a copy of every revocation key, kept coherent by `sync`'s tracking session
 //! (docs/revocation.md has the long form); the request path therefore reads two concurrent
-//! maps and never waits on the network while the view is trusted.
+//! maps and never waits on the network while the view is trusted. `target` says which node
+//! the session and the fallback connection talk to: the configured one, or the master the
+//! sentinels name (docs/scale-out.md).
 
 mod sync;
+mod target;
+mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use redis::Value;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use tracing::warn;
 
 use super::{Records, Revoke, StoreError, jti_key, sub_key, subject_covers};
 use crate::auth::unix_now;
-use crate::config::StoreSettings;
+use crate::config::{RedisSpec, StoreSettings};
 use sync::{refresh, sync_forever};
+pub(super) use target::{Target, address};
+pub(super) use write::{write_connection, write_durably, write_record};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Writes off the request path (admin endpoint, CLI) may take longer; the idempotency
@@ -48,6 +55,31 @@ struct View {
     subs: DashMap<String, Entry, foldhash::quality::RandomState>,
 }
 
+/// Metric handles the Redis store keeps current (resolved once, by the snapshot).
+#[derive(Debug, Clone, Default)]
+pub struct RedisCounters {
+    /// Each time the view becomes coherent again.
+    pub resyncs: prometheus_client::metrics::counter::Counter,
+    /// Each time the resolved master differs from the one before (Sentinel).
+    pub failovers: prometheus_client::metrics::counter::Counter,
+    /// 1 while the tracking session is connected.
+    pub connected: prometheus_client::metrics::gauge::Gauge,
+    /// 1 while the view is trusted (checks answered locally).
+    pub view_trusted: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// What the status page shows of the session: set by the session task, read on demand.
+#[derive(Debug, Default)]
+struct Health {
+    /// `host:port` of the node the session talks to, once resolved.
+    master: Option<String>,
+    connected: bool,
+    /// Why the view is not trusted; None while it is.
+    reason: Option<String>,
+    /// Times a resolution named another master than the one before.
+    failovers: u64,
+}
+
 #[derive(Debug)]
 pub struct RedisStore {
     prefix: String,
@@ -61,9 +93,14 @@ pub struct RedisStore {
     /// A connection of its own for checks and writes while no session is up (tracking not
     /// permitted, scan failing, reconnecting), so a healthy Redis is still asked.
     fallback: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-    url: String,
-    /// Counts each time the view becomes coherent again (a metric).
-    resyncs: prometheus_client::metrics::counter::Counter,
+    target: Target,
+    health: Mutex<Health>,
+    counters: RedisCounters,
+    /// `[store] durable_revocations`: retuned in place on reload.
+    durable: AtomicBool,
+    /// Woken when a command met a node that is no longer the master (READONLY): the session
+    /// then starts over and resolves the master again, rather than at its next ROLE check.
+    suspect: Arc<tokio::sync::Notify>,
 }
 
 impl RedisStore {
@@ -78,23 +115,26 @@ impl RedisStore {
         Duration::from_millis(self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    pub(crate) fn retune(&self, timeout: Duration, records: Records) {
+    pub(crate) fn retune(&self, settings: &StoreSettings, records: Records) {
         *self.records.write().unwrap_or_else(|e| e.into_inner()) = records;
         self.timeout_ms.store(
-            timeout.as_millis() as u64,
+            settings.timeout.as_millis() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        self.durable
+            .store(settings.durable_revocations, Ordering::Relaxed);
     }
 
-    /// Validate the URL and start the background session that keeps the view coherent.
+    /// Check the target and start the background session that keeps the view coherent.
     pub(crate) fn start(
-        url: &str,
+        spec: &RedisSpec,
         store: &StoreSettings,
         records: Records,
-        resyncs: prometheus_client::metrics::counter::Counter,
+        counters: RedisCounters,
     ) -> Result<Arc<Self>, String> {
-        let url = resp3_url(url);
-        redis::Client::open(url.as_str()).map_err(|e| format!("store.redis_url: {e}"))?;
+        let target = Target::new(spec, store.password.as_ref())?;
+        counters.connected.set(0);
+        counters.view_trusted.set(0);
         let s = Arc::new(RedisStore {
             prefix: records.prefix.clone(),
             records: std::sync::RwLock::new(records),
@@ -102,11 +142,67 @@ impl RedisStore {
             view: View::default(),
             conn: Mutex::new(None),
             fallback: tokio::sync::Mutex::new(None),
-            url,
-            resyncs,
+            target,
+            health: Mutex::new(Health {
+                reason: Some("starting".into()),
+                ..Health::default()
+            }),
+            counters,
+            durable: AtomicBool::new(store.durable_revocations),
+            suspect: Arc::new(tokio::sync::Notify::new()),
         });
         tokio::spawn(sync_forever(Arc::downgrade(&s)));
         Ok(s)
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The view answers locally from now on.
+    fn set_trusted(&self) {
+        self.view.trusted.store(true, Ordering::Release);
+        self.counters.view_trusted.set(1);
+        self.counters.resyncs.inc();
+        self.health().reason = None;
+    }
+
+    /// Checks go to Redis from now on, for `reason`.
+    fn set_untrusted(&self, reason: impl Into<String>) {
+        self.view.trusted.store(false, Ordering::Release);
+        self.counters.view_trusted.set(0);
+        self.health().reason = Some(reason.into());
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.counters.connected.set(i64::from(connected));
+        self.health().connected = connected;
+    }
+
+    /// The session resolved `addr`: a different node than the one before is a failover.
+    /// Returns whether it was one.
+    fn resolved(&self, addr: String) -> bool {
+        let mut h = self.health();
+        let changed = h.master.as_ref().is_some_and(|old| *old != addr);
+        if changed {
+            h.failovers += 1;
+            self.counters.failovers.inc();
+            warn!(master = %addr, previous = ?h.master, "Redis master changed: the revocation view resyncs from the new one");
+        }
+        h.master = Some(addr);
+        changed
+    }
+
+    /// The session's state for the status page.
+    pub(crate) fn session_status(&self) -> serde_json::Value {
+        let h = self.health();
+        serde_json::json!({
+            "mode": self.target.mode(),
+            "master": h.master,
+            "session_connected": h.connected,
+            "failovers": h.failovers,
+            "untrusted_reason": h.reason,
+        })
     }
 
     /// One PING on the write connection, under the store timeout: the round trip.
@@ -201,18 +297,41 @@ impl RedisStore {
         Ok(false)
     }
 
-    pub(crate) async fn revoke(&self, r: &Revoke) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
+    /// Write a revocation. With `durable_revocations`, returns whether one replica has it
+    /// (`WAIT 1` within the store timeout); otherwise None (not asked).
+    pub(crate) async fn revoke(&self, r: &Revoke) -> Result<Option<bool>, StoreError> {
+        let durable = self.durable.load(Ordering::Relaxed);
         let write = async {
-            write_record(&mut conn, &self.records(), r).await?;
+            let replicated = if durable {
+                // A connection of its own: WAIT blocks the client it runs on, and the shared
+                // connection carries the request path's checks. It must be the connection
+                // that wrote, since WAIT counts that client's writes.
+                let client = self.target.current().await?;
+                let mut own = write_connection(&client).await?;
+                let timeout = self.timeout();
+                Some(write::write_durably(&mut own, &self.records(), r, timeout).await?)
+            } else {
+                let mut conn = self.connection().await.map_err(store_to_redis)?;
+                write_record(&mut conn, &self.records(), r).await?;
+                None
+            };
             // Read-your-writes on this instance without waiting for the invalidation echo.
+            let mut conn = self.connection().await.map_err(store_to_redis)?;
             let (key, _, _) = self.records().record(r, unix_now());
-            refresh(self, &mut conn, std::slice::from_ref(&key)).await
+            refresh(self, &mut conn, std::slice::from_ref(&key))
+                .await
+                .map_err(|e| {
+                    redis::RedisError::from((redis::ErrorKind::Io, "re-read", e.to_string()))
+                })?;
+            Ok::<_, redis::RedisError>(replicated)
         };
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Err(_) => Err(StoreError::Timeout),
-            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
-            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.drop_fallback_if_broken(&e).await;
+                Err(StoreError::Unavailable(e.to_string()))
+            }
+            Ok(Ok(replicated)) => Ok(replicated),
         }
     }
 
@@ -296,14 +415,34 @@ impl RedisStore {
         if let Some(c) = fallback.as_ref() {
             return Ok(c.clone());
         }
-        let c = write_connection(&self.url).await.map_err(unavailable)?;
+        let client = self.target.current().await.map_err(unavailable)?;
+        let c = match write_connection(&client).await {
+            Ok(c) => c,
+            Err(e) => {
+                // A master that cannot be reached may be gone: ask the sentinels next time.
+                self.target.forget_master();
+                return Err(unavailable(e));
+            }
+        };
         *fallback = Some(c.clone());
         Ok(c)
     }
 
+    /// After a failed command: a broken connection is dropped (the next call reconnects);
+    /// a node that is no longer the master (READONLY) also makes the session start over and
+    /// resolve the master again.
     async fn drop_fallback_if_broken(&self, e: &redis::RedisError) {
-        if e.is_connection_dropped() || e.is_unrecoverable_error() {
+        let demoted = is_readonly(e);
+        // A timeout alone is not a reason: a slow node keeps its connection.
+        let broken = e.is_connection_dropped()
+            || e.is_unrecoverable_error()
+            || (e.is_io_error() && !e.is_timeout());
+        if broken || demoted {
             self.fallback.lock().await.take();
+            self.target.forget_master();
+        }
+        if demoted {
+            self.suspect.notify_waiters();
         }
     }
 
@@ -350,77 +489,14 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// A plain connection for commands (no push messages), with the write timeouts.
-pub(super) async fn write_connection(
-    url: &str,
-) -> Result<MultiplexedConnection, redis::RedisError> {
-    let cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(WRITE_TIMEOUT));
-    redis::Client::open(url)?
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
+/// A write refused by a node that is no longer the master (a replica after a failover).
+fn is_readonly(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        // A write inside a script comes back as a script error quoting READONLY.
+        || e.to_string().contains("READONLY")
 }
 
-/// Write a revocation so that it never weakens one already there: a jti keeps the later
-/// expiry, a subject keeps the later cut-off (and the longer TTL).
-pub(super) async fn write_record(
-    conn: &mut MultiplexedConnection,
-    records: &Records,
-    r: &Revoke,
-) -> Result<(), redis::RedisError> {
-    let (key, value, ttl) = records.record(r, unix_now());
-    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    match r {
-        Revoke::Jti { .. } => {
-            redis::pipe()
-                .atomic()
-                .cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(ttl_ms)
-                .arg("GT")
-                .ignore()
-                .exec_async(conn)
-                .await
-        }
-        Revoke::Subject { .. } => {
-            redis::cmd("EVAL")
-                .arg(RAISE_CUTOFF)
-                .arg(1)
-                .arg(&key)
-                .arg(&value)
-                .arg(ttl_ms)
-                .exec_async(conn)
-                .await
-        }
-    }
-}
-
-/// Set a subject's cut-off only if it raises it; otherwise only extend the TTL.
-const RAISE_CUTOFF: &str = r#"
-local cur = tonumber(redis.call('GET', KEYS[1]) or '')
-if cur == nil or tonumber(ARGV[1]) > cur then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-else
-  redis.call('PEXPIRE', KEYS[1], ARGV[2], 'GT')
-end
-return 1
-"#;
-
-/// Client-side caching pushes need RESP3.
-fn resp3_url(url: &str) -> String {
-    if url.contains("protocol=") {
-        url.to_string()
-    } else if url.contains('?') {
-        format!("{url}&protocol=resp3")
-    } else {
-        format!("{url}?protocol=resp3")
-    }
+/// A store failure met inside a write, as a Redis error (one error type per write path).
+fn store_to_redis(e: StoreError) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "store", e.to_string()))
 }

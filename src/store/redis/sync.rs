@@ -11,16 +11,20 @@
 //!    server is silent, not failing) marks the view untrusted at once; until a new session
 //!    has resynced, every check goes to Redis under the store timeout, and `on_error`
 //!    decides what a failure means.
+//! 5. With Sentinel, each session starts by asking the sentinels for the master, and checks
+//!    `ROLE` instead of PING: a master demoted to replica (a failover it did not see coming)
+//!    ends the session like a lost connection, as does a READONLY answer to any command.
+//!    The next session resolves the new master and reloads the view from it.
 
 use std::sync::Weak;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncCommands, AsyncConnectionConfig, PushInfo, PushKind, ScanOptions, Value};
+use redis::{AsyncCommands, AsyncConnectionConfig, Client, PushInfo, PushKind, ScanOptions, Value};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tracing::{info, warn};
 
+use super::target::address;
 use super::{CONNECT_TIMEOUT, RedisStore, read_value};
 
 /// How often the tracking connection proves it is alive, and how long a PING may take.
@@ -32,16 +36,29 @@ const SCAN_BATCH: usize = 1000;
 pub(super) async fn sync_forever(store: Weak<RedisStore>) {
     let mut backoff = Duration::from_millis(50);
     let mut reported = false;
+    // With Sentinel a failed session is most often "the replica is not promoted yet", over
+    // within seconds: retry often (each try costs the sentinels one lookup and the node one
+    // ROLE). One node that is down stays down longer: back off further.
+    let max_backoff = match store.upgrade() {
+        Some(s) if s.target.is_sentinel() => Duration::from_millis(500),
+        Some(_) => Duration::from_secs(2),
+        None => return,
+    };
     loop {
         let started = Instant::now();
         let result = session(&store).await;
         let Some(s) = store.upgrade() else { return };
-        s.view.trusted.store(false, Ordering::Release);
+        match &result {
+            Ok(Synced::Ended(why)) => s.set_untrusted(*why),
+            Err(e) => s.set_untrusted(format!("no session: {e}")),
+            Ok(Synced::Gone) => {}
+        }
+        s.set_connected(false);
         *s.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
         drop(s);
         match result {
             Ok(Synced::Gone) => return,
-            Ok(Synced::WasTrusted) => {
+            Ok(Synced::Ended(_)) => {
                 // A session that stayed in sync a while was healthy: retry quickly. One that
                 // keeps dropping (a Redis too slow for the PING deadline) backs off instead
                 // of rescanning every few hundred milliseconds.
@@ -58,7 +75,7 @@ pub(super) async fn sync_forever(store: Weak<RedisStore>) {
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(max_backoff);
     }
 }
 
@@ -68,14 +85,13 @@ type SessionError = Box<dyn std::error::Error + Send + Sync>;
 enum Synced {
     /// The store was dropped: stop.
     Gone,
-    /// It reached sync, then lost the connection.
-    WasTrusted,
+    /// It was connected, then lost the connection or its node (why, for the status page).
+    Ended(&'static str),
 }
 
 async fn connect(
-    url: &str,
+    client: &Client,
 ) -> Result<(MultiplexedConnection, UnboundedReceiver<PushInfo>), SessionError> {
-    let client = redis::Client::open(url)?;
     let (tx, rx) = unbounded_channel();
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -90,14 +106,24 @@ async fn connect(
 /// One tracking session: connect, subscribe, load, then follow invalidations until the
 /// connection is lost or the store is dropped. Holds the store only weakly between steps.
 async fn session(store: &Weak<RedisStore>) -> Result<Synced, SessionError> {
-    let Some(url) = store.upgrade().map(|s| s.url.clone()) else {
-        return Ok(Synced::Gone);
+    let (client, suspect, sentinel) = {
+        let Some(s) = store.upgrade() else {
+            return Ok(Synced::Gone);
+        };
+        // Resolved afresh for every session: after a failover this names the new master.
+        let client = s.target.resolve().await?;
+        if s.resolved(address(&client)) {
+            // The fallback connection may still point at the old master.
+            s.fallback.lock().await.take();
+        }
+        (client, s.suspect.clone(), s.target.is_sentinel())
     };
-    let (mut conn, mut pushes) = connect(&url).await?;
+    let (mut conn, mut pushes) = connect(&client).await?;
     {
         let Some(s) = store.upgrade() else {
             return Ok(Synced::Gone);
         };
+        s.set_connected(true);
         // Tracking first, then the scan: nothing written in between can be missed.
         redis::cmd("CLIENT")
             .arg("TRACKING")
@@ -112,15 +138,14 @@ async fn session(store: &Weak<RedisStore>) -> Result<Synced, SessionError> {
         // Writes that landed during the scan are queued as invalidations: apply them before
         // the view is trusted.
         match drain(&mut pushes) {
-            Pending::Lost => return Ok(Synced::WasTrusted),
+            Pending::Lost => return Ok(Synced::Ended("connection lost while loading")),
             Pending::Flush => {
                 full_load(&s, &mut conn).await?;
             }
             Pending::Keys(keys) => refresh(&s, &mut conn, &keys).await?,
         }
-        s.view.trusted.store(true, Ordering::Release);
-        s.resyncs.inc();
-        info!(keys = loaded, "revocation view in sync with Redis");
+        s.set_trusted();
+        info!(keys = loaded, node = %address(&client), "revocation view in sync with Redis");
     }
 
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -136,7 +161,7 @@ async fn session(store: &Weak<RedisStore>) -> Result<Synced, SessionError> {
                 match batch {
                     Pending::Lost => {
                         warn!("revocation view: Redis connection lost");
-                        return Ok(Synced::WasTrusted);
+                        return Ok(Synced::Ended("connection lost"));
                     }
                     Pending::Flush => {
                         full_load(&s, &mut conn).await?;
@@ -144,24 +169,51 @@ async fn session(store: &Weak<RedisStore>) -> Result<Synced, SessionError> {
                     Pending::Keys(keys) => refresh(&s, &mut conn, &keys).await?,
                 }
             }
+            _ = suspect.notified() => {
+                warn!("revocation view: a command met READONLY; resolving the master again");
+                return Ok(Synced::Ended("a command met READONLY: the node is no longer the master"));
+            }
             _ = ping.tick() => {
                 if store.strong_count() == 0 {
                     return Ok(Synced::Gone);
                 }
                 // A stopped server answers nothing and reports nothing: silence is failure.
-                match tokio::time::timeout(PING_DEADLINE, redis::cmd("PING").exec_async(&mut conn)).await {
-                    Ok(Ok(())) => {}
+                match tokio::time::timeout(PING_DEADLINE, still_master(&mut conn, sentinel)).await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => {
+                        warn!("revocation view: the Redis node is no longer the master");
+                        return Ok(Synced::Ended("the node is no longer the master (ROLE)"));
+                    }
+                    // The connection's own response timeout is the same deadline.
+                    Ok(Err(e)) if e.is_timeout() => {
+                        warn!("revocation view: Redis PING deadline missed");
+                        return Ok(Synced::Ended("PING deadline missed"));
+                    }
                     Ok(Err(e)) => {
                         warn!(error = %e, "revocation view: Redis PING failed");
-                        return Ok(Synced::WasTrusted);
+                        return Ok(Synced::Ended("PING failed"));
                     }
                     Err(_) => {
                         warn!("revocation view: Redis PING deadline missed");
-                        return Ok(Synced::WasTrusted);
+                        return Ok(Synced::Ended("PING deadline missed"));
                     }
                 }
             }
         }
+    }
+}
+
+/// The liveness check: PING for one node; with Sentinel, ROLE, which also tells whether
+/// the node is still the master (a demoted one keeps answering, as a replica).
+async fn still_master(
+    conn: &mut MultiplexedConnection,
+    sentinel: bool,
+) -> Result<bool, redis::RedisError> {
+    if sentinel {
+        let role: redis::Role = redis::cmd("ROLE").query_async(conn).await?;
+        Ok(matches!(role, redis::Role::Primary { .. }))
+    } else {
+        redis::cmd("PING").exec_async(conn).await.map(|()| true)
     }
 }
 
