@@ -362,17 +362,6 @@ async fn a_body_still_streaming_when_the_lease_runs_out_is_delivered_and_not_rep
     }
 }
 
-/// `/metrics` as text, and the value of one sample line (0 when the series is absent).
-async fn metric(p: &TestProxy, series: &str) -> f64 {
-    let mut admin = Client::plain(p.addrs.admin).await;
-    let (resp, body) = within("metrics", admin.get("/metrics")).await;
-    assert_eq!(resp.status(), 200);
-    let text = String::from_utf8(body.to_vec()).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 /// Retry `key` until the store answers again (503 while doorman reconnects), at most 20
 /// times; every answer before that must be 503. Returns the first other answer.
 async fn retry_past_503(p: &TestProxy, key: &str) -> (http::Response<()>, Bytes) {

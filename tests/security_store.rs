@@ -31,26 +31,8 @@ async fn post(c: &mut Client, path: &str, key: &str) -> (http::Response<()>, Byt
     c.send_collect(req).await
 }
 
-/// One series of `/metrics`, by its exact name and labels; 0 when absent.
-async fn metric(p: &TestProxy, series: &str) -> u64 {
-    let (resp, body) = Client::plain(p.addrs.admin).await.get("/metrics").await;
-    assert_eq!(resp.status(), 200);
-    let text = String::from_utf8(body.to_vec()).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0, |v| v.parse().unwrap())
-}
-
 async fn store_status(p: &TestProxy) -> serde_json::Value {
-    let mut admin = Client::plain(p.addrs.admin).await;
-    let req = admin
-        .request(Method::GET, "/status")
-        .header("accept", "application/json")
-        .body(empty())
-        .unwrap();
-    let (resp, body) = admin.send_collect(req).await;
-    assert_eq!(resp.status(), 200);
-    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["store"].clone()
+    status_json(p).await["store"].clone()
 }
 
 const EVICTIONS: &str = r#"doorman_store_evictions_total{kind="idempotency"}"#;
@@ -62,7 +44,7 @@ async fn unique_keys_beyond_the_cap_evict_the_oldest_completed_and_an_evicted_re
     let r = Replica::start("r").await;
     let p = proxy(&r, "embedded_max_entries = 4").await;
     let mut c = p.h1().await;
-    assert_eq!(metric(&p, EVICTIONS).await, 0);
+    assert_eq!(count(&p, EVICTIONS).await, 0);
     for i in 0..10 {
         let (resp, body) = post(&mut c, "/unique", &format!("k{i}")).await;
         assert_eq!(resp.status(), 201);
@@ -72,7 +54,7 @@ async fn unique_keys_beyond_the_cap_evict_the_oldest_completed_and_an_evicted_re
         );
     }
     // Ten completed keys under a cap of four: the six oldest were evicted.
-    assert_eq!(metric(&p, EVICTIONS).await, 6);
+    assert_eq!(count(&p, EVICTIONS).await, 6);
     let store = store_status(&p).await;
     assert_eq!(store["idempotency_records"], 4);
     assert_eq!(store["idempotency_leases"], 0);
@@ -91,11 +73,11 @@ async fn unique_keys_beyond_the_cap_evict_the_oldest_completed_and_an_evicted_re
     assert!(resp.headers().get("idempotent-replayed").is_none());
     assert_eq!(&body[..], br#"{"call":11,"len":2}"#);
     assert_eq!(r.count(), 11);
-    assert_eq!(metric(&p, EVICTIONS).await, 7);
+    assert_eq!(count(&p, EVICTIONS).await, 7);
     let (resp, _) = post(&mut c, "/unique", "k7").await;
     assert_eq!(resp.headers()["idempotent-replayed"], "true");
     assert_eq!(r.count(), 11);
-    assert_eq!(metric(&p, LEASE_REFUSALS).await, 0);
+    assert_eq!(count(&p, LEASE_REFUSALS).await, 0);
     p.stop().await;
 }
 
@@ -122,7 +104,7 @@ async fn a_live_lease_is_never_evicted_and_a_store_full_of_leases_answers_503() 
             201
         );
     }
-    assert_eq!(metric(&p, EVICTIONS).await, 5);
+    assert_eq!(count(&p, EVICTIONS).await, 5);
     // The lease survived all of it: a duplicate is still in flight.
     let (dup, _) = post(&mut c, "/gate", "slow").await;
     assert_eq!(dup.status(), 409);
@@ -137,14 +119,14 @@ async fn a_live_lease_is_never_evicted_and_a_store_full_of_leases_answers_503() 
         }
     })
     .await;
-    assert_eq!(metric(&p, EVICTIONS).await, 6);
+    assert_eq!(count(&p, EVICTIONS).await, 6);
     let (full_resp, body) = post(&mut c, "/unique", "new").await;
     assert_eq!(full_resp.status(), 503);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"], "state store unavailable");
     assert_eq!(r.count(), 8, "a refused key never reaches the replica");
-    assert_eq!(metric(&p, LEASE_REFUSALS).await, 1);
-    assert_eq!(metric(&p, EVICTIONS).await, 6);
+    assert_eq!(count(&p, LEASE_REFUSALS).await, 1);
+    assert_eq!(count(&p, EVICTIONS).await, 6);
     let store = store_status(&p).await;
     assert_eq!(store["idempotency_leases"], 2);
 
@@ -154,7 +136,7 @@ async fn a_live_lease_is_never_evicted_and_a_store_full_of_leases_answers_503() 
     assert_eq!(within("slow", slow).await.unwrap(), 200);
     assert_eq!(within("slow2", slow2).await.unwrap(), 200);
     assert_eq!(post(&mut c, "/unique", "new").await.0.status(), 201);
-    assert_eq!(metric(&p, EVICTIONS).await, 7);
+    assert_eq!(count(&p, EVICTIONS).await, 7);
     p.stop().await;
 }
 
@@ -199,7 +181,7 @@ async fn revocations_beyond_the_cap_are_refused_with_507_and_every_held_one_kept
             .0,
         200
     );
-    assert_eq!(metric(&p, REVOCATION_REFUSALS).await, 2);
+    assert_eq!(count(&p, REVOCATION_REFUSALS).await, 2);
     let store = store_status(&p).await;
     assert_eq!(store["revoked_tokens"], 3);
     assert_eq!(store["revoked_subjects"], 0);

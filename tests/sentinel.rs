@@ -63,15 +63,7 @@ async fn revoke(p: &TestProxy, jti: &str, exp: u64) -> (u16, serde_json::Value) 
 }
 
 async fn store_status(p: &TestProxy) -> serde_json::Value {
-    let mut admin = Client::plain(p.addrs.admin).await;
-    let req = http::Request::get("/status")
-        .header("host", "localhost")
-        .header("accept", "application/json")
-        .body(empty())
-        .unwrap();
-    let (resp, body) = admin.send_collect(req).await;
-    assert_eq!(resp.status(), 200);
-    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["store"].clone()
+    status_json(p).await["store"].clone()
 }
 
 /// Wait until `p`'s view is synced with the master on `port`.
@@ -87,16 +79,6 @@ async fn until_synced_on(p: &TestProxy, port: u16, what: &str) -> serde_json::Va
         }
     })
     .await
-}
-
-/// One series of `/metrics`, by its exact name and labels; 0 when absent.
-async fn metric(p: &TestProxy, series: &str) -> f64 {
-    let (resp, body) = Client::plain(p.addrs.admin).await.get("/metrics").await;
-    assert_eq!(resp.status(), 200);
-    let text = String::from_utf8(body.to_vec()).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.parse().unwrap())
 }
 
 fn token_for(kit: &JwtKit, sub: &str) -> (String, String, u64) {

@@ -5,19 +5,6 @@ mod support;
 
 use support::*;
 
-async fn status_json(p: &TestProxy) -> serde_json::Value {
-    let mut admin = Client::plain(p.addrs.admin).await;
-    let req = http::Request::get("/status")
-        .header("host", "localhost")
-        .header("accept", "application/json")
-        .body(empty())
-        .unwrap();
-    let (resp, body) = admin.send_collect(req).await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "application/json");
-    serde_json::from_slice(&body).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn status_shows_an_ejected_replica_and_a_failed_reload() {
     let live = Replica::start("live").await;

@@ -77,10 +77,7 @@ pub async fn admin(p: &TestProxy, path: &str) -> (u16, String) {
 }
 
 pub async fn key_set(p: &TestProxy) -> Value {
-    let (status, body) = admin(p, "/status").await;
-    assert_eq!(status, 200);
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["key_set"].clone()
+    status_json(p).await["key_set"].clone()
 }
 
 /// Poll `check` every 20 ms until it holds, at most `STEP`.

@@ -1063,3 +1063,35 @@ pub fn redis_ping(port: u16) -> io::Result<String> {
     let n = s.read(&mut buf)?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
+
+/// `GET /status` as JSON from `p`'s admin listener.
+pub async fn status_json(p: &TestProxy) -> serde_json::Value {
+    let mut admin = Client::plain(p.addrs.admin).await;
+    let req = http::Request::get("/status")
+        .header("host", "localhost")
+        .header("accept", "application/json")
+        .body(empty())
+        .unwrap();
+    let (resp, body) = within("GET /status", admin.send_collect(req)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// The value of one `/metrics` series, by its exact name and labels; 0 when absent.
+pub async fn metric(p: &TestProxy, series: &str) -> f64 {
+    let mut admin = Client::plain(p.addrs.admin).await;
+    let (resp, body) = within("GET /metrics", admin.get("/metrics")).await;
+    assert_eq!(resp.status(), 200);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// A counter's value (`metric`, which must be a whole number).
+pub async fn count(p: &TestProxy, series: &str) -> u64 {
+    let v = metric(p, series).await;
+    assert_eq!(v.fract(), 0.0, "{series} = {v}");
+    v as u64
+}
