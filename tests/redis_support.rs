@@ -1,6 +1,6 @@
-//! The redis-server helpers that the store's tests build on: a private server on a free port,
-//! and a private Redis Cluster (three masters, three replicas); each fails loudly rather than
-//! skipping when it cannot start.
+//! The redis-server helper that the store's tests build on: a private server on a free port,
+//! failing loudly rather than skipping when it cannot start. (The Redis Cluster helper is
+//! exercised by tests/cluster.rs, which needs one cluster per binary.)
 
 mod support;
 
@@ -20,26 +20,4 @@ fn starts_a_private_redis_on_a_free_port_and_stops_it() {
         redis_ping(port).is_err(),
         "redis on {port} still answers after drop"
     );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn starts_a_private_cluster_of_three_masters_with_a_replica_each() {
-    let cluster = support::cluster::RedisCluster::start().await;
-    assert_eq!(cluster.nodes.len(), 6);
-    assert_eq!(cluster.urls().len(), 6);
-    let masters = cluster.masters().await;
-    assert_eq!(masters.len(), 3, "{masters:?}");
-    // Keys spread over the three masters: each is served by one of them.
-    let mut owners: Vec<u16> = Vec::new();
-    for key in ["a", "b", "c", "d", "e", "f", "g", "h"] {
-        let owner = cluster.master_of(key).await;
-        assert!(
-            masters.contains(&owner),
-            "{key} on {owner}, masters {masters:?}"
-        );
-        owners.push(owner);
-    }
-    owners.sort();
-    owners.dedup();
-    assert_eq!(owners.len(), 3, "eight keys land on all three masters");
 }

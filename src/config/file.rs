@@ -128,6 +128,8 @@ pub(crate) struct RawIdempotency {
 pub(crate) struct RawStore {
     pub(crate) redis_url: Option<String>,
     pub(crate) redis_sentinel: Option<RawSentinel>,
+    pub(crate) redis_cluster: Option<Vec<String>>,
+    pub(crate) ca_file: Option<String>,
     pub(crate) password_env: Option<String>,
     pub(crate) durable_revocations: Option<bool>,
     pub(crate) timeout: Option<String>,

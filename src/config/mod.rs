@@ -175,6 +175,9 @@ pub struct StoreSettings {
     /// `password_env`'s value, read at load: the password of the Redis nodes (for Sentinel,
     /// of the master and replicas; a sentinel's own comes from its URL).
     pub password: Option<Secret>,
+    /// `ca_file`'s certificates (PEM), read at load: the roots that `rediss://` nodes are
+    /// verified against instead of the system's.
+    pub ca_pem: Option<Arc<[u8]>>,
     /// Revocation writes wait for one replica (`WAIT 1`) within `timeout`, so that a
     /// failover cannot lose an acknowledged revocation; the write reports whether it was.
     pub durable_revocations: bool,
@@ -196,6 +199,7 @@ impl Default for StoreSettings {
         StoreSettings {
             redis: None,
             password: None,
+            ca_pem: None,
             durable_revocations: false,
             timeout: defaults::STORE_TIMEOUT,
             on_error: OnError::Closed,
@@ -206,7 +210,7 @@ impl Default for StoreSettings {
     }
 }
 
-/// Where the Redis store lives (`[store] redis_url` or `redis_sentinel`).
+/// Where the Redis store lives (`[store] redis_url`, `redis_sentinel` or `redis_cluster`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisSpec {
     /// One node.
@@ -216,6 +220,8 @@ pub enum RedisSpec {
         master: String,
         sentinels: Vec<String>,
     },
+    /// A Redis Cluster, found through these seed nodes (the topology is discovered).
+    Cluster(Vec<String>),
 }
 
 /// A secret read from the environment (a Redis password): never printed.

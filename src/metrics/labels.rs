@@ -93,6 +93,12 @@ pub(crate) struct ReplicaLabels {
     pub replica: Replica,
 }
 
+/// A Redis node, as `host:port`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct NodeLabels {
+    pub node: Name,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct GroupLabels {
     pub group: Name,

@@ -34,7 +34,7 @@ use labels::{
     ConfigLabels, GroupLabels, KindLabels, OpLabels, Replica, ReplicaLabels, RequestLabels,
     RouteLabels,
 };
-pub(crate) use labels::{MethodLabel, Name, OutcomeLabels, ProtocolLabels};
+pub(crate) use labels::{MethodLabel, Name, NodeLabels, OutcomeLabels, ProtocolLabels};
 pub(crate) use route::RouteMetrics;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -102,6 +102,8 @@ pub(crate) struct Metrics {
     pub store_failovers: Counter,
     /// Redis store: 1 while the tracking session is connected.
     pub store_connected: Gauge,
+    pub store_topology_version: Gauge,
+    pub(crate) store_node_connected: Family<NodeLabels, Gauge>,
     /// Redis store: 1 while the revocation view is trusted (checks answered locally).
     pub revocation_view_trusted: Gauge,
     pub reloads: Family<OutcomeLabels, Counter>,
@@ -203,6 +205,8 @@ impl Metrics {
             revocation_resyncs: Counter::default(),
             store_failovers: Counter::default(),
             store_connected: Gauge::default(),
+            store_topology_version: Gauge::default(),
+            store_node_connected: Family::default(),
             revocation_view_trusted: Gauge::default(),
             reloads: Family::default(),
             config: Family::default(),

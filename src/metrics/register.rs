@@ -128,13 +128,23 @@ impl Metrics {
         );
         r.register(
             "store_failovers",
-            "Redis store: times the master resolved through the sentinels changed (a failover followed)",
+            "Redis store: times the master resolved through the sentinels changed, or a cluster master left the masters (a failover followed)",
             self.store_failovers.clone(),
         );
         r.register(
             "store_connected",
-            "Redis store: 1 while the revocation tracking session is connected to its node",
+            "Redis store: 1 while the revocation tracking session is connected to its node (on a cluster, to at least one master)",
             self.store_connected.clone(),
+        );
+        r.register(
+            "store_node_connected",
+            "Redis Cluster: 1 while the revocation tracking session to this master is connected",
+            self.store_node_connected.clone(),
+        );
+        r.register(
+            "store_topology_version",
+            "Redis Cluster: how many different topologies (masters and their slots) were seen; each change resyncs the revocation view",
+            self.store_topology_version.clone(),
         );
         r.register(
             "revocation_view_trusted",

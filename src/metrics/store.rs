@@ -27,6 +27,8 @@ impl Metrics {
             failovers: self.store_failovers.clone(),
             connected: self.store_connected.clone(),
             view_trusted: self.revocation_view_trusted.clone(),
+            topology_version: self.store_topology_version.clone(),
+            node_connected: self.store_node_connected.clone(),
         }
     }
 

@@ -147,8 +147,13 @@ pub(crate) enum Begin {
 }
 
 /// Return the record, or take the lease: `KEYS[1]`, `ARGV = lease, lock_ttl_ms`.
+///
+/// Replay-safe: a client (redis-rs' cluster connection, say) may send a script again after
+/// the connection dropped with the answer in flight. A BEGIN that finds exactly its own
+/// lease (the owner is random per request) took it the first time: acquired, not a conflict.
 pub(super) const BEGIN: &str = r#"
 local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then return false end
 if v then return v end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
@@ -156,8 +161,13 @@ return false
 
 /// Replace our lease with the result (or delete it when the result is empty), only if the
 /// lease is still exactly ours: `KEYS[1]`, `ARGV = lease, result, ttl_ms`.
+///
+/// Replay-safe too: a FINISH sent again after it ran finds its own result in place of the
+/// lease, and reports success without writing anything.
 pub(super) const FINISH: &str = r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local cur = redis.call('GET', KEYS[1])
+if ARGV[2] ~= '' and cur == ARGV[2] then return 1 end
+if cur ~= ARGV[1] then return 0 end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
 else

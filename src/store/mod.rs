@@ -267,7 +267,7 @@ impl Records {
 }
 
 /// Write one revocation straight to Redis (used by `doorman revoke`): to the configured
-/// node, or to the master the sentinels name. With `durable_revocations`, returns whether
+/// node, the master the sentinels name, or the cluster. With `durable_revocations`, returns whether
 /// one replica acknowledged it (waiting up to `timeout`).
 pub async fn write_to_redis(
     store: &StoreSettings,
@@ -277,14 +277,11 @@ pub async fn write_to_redis(
     let Some(spec) = &store.redis else {
         return Err("no Redis store is configured".into());
     };
-    let target = redis::Target::new(spec, store.password.as_ref())?;
-    let client = target
-        .resolve()
+    let target = redis::Target::new(spec, store)?;
+    let mut conn = target
+        .command_connection()
         .await
-        .map_err(|e| format!("finding the Redis master: {e}"))?;
-    let mut conn = redis::write_connection(&client)
-        .await
-        .map_err(|e| format!("{}: {e}", redis::address(&client)))?;
+        .map_err(|e| format!("connecting to Redis: {e}"))?;
     let written = if store.durable_revocations {
         redis::write_durably(&mut conn, records, r, store.timeout)
             .await

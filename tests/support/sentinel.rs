@@ -20,7 +20,7 @@ pub struct Node {
 
 impl Node {
     /// Start redis-server with `args(port)` on a free port; returns once it answers PING.
-    fn spawn(args: impl Fn(u16) -> Vec<String>) -> Node {
+    pub fn spawn(args: impl Fn(u16) -> Vec<String>) -> Node {
         Self::spawn_on(
             || {
                 std::net::TcpListener::bind("127.0.0.1:0")

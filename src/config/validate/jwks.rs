@@ -82,7 +82,10 @@ impl Validator {
             );
         }
         let timeout = self.duration("auth.jwks.timeout", raw.timeout, defaults::JWKS_TIMEOUT);
-        let ca = raw.ca_file.map(|p| self.jwks_ca(&p)).unwrap_or_default();
+        let ca = raw
+            .ca_file
+            .map(|p| self.pem_certificates("auth.jwks.ca_file", &p))
+            .unwrap_or_default();
         if sources != 1 {
             return None;
         }
@@ -163,9 +166,13 @@ impl Validator {
         out
     }
 
-    fn jwks_ca(&mut self, path: &str) -> Vec<pki_types::CertificateDer<'static>> {
+    /// The certificates of a CA file (`key` names it in errors): JWKS fetches, rediss://.
+    pub(super) fn pem_certificates(
+        &mut self,
+        key: &str,
+        path: &str,
+    ) -> Vec<pki_types::CertificateDer<'static>> {
         use pki_types::pem::PemObject;
-        let key = "auth.jwks.ca_file";
         let pem = match std::fs::read(path) {
             Ok(p) => p,
             Err(e) => {

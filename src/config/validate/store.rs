@@ -10,23 +10,46 @@ use super::Validator;
 impl Validator {
     pub(super) fn store(&mut self, raw: RawStore) -> StoreSettings {
         let url_password = raw.redis_url.as_deref().and_then(|url| self.redis_url(url));
-        let redis = match (raw.redis_url, raw.redis_sentinel) {
-            (Some(_), Some(_)) => {
-                self.err(
-                    "store.redis_sentinel",
-                    "give one of redis_url or redis_sentinel, not both",
-                );
-                None
-            }
-            (Some(url), None) => Some(RedisSpec::Url(url)),
-            (None, Some(s)) => self.sentinel(s),
-            (None, None) => None,
+        let given = [
+            ("redis_url", raw.redis_url.is_some()),
+            ("redis_sentinel", raw.redis_sentinel.is_some()),
+            ("redis_cluster", raw.redis_cluster.is_some()),
+        ];
+        let redis = if given.iter().filter(|(_, set)| *set).count() > 1 {
+            let names: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
+            self.err(
+                format!("store.{}", names[1]),
+                format!(
+                    "give one of redis_url, redis_sentinel or redis_cluster, not {}",
+                    names.join(" and ")
+                ),
+            );
+            None
+        } else if let Some(url) = raw.redis_url {
+            Some(RedisSpec::Url(url))
+        } else if let Some(s) = raw.redis_sentinel {
+            self.sentinel(s)
+        } else if let Some(seeds) = raw.redis_cluster {
+            self.cluster(seeds)
+        } else {
+            None
         };
+        let ca_pem = raw.ca_file.as_deref().and_then(|path| {
+            if raw_has_no_redis(&redis, &self.errors) {
+                self.err(
+                    "store.ca_file",
+                    "ca_file is for rediss:// Redis nodes: set redis_url, redis_sentinel or redis_cluster",
+                );
+                return None;
+            }
+            let certs = self.pem_certificates("store.ca_file", path);
+            (!certs.is_empty()).then(|| std::fs::read(path).unwrap_or_default().into())
+        });
         let password = raw.password_env.as_deref().and_then(|var| {
             if raw_has_no_redis(&redis, &self.errors) {
                 self.err(
                     "store.password_env",
-                    "password_env is for a Redis store: set redis_url or redis_sentinel",
+                    "password_env is for a Redis store: set redis_url, redis_sentinel or redis_cluster",
                 );
                 return None;
             }
@@ -56,7 +79,7 @@ impl Validator {
         if durable_revocations && raw_has_no_redis(&redis, &self.errors) {
             self.err(
                 "store.durable_revocations",
-                "durable_revocations waits for a Redis replica: set redis_url or redis_sentinel",
+                "durable_revocations waits for a Redis replica: set redis_url, redis_sentinel or redis_cluster",
             );
         }
         let on_error = match raw.on_error.as_deref() {
@@ -73,6 +96,7 @@ impl Validator {
         StoreSettings {
             redis,
             password,
+            ca_pem,
             durable_revocations,
             timeout: self.duration("store.timeout", raw.timeout, defaults::STORE_TIMEOUT),
             on_error,
@@ -141,7 +165,13 @@ impl Validator {
         }
         for (i, url) in raw.sentinels.iter().enumerate() {
             let key = format!("store.redis_sentinel.sentinels[{i}]");
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            if url.starts_with("rediss://") {
+                // redis-rs can do it, but doorman has no test bed for TLS sentinels yet.
+                self.err(
+                    key,
+                    format!("{url:?}: TLS through Sentinel is not supported yet (rediss:// works with redis_url and redis_cluster)"),
+                );
+            } else if !url.starts_with("redis://") {
                 self.err(key, format!("{url:?} is not a redis:// URL"));
             } else if let Err(why) = parse_url(url) {
                 self.err(key, why);
@@ -154,12 +184,50 @@ impl Validator {
     }
 }
 
+impl Validator {
+    /// `redis_cluster`: seed nodes, all `redis://` or all `rediss://` (redis-rs takes the
+    /// TLS mode of the whole cluster from them), none naming a database (a cluster has only
+    /// database 0).
+    fn cluster(&mut self, seeds: Vec<String>) -> Option<RedisSpec> {
+        let before = self.errors.len();
+        if seeds.is_empty() {
+            self.err(
+                "store.redis_cluster",
+                "name at least one seed node (two or more in production)",
+            );
+        }
+        for (i, url) in seeds.iter().enumerate() {
+            let key = format!("store.redis_cluster[{i}]");
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                self.err(key, format!("{url:?} is not a redis:// URL"));
+                continue;
+            }
+            match parse_url(url) {
+                Err(why) => self.err(key, why),
+                Ok(info) if info.redis_settings().db() != 0 => self.err(
+                    key,
+                    format!("{url:?}: a cluster has only database 0: drop the /db"),
+                ),
+                Ok(_) => {}
+            }
+        }
+        let tls = seeds.iter().filter(|u| u.starts_with("rediss://")).count();
+        if tls != 0 && tls != seeds.len() {
+            self.err(
+                "store.redis_cluster",
+                "mixes redis:// and rediss:// seeds: the whole cluster speaks TLS or none of it does",
+            );
+        }
+        (self.errors.len() == before).then_some(RedisSpec::Cluster(seeds))
+    }
+}
+
 /// The URL as redis-rs reads it, or why it cannot be used.
 fn parse_url(url: &str) -> Result<redis::ConnectionInfo, String> {
-    if url.starts_with("rediss://") {
-        // redis-rs' rustls feature is not built in yet: say so at load, not at connect.
+    if url.contains('#') {
+        // redis-rs reads `#insecure` as "skip certificate checks".
         return Err(format!(
-            "{url:?}: TLS to Redis (rediss://) is not supported by this build yet"
+            "{url:?}: drop the #fragment: doorman always verifies a Redis node's certificate (set ca_file for a private CA)"
         ));
     }
     url.into_connection_info().map_err(|e| {
@@ -175,7 +243,9 @@ fn parse_url(url: &str) -> Result<redis::ConnectionInfo, String> {
 fn raw_has_no_redis(redis: &Option<RedisSpec>, errors: &[super::super::ConfigError]) -> bool {
     redis.is_none()
         && !errors.iter().any(|e| {
-            e.key.starts_with("store.redis_url") || e.key.starts_with("store.redis_sentinel")
+            e.key.starts_with("store.redis_url")
+                || e.key.starts_with("store.redis_sentinel")
+                || e.key.starts_with("store.redis_cluster")
         })
 }
 
@@ -233,6 +303,17 @@ mod tests {
             Some(RedisSpec::Url("redis://127.0.0.1:6379/0".into()))
         );
         assert!(!s.durable_revocations);
+        let s = parsed(
+            "redis_cluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\ndurable_revocations = true",
+        );
+        assert_eq!(
+            s.redis,
+            Some(RedisSpec::Cluster(vec![
+                "redis://127.0.0.1:7000".into(),
+                "redis://127.0.0.1:7001".into()
+            ]))
+        );
+        assert_eq!(s.ca_pem, None);
     }
 
     #[test]
@@ -254,7 +335,7 @@ mod tests {
                 &[(
                     "store.redis_sentinel",
                     5,
-                    "give one of redis_url or redis_sentinel, not both",
+                    "give one of redis_url, redis_sentinel or redis_cluster, not redis_url and redis_sentinel",
                 )],
             ),
             (
@@ -297,12 +378,12 @@ mod tests {
                     (
                         "store.password_env",
                         4,
-                        "password_env is for a Redis store: set redis_url or redis_sentinel",
+                        "password_env is for a Redis store: set redis_url, redis_sentinel or redis_cluster",
                     ),
                     (
                         "store.durable_revocations",
                         5,
-                        "durable_revocations waits for a Redis replica: set redis_url or redis_sentinel",
+                        "durable_revocations waits for a Redis replica: set redis_url, redis_sentinel or redis_cluster",
                     ),
                 ],
             ),
@@ -323,11 +404,79 @@ mod tests {
                 )],
             ),
             (
-                "redis_url = \"rediss://127.0.0.1:1\"\n",
+                "redis_url = \"rediss://127.0.0.1:1/#insecure\"\n",
                 &[(
                     "store.redis_url",
                     4,
-                    "\"rediss://127.0.0.1:1\": TLS to Redis (rediss://) is not supported by this build yet",
+                    "\"rediss://127.0.0.1:1/#insecure\": drop the #fragment: doorman always verifies a Redis node's certificate (set ca_file for a private CA)",
+                )],
+            ),
+            (
+                "redis_sentinel = { master = \"m\", sentinels = [\"rediss://127.0.0.1:2\"] }\n",
+                &[(
+                    "store.redis_sentinel.sentinels[0]",
+                    4,
+                    "\"rediss://127.0.0.1:2\": TLS through Sentinel is not supported yet (rediss:// works with redis_url and redis_cluster)",
+                )],
+            ),
+            (
+                "redis_cluster = [\"redis://127.0.0.1:1\"]\nredis_url = \"redis://127.0.0.1:2\"\n",
+                &[(
+                    "store.redis_cluster",
+                    4,
+                    "give one of redis_url, redis_sentinel or redis_cluster, not redis_url and redis_cluster",
+                )],
+            ),
+            (
+                "redis_cluster = []\n",
+                &[(
+                    "store.redis_cluster",
+                    4,
+                    "name at least one seed node (two or more in production)",
+                )],
+            ),
+            (
+                "redis_cluster = [\"redis://127.0.0.1:1/3\", \"http://127.0.0.1:2\", \"rediss://127.0.0.1:3\"]\n",
+                &[
+                    (
+                        "store.redis_cluster[0]",
+                        4,
+                        "\"redis://127.0.0.1:1/3\": a cluster has only database 0: drop the /db",
+                    ),
+                    (
+                        "store.redis_cluster[1]",
+                        4,
+                        "\"http://127.0.0.1:2\" is not a redis:// URL",
+                    ),
+                    (
+                        "store.redis_cluster",
+                        4,
+                        "mixes redis:// and rediss:// seeds: the whole cluster speaks TLS or none of it does",
+                    ),
+                ],
+            ),
+            (
+                "redis_cluster = \"redis://127.0.0.1:1\"\n",
+                &[(
+                    "store.redis_cluster",
+                    4,
+                    "invalid type: string \"redis://127.0.0.1:1\", expected a sequence",
+                )],
+            ),
+            (
+                "ca_file = \"/nonexistent/ca.pem\"\n",
+                &[(
+                    "store.ca_file",
+                    4,
+                    "ca_file is for rediss:// Redis nodes: set redis_url, redis_sentinel or redis_cluster",
+                )],
+            ),
+            (
+                "redis_url = \"rediss://127.0.0.1:1\"\nca_file = \"/nonexistent/ca.pem\"\n",
+                &[(
+                    "store.ca_file",
+                    5,
+                    "/nonexistent/ca.pem: cannot read: No such file or directory (os error 2)",
                 )],
             ),
             (

@@ -4,28 +4,33 @@
 //! The view is a copy of every revocation key, kept coherent by `sync`'s tracking session
 //! (docs/revocation.md has the long form); the request path therefore reads two concurrent
 //! maps and never waits on the network while the view is trusted. `target` says which node
-//! the session and the fallback connection talk to: the configured one, or the master the
-//! sentinels name (docs/scale-out.md).
+//! the session and the fallback connection talk to: the configured one, the master the
+//! sentinels name, or a cluster, whose view `cluster` keeps with a session per master
+//! (docs/scale-out.md).
 
+mod cluster;
+mod conn;
 mod sync;
 mod target;
 mod write;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use redis::Value;
-use redis::aio::MultiplexedConnection;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tracing::warn;
 
 use super::{Records, Revoke, StoreError, jti_key, sub_key, subject_covers};
 use crate::auth::unix_now;
 use crate::config::{RedisSpec, StoreSettings};
+use conn::Conn;
 use sync::{refresh, sync_forever};
-pub(super) use target::{Target, address};
-pub(super) use write::{write_connection, write_durably, write_record};
+pub(super) use target::Target;
+pub(super) use write::{write_durably, write_record};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Writes off the request path (admin endpoint, CLI) may take longer; the idempotency
@@ -38,6 +43,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 struct Entry {
     value: u64,
     expires: Option<Instant>,
+    /// The view's epoch when this entry was last read from Redis (see `cluster`).
+    epoch: u64,
 }
 
 impl Entry {
@@ -53,6 +60,9 @@ struct View {
     // its jti and subject up here, and the keys come from signed tokens or the operator.
     jtis: DashMap<String, Entry, foldhash::quality::RandomState>,
     subs: DashMap<String, Entry, foldhash::quality::RandomState>,
+    /// Bumped by each cluster generation: entries older than it when every master has
+    /// loaded were found by no scan, so they are gone from Redis.
+    epoch: AtomicU64,
 }
 
 /// Metric handles the Redis store keeps current (resolved once, by the snapshot).
@@ -66,6 +76,10 @@ pub struct RedisCounters {
     pub connected: prometheus_client::metrics::gauge::Gauge,
     /// 1 while the view is trusted (checks answered locally).
     pub view_trusted: prometheus_client::metrics::gauge::Gauge,
+    /// Cluster: how many different topologies (masters and their slots) were seen.
+    pub topology_version: Gauge,
+    /// Cluster: 1 per master whose tracking session is connected, by `host:port`.
+    pub(crate) node_connected: Family<crate::metrics::NodeLabels, Gauge>,
 }
 
 /// What the status page shows of the session: set by the session task, read on demand.
@@ -76,8 +90,20 @@ struct Health {
     connected: bool,
     /// Why the view is not trusted; None while it is.
     reason: Option<String>,
-    /// Times a resolution named another master than the one before.
+    /// Times a resolution named another master than the one before (on a cluster: times
+    /// a master left the topology's masters).
     failovers: u64,
+    /// Cluster: the masters' sessions, by `host:port`.
+    nodes: BTreeMap<String, NodeHealth>,
+    /// Cluster: the last topology read, and how many different ones were seen.
+    topology: cluster::Topology,
+    topology_version: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct NodeHealth {
+    connected: bool,
+    synced: bool,
 }
 
 #[derive(Debug)]
@@ -88,11 +114,13 @@ pub struct RedisStore {
     records: std::sync::RwLock<Records>,
     timeout_ms: std::sync::atomic::AtomicU64,
     view: View,
-    /// The current session's connection, for fallback reads and writes. None between sessions.
-    conn: Mutex<Option<MultiplexedConnection>>,
+    /// The current session's connection, for fallback reads and writes. None between
+    /// sessions, and always on a cluster (the cluster connection serves instead).
+    conn: Mutex<Option<Conn>>,
     /// A connection of its own for checks and writes while no session is up (tracking not
-    /// permitted, scan failing, reconnecting), so a healthy Redis is still asked.
-    fallback: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// permitted, scan failing, reconnecting), so a healthy Redis is still asked. On a
+    /// cluster, the cluster connection, for everything but tracking.
+    fallback: tokio::sync::Mutex<Option<Conn>>,
     target: Target,
     health: Mutex<Health>,
     counters: RedisCounters,
@@ -132,7 +160,7 @@ impl RedisStore {
         records: Records,
         counters: RedisCounters,
     ) -> Result<Arc<Self>, String> {
-        let target = Target::new(spec, store.password.as_ref())?;
+        let target = Target::new(spec, store)?;
         counters.connected.set(0);
         counters.view_trusted.set(0);
         let s = Arc::new(RedisStore {
@@ -151,7 +179,11 @@ impl RedisStore {
             durable: AtomicBool::new(store.durable_revocations),
             suspect: Arc::new(tokio::sync::Notify::new()),
         });
-        tokio::spawn(sync_forever(Arc::downgrade(&s)));
+        if s.target.is_cluster() {
+            tokio::spawn(cluster::sync_forever(Arc::downgrade(&s)));
+        } else {
+            tokio::spawn(sync_forever(Arc::downgrade(&s)));
+        }
         Ok(s)
     }
 
@@ -196,13 +228,90 @@ impl RedisStore {
     /// The session's state for the status page.
     pub(crate) fn session_status(&self) -> serde_json::Value {
         let h = self.health();
-        serde_json::json!({
+        let mut out = serde_json::json!({
             "mode": self.target.mode(),
             "master": h.master,
             "session_connected": h.connected,
             "failovers": h.failovers,
             "untrusted_reason": h.reason,
-        })
+        });
+        if self.target.is_cluster() {
+            let masters: Vec<serde_json::Value> = h
+                .topology
+                .masters
+                .iter()
+                .map(|m| {
+                    let n = h.nodes.get(&m.addr).copied().unwrap_or_default();
+                    serde_json::json!({
+                        "address": m.addr,
+                        "slots": m.slots.iter().map(|(lo, hi)| format!("{lo}-{hi}")).collect::<Vec<_>>(),
+                        "connected": n.connected,
+                        "synced": n.synced,
+                    })
+                })
+                .collect();
+            out["masters"] = masters.into();
+            out["replicas"] = h.topology.replicas.clone().into();
+            out["topology_version"] = h.topology_version.into();
+        }
+        out
+    }
+
+    /// Cluster: a topology was read. A different one than before bumps the version; a
+    /// master that is no longer one counts as a failover seen.
+    fn topology_seen(&self, t: &cluster::Topology) {
+        let mut h = self.health();
+        if h.topology.masters != t.masters || h.topology_version == 0 {
+            let before: Vec<&str> = h.topology.masters.iter().map(|m| m.addr.as_str()).collect();
+            let left = before
+                .iter()
+                .filter(|a| !t.masters.iter().any(|m| m.addr == **a))
+                .count() as u64;
+            if left > 0 {
+                h.failovers += left;
+                self.counters.failovers.inc_by(left);
+                warn!(masters = ?t.masters.iter().map(|m| &m.addr).collect::<Vec<_>>(), "Redis Cluster masters changed");
+            }
+            h.topology_version += 1;
+            self.counters
+                .topology_version
+                .set(h.topology_version as i64);
+            h.nodes
+                .retain(|addr, _| t.masters.iter().any(|m| m.addr == *addr));
+        }
+        h.topology = t.clone();
+    }
+
+    /// Cluster: a master's session connected, and whether it has loaded.
+    fn node_state(&self, addr: &str, connected: bool, synced: bool) {
+        let mut h = self.health();
+        h.nodes
+            .insert(addr.to_string(), NodeHealth { connected, synced });
+        let connected_masters = h.nodes.values().filter(|n| n.connected).count();
+        h.connected = connected_masters > 0;
+        self.counters.connected.set(i64::from(h.connected));
+        self.counters
+            .node_connected
+            .get_or_create(&crate::metrics::NodeLabels {
+                node: crate::metrics::Name(addr.into()),
+            })
+            .set(i64::from(connected));
+    }
+
+    /// Cluster: a generation ended; its sessions are gone with it.
+    fn cluster_sessions_down(&self) {
+        let mut h = self.health();
+        for (addr, n) in h.nodes.iter_mut() {
+            *n = NodeHealth::default();
+            self.counters
+                .node_connected
+                .get_or_create(&crate::metrics::NodeLabels {
+                    node: crate::metrics::Name(addr.as_str().into()),
+                })
+                .set(0);
+        }
+        h.connected = false;
+        self.counters.connected.set(0);
     }
 
     /// One PING on the write connection, under the store timeout: the round trip.
@@ -269,28 +378,25 @@ impl RedisStore {
         if jti.is_none() && sub.is_none() {
             return Ok(false);
         }
-        let mut conn = self.connection().await?;
-        let mut p = redis::pipe();
-        p.ignore_errors();
-        if let Some(j) = jti {
-            p.get(jti_key(&self.prefix, j));
-        }
-        if let Some(s) = sub {
-            p.get(sub_key(&self.prefix, s));
-        }
-        let values: Vec<Value> = match p.query_async(&mut conn).await {
+        let conn = self.connection().await?;
+        let keys: Vec<String> = jti
+            .map(|j| jti_key(&self.prefix, j))
+            .into_iter()
+            .chain(sub.map(|s| sub_key(&self.prefix, s)))
+            .collect();
+        let states = match conn.read_keys(&keys).await {
             Ok(v) => v,
             Err(e) => {
                 self.drop_fallback_if_broken(&e).await;
                 return Err(unavailable(e));
             }
         };
-        let mut values = values.into_iter();
-        if jti.is_some() && read_value(values.next().unwrap_or(Value::Nil)).is_some() {
+        let mut values = states.into_iter().map(|k| read_value(k.value));
+        if jti.is_some() && values.next().flatten().is_some() {
             return Ok(true);
         }
         if sub.is_some()
-            && let Some(cutoff) = read_value(values.next().unwrap_or(Value::Nil))
+            && let Some(cutoff) = values.next().flatten()
         {
             return Ok(subject_covers(cutoff, iat));
         }
@@ -306,8 +412,7 @@ impl RedisStore {
                 // A connection of its own: WAIT blocks the client it runs on, and the shared
                 // connection carries the request path's checks. It must be the connection
                 // that wrote, since WAIT counts that client's writes.
-                let client = self.target.current().await?;
-                let mut own = write_connection(&client).await?;
+                let mut own = self.target.command_connection().await?;
                 let timeout = self.timeout();
                 Some(write::write_durably(&mut own, &self.records(), r, timeout).await?)
             } else {
@@ -316,9 +421,9 @@ impl RedisStore {
                 None
             };
             // Read-your-writes on this instance without waiting for the invalidation echo.
-            let mut conn = self.connection().await.map_err(store_to_redis)?;
+            let conn = self.connection().await.map_err(store_to_redis)?;
             let (key, _, _) = self.records().record(r, unix_now());
-            refresh(self, &mut conn, std::slice::from_ref(&key))
+            refresh(self, &conn, std::slice::from_ref(&key))
                 .await
                 .map_err(|e| {
                     redis::RedisError::from((redis::ErrorKind::Io, "re-read", e.to_string()))
@@ -400,7 +505,7 @@ impl RedisStore {
     }
 
     /// The session's connection, or else the fallback one (opened on demand).
-    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+    async fn connection(&self) -> Result<Conn, StoreError> {
         if let Some(c) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(c);
         }
@@ -410,20 +515,17 @@ impl RedisStore {
     /// The connection for writes (idempotency records, revocations): its own, with a
     /// per-command timeout of WRITE_TIMEOUT rather than the tracking session's PING deadline
     /// (callers on the request path bound each call tighter: see `eval`).
-    async fn write_connection(&self) -> Result<MultiplexedConnection, StoreError> {
+    async fn write_connection(&self) -> Result<Conn, StoreError> {
+        self.command_conn().await.map_err(unavailable)
+    }
+
+    /// `write_connection`, with redis-rs' error (for the sessions).
+    async fn command_conn(&self) -> Result<Conn, redis::RedisError> {
         let mut fallback = self.fallback.lock().await;
         if let Some(c) = fallback.as_ref() {
             return Ok(c.clone());
         }
-        let client = self.target.current().await.map_err(unavailable)?;
-        let c = match write_connection(&client).await {
-            Ok(c) => c,
-            Err(e) => {
-                // A master that cannot be reached may be gone: ask the sentinels next time.
-                self.target.forget_master();
-                return Err(unavailable(e));
-            }
-        };
+        let c = self.target.command_connection().await?;
         *fallback = Some(c.clone());
         Ok(c)
     }
@@ -464,14 +566,23 @@ impl RedisStore {
             return;
         };
         let expires = (pttl >= 0).then(|| Instant::now() + Duration::from_millis(pttl as u64));
-        map.insert(id.to_string(), Entry { value, expires });
+        let epoch = self.view.epoch.load(Ordering::Acquire);
+        map.insert(
+            id.to_string(),
+            Entry {
+                value,
+                expires,
+                epoch,
+            },
+        );
     }
 }
 
 /// A key's value as doorman reads it: None when the key is absent; for a subject, its
 /// cut-off. A value that is not a number, not text, or not a string key at all (WRONGTYPE)
 /// counts as present with the strictest meaning — failing closed beats guessing.
-fn read_value(v: Value) -> Option<u64> {
+fn read_value(v: redis::Value) -> Option<u64> {
+    use redis::Value;
     match v {
         Value::Nil => None,
         Value::BulkString(b) => Some(

@@ -24,13 +24,14 @@ use redis::{AsyncCommands, AsyncConnectionConfig, Client, PushInfo, PushKind, Sc
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tracing::{info, warn};
 
+use super::conn::Conn;
 use super::target::address;
 use super::{CONNECT_TIMEOUT, RedisStore, read_value};
 
 /// How often the tracking connection proves it is alive, and how long a PING may take.
-const PING_EVERY: Duration = Duration::from_millis(100);
-const PING_DEADLINE: Duration = Duration::from_millis(250);
-const SCAN_BATCH: usize = 1000;
+pub(super) const PING_EVERY: Duration = Duration::from_millis(100);
+pub(super) const PING_DEADLINE: Duration = Duration::from_millis(250);
+pub(super) const SCAN_BATCH: usize = 1000;
 
 /// Run sessions until the store is dropped, marking the view untrusted between them.
 pub(super) async fn sync_forever(store: Weak<RedisStore>) {
@@ -79,7 +80,7 @@ pub(super) async fn sync_forever(store: Weak<RedisStore>) {
     }
 }
 
-type SessionError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type SessionError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How a session that did not fail outright ended.
 enum Synced {
@@ -89,7 +90,9 @@ enum Synced {
     Ended(&'static str),
 }
 
-async fn connect(
+/// A RESP3 connection whose push messages (invalidations, a disconnection) arrive on the
+/// returned channel.
+pub(super) async fn connect(
     client: &Client,
 ) -> Result<(MultiplexedConnection, UnboundedReceiver<PushInfo>), SessionError> {
     let (tx, rx) = unbounded_channel();
@@ -133,7 +136,7 @@ async fn session(store: &Weak<RedisStore>) -> Result<Synced, SessionError> {
             .arg(&s.prefix)
             .exec_async(&mut conn)
             .await?;
-        *s.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        *s.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(Conn::Node(conn.clone()));
         let loaded = full_load(&s, &mut conn).await?;
         // Writes that landed during the scan are queued as invalidations: apply them before
         // the view is trusted.
@@ -142,7 +145,7 @@ async fn session(store: &Weak<RedisStore>) -> Result<Synced, SessionError> {
             Pending::Flush => {
                 full_load(&s, &mut conn).await?;
             }
-            Pending::Keys(keys) => refresh(&s, &mut conn, &keys).await?,
+            Pending::Keys(keys) => refresh(&s, &Conn::Node(conn.clone()), &keys).await?,
         }
         s.set_trusted();
         info!(keys = loaded, node = %address(&client), "revocation view in sync with Redis");
@@ -166,7 +169,7 @@ async fn session(store: &Weak<RedisStore>) -> Result<Synced, SessionError> {
                     Pending::Flush => {
                         full_load(&s, &mut conn).await?;
                     }
-                    Pending::Keys(keys) => refresh(&s, &mut conn, &keys).await?,
+                    Pending::Keys(keys) => refresh(&s, &Conn::Node(conn.clone()), &keys).await?,
                 }
             }
             _ = suspect.notified() => {
@@ -218,7 +221,7 @@ async fn still_master(
 }
 
 /// What a batch of push messages asks for.
-enum Pending {
+pub(super) enum Pending {
     /// Re-read these keys.
     Keys(Vec<String>),
     /// Everything may have changed (FLUSHALL / FLUSHDB): reload.
@@ -228,7 +231,7 @@ enum Pending {
 }
 
 impl Pending {
-    fn merge(self, other: Pending) -> Pending {
+    pub(super) fn merge(self, other: Pending) -> Pending {
         match (self, other) {
             (Pending::Lost, _) | (_, Pending::Lost) => Pending::Lost,
             (Pending::Flush, _) | (_, Pending::Flush) => Pending::Flush,
@@ -240,7 +243,7 @@ impl Pending {
     }
 }
 
-fn classify(msg: Option<PushInfo>) -> Pending {
+pub(super) fn classify(msg: Option<PushInfo>) -> Pending {
     match msg {
         None
         | Some(PushInfo {
@@ -263,7 +266,7 @@ fn classify(msg: Option<PushInfo>) -> Pending {
 }
 
 /// Everything already queued on the push channel, without waiting.
-fn drain(pushes: &mut UnboundedReceiver<PushInfo>) -> Pending {
+pub(super) fn drain(pushes: &mut UnboundedReceiver<PushInfo>) -> Pending {
     let mut out = Pending::Keys(Vec::new());
     loop {
         match pushes.try_recv() {
@@ -274,27 +277,35 @@ fn drain(pushes: &mut UnboundedReceiver<PushInfo>) -> Pending {
     }
 }
 
+/// Every key under `prefix` on the node `conn` talks to (on a cluster node, its own keys).
+pub(super) async fn scan_keys(
+    conn: &mut MultiplexedConnection,
+    prefix: &str,
+) -> Result<Vec<String>, SessionError> {
+    let mut keys = Vec::new();
+    let opts = ScanOptions::default()
+        .with_pattern(format!("{prefix}*"))
+        .with_count(SCAN_BATCH);
+    let mut it = conn.scan_options::<Vec<u8>>(opts).await?;
+    while let Some(k) = it.next_item().await {
+        // A key name that is not UTF-8 can never equal a JSON jti or sub: skip it.
+        if let Ok(k) = String::from_utf8(k?) {
+            keys.push(k);
+        }
+    }
+    Ok(keys)
+}
+
 /// Load every revocation key; entries that vanished from Redis are pruned afterwards rather
 /// than clearing first, so a concurrent check never sees a half-empty view.
 async fn full_load(
     s: &RedisStore,
     conn: &mut MultiplexedConnection,
 ) -> Result<usize, SessionError> {
-    let mut keys = Vec::new();
-    {
-        let opts = ScanOptions::default()
-            .with_pattern(format!("{}*", s.prefix))
-            .with_count(SCAN_BATCH);
-        let mut it = conn.scan_options::<Vec<u8>>(opts).await?;
-        while let Some(k) = it.next_item().await {
-            // A key name that is not UTF-8 can never equal a JSON jti or sub: skip it.
-            if let Ok(k) = String::from_utf8(k?) {
-                keys.push(k);
-            }
-        }
-    }
+    let keys = scan_keys(conn, &s.prefix).await?;
+    let reader = Conn::Node(conn.clone());
     for chunk in keys.chunks(SCAN_BATCH) {
-        refresh(s, conn, chunk).await?;
+        refresh(s, &reader, chunk).await?;
     }
     // Prune what vanished, comparing bare ids (no formatting under the maps' shard locks).
     let ids = |kind: &str| -> std::collections::HashSet<&str> {
@@ -308,30 +319,19 @@ async fn full_load(
     Ok(keys.len())
 }
 
-/// Re-read the named keys (GET + PTTL in one pipeline) and apply them to the view. An error
-/// on a single key (WRONGTYPE) does not fail the batch: such a key counts as present.
+/// Re-read the named keys (GET + PTTL) and apply them to the view. A key that is not a
+/// string (WRONGTYPE) does not fail the batch: it counts as present.
 pub(super) async fn refresh(
     s: &RedisStore,
-    conn: &mut MultiplexedConnection,
+    conn: &Conn,
     keys: &[String],
 ) -> Result<(), SessionError> {
     if keys.is_empty() {
         return Ok(());
     }
-    let mut p = redis::pipe();
-    p.ignore_errors();
-    for k in keys {
-        p.get(k).pttl(k);
-    }
-    let values: Vec<Value> = p.query_async(conn).await?;
-    let mut values = values.into_iter();
-    for k in keys {
-        let value = read_value(values.next().unwrap_or(Value::Nil));
-        let pttl = match values.next() {
-            Some(Value::Int(ms)) => ms,
-            _ => -1,
-        };
-        s.apply(k, value, pttl);
+    let states = conn.read_keys(keys).await?;
+    for (k, state) in keys.iter().zip(states) {
+        s.apply(k, read_value(state.value), state.pttl);
     }
     Ok(())
 }

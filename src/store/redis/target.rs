@@ -1,17 +1,26 @@
-//! Where the Redis store connects: one configured node, or the master that the sentinels
-//! name, resolved again whenever the session starts over (a failover, a READONLY answer, a
-//! lost connection).
+//! Where the Redis store connects: one configured node; the master that the sentinels name,
+//! resolved again whenever the session starts over (a failover, a READONLY answer, a lost
+//! connection); or a Redis Cluster, whose topology the cluster session follows.
 //!
 //! Resolution is redis-rs' own (`sentinel` feature): the sentinels are asked in turn for the
 //! master's address, and a node is only accepted after `ROLE` on it says it is a master.
+//! Cluster routing is redis-rs' too (`cluster-async`); doorman only opens its own tracking
+//! connection to each master (`cluster.rs`), with the same credentials and TLS settings.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisError};
+use redis::{
+    Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisError,
+    TlsCertificates,
+};
 
-use crate::config::{RedisSpec, Secret};
+use super::conn::Conn;
+use super::write::write_connection;
+use super::{CONNECT_TIMEOUT, WRITE_TIMEOUT};
+use crate::config::{RedisSpec, Secret, StoreSettings};
 
 /// The longest one resolution through the sentinels may take (each sentinel, then `ROLE` on
 /// the master it names). Off the request path: the session task and a fallback connection
@@ -19,10 +28,20 @@ use crate::config::{RedisSpec, Secret};
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(in crate::store) enum Target {
-    /// One node: the configured URL, with RESP3 and the password applied.
-    Node(Client),
-    /// Boxed: the sentinel client (a connection slot per sentinel) is far larger.
+    /// One node: the configured URL, with RESP3 and the password applied. Boxed like the
+    /// others: the variants differ in size by hundreds of bytes.
+    Node(Box<Client>),
     Sentinel(Box<Sentinel>),
+    Cluster(Box<Cluster>),
+}
+
+pub(in crate::store) struct Cluster {
+    /// redis-rs' cluster client: slot routing, MOVED/ASK, its own topology refreshes.
+    client: ClusterClient,
+    /// A seed's connection info (credentials, RESP3, TLS): the template for the tracking
+    /// connection to each master, whose address comes from the topology.
+    template: ConnectionInfo,
+    ca_pem: Option<std::sync::Arc<[u8]>>,
 }
 
 pub(in crate::store) struct Sentinel {
@@ -42,16 +61,16 @@ impl std::fmt::Debug for Target {
         match self {
             Target::Node(c) => write!(f, "Node({})", c.get_connection_info().addr()),
             Target::Sentinel(s) => write!(f, "Sentinel({})", s.name),
+            Target::Cluster(c) => write!(f, "Cluster({})", c.template.addr()),
         }
     }
 }
 
 impl Target {
     /// Check the URLs and build the target (no connection yet).
-    pub(in crate::store) fn new(
-        spec: &RedisSpec,
-        password: Option<&Secret>,
-    ) -> Result<Target, String> {
+    pub(in crate::store) fn new(spec: &RedisSpec, store: &StoreSettings) -> Result<Target, String> {
+        let password = store.password.as_ref();
+        let ca = store.ca_pem.clone();
         match spec {
             RedisSpec::Url(url) => {
                 let info = url
@@ -59,9 +78,10 @@ impl Target {
                     .into_connection_info()
                     .map_err(|e| format!("store.redis_url: {e}"))?;
                 let info = node_info(info, password);
-                Ok(Target::Node(
-                    Client::open(info).map_err(|e| format!("store.redis_url: {e}"))?,
-                ))
+                Ok(Target::Node(Box::new(
+                    node_client(info, ca.as_deref())
+                        .map_err(|e| format!("store.redis_url: {e}"))?,
+                )))
             }
             RedisSpec::Sentinel { master, sentinels } => {
                 let mut redis =
@@ -83,6 +103,110 @@ impl Target {
                     master: Mutex::new(None),
                 })))
             }
+            RedisSpec::Cluster(seeds) => {
+                let infos = seeds
+                    .iter()
+                    .map(|u| {
+                        u.as_str()
+                            .into_connection_info()
+                            .map(|i| node_info(i, password))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("store.redis_cluster: {e}"))?;
+                let template = infos
+                    .first()
+                    .cloned()
+                    .ok_or("store.redis_cluster: no seed node")?;
+                let mut b = ClusterClientBuilder::new(infos)
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(WRITE_TIMEOUT)
+                    // Its defaults retry 16 times, waiting up to minutes: doorman's own
+                    // `timeout` must be what bounds a request, so retry briefly (a MOVED,
+                    // a reconnect) and leave the rest to the caller's deadline.
+                    .retries(3)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100)
+                    .retry_wait_formula(10, 2);
+                if let Some(pem) = &ca {
+                    b = b.certs(TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.to_vec()),
+                    });
+                }
+                let client = b.build().map_err(|e| format!("store.redis_cluster: {e}"))?;
+                Ok(Target::Cluster(Box::new(Cluster {
+                    client,
+                    template,
+                    ca_pem: ca,
+                })))
+            }
+        }
+    }
+
+    /// A connection for commands (checks while the view is not trusted, writes, scripts),
+    /// with the write timeouts: to the node, the master the sentinels name, or the cluster.
+    pub(in crate::store) async fn command_connection(&self) -> Result<Conn, RedisError> {
+        match self {
+            Target::Cluster(c) => {
+                let connect = c.client.get_async_connection();
+                match tokio::time::timeout(WRITE_TIMEOUT, connect).await {
+                    Ok(conn) => conn.map(Conn::Cluster),
+                    Err(_) => Err(RedisError::from((
+                        redis::ErrorKind::Io,
+                        "no seed node of the cluster answered in time",
+                    ))),
+                }
+            }
+            _ => {
+                let client = self.current().await?;
+                match write_connection(&client).await {
+                    Ok(c) => Ok(Conn::Node(c)),
+                    Err(e) => {
+                        // A master that cannot be reached may be gone: ask the sentinels
+                        // next time.
+                        self.forget_master();
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// A client for one cluster node named by the topology (`host`, `port`), with the
+    /// seeds' credentials and TLS settings. None for a target that is not a cluster.
+    pub(in crate::store) fn cluster_node(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Option<RedisResultClient> {
+        let Target::Cluster(c) = self else {
+            return None;
+        };
+        let addr = match c.template.addr() {
+            ConnectionAddr::TcpTls { .. } => ConnectionAddr::TcpTls {
+                host: host.to_string(),
+                port,
+                insecure: false,
+                tls_params: None,
+            },
+            _ => ConnectionAddr::Tcp(host.to_string(), port),
+        };
+        Some(node_client(
+            c.template.clone().set_addr(addr),
+            c.ca_pem.as_deref(),
+        ))
+    }
+
+    /// Whether nodes are reached over TLS (the topology then gives their `tls-port`).
+    pub(in crate::store) fn tls(&self) -> bool {
+        match self {
+            Target::Node(c) => matches!(
+                c.get_connection_info().addr(),
+                ConnectionAddr::TcpTls { .. }
+            ),
+            Target::Sentinel(_) => false,
+            Target::Cluster(c) => matches!(c.template.addr(), ConnectionAddr::TcpTls { .. }),
         }
     }
 
@@ -90,7 +214,11 @@ impl Target {
     /// afresh: the session calls this each time it starts over, so a failover is followed.
     pub(in crate::store) async fn resolve(&self) -> Result<Client, RedisError> {
         match self {
-            Target::Node(c) => Ok(c.clone()),
+            Target::Node(c) => Ok((**c).clone()),
+            Target::Cluster(_) => Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "a cluster has no single node to resolve",
+            ))),
             Target::Sentinel(s) => {
                 let lookup = async { s.client.lock().await.async_get_client().await };
                 let client = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
@@ -129,11 +257,16 @@ impl Target {
         matches!(self, Target::Sentinel(_))
     }
 
-    /// "single" or "sentinel", for the status page.
+    pub(in crate::store) fn is_cluster(&self) -> bool {
+        matches!(self, Target::Cluster(_))
+    }
+
+    /// "single", "sentinel" or "cluster", for the status page.
     pub(in crate::store) fn mode(&self) -> &'static str {
         match self {
             Target::Node(_) => "single",
             Target::Sentinel(_) => "sentinel",
+            Target::Cluster(_) => "cluster",
         }
     }
 }
@@ -141,6 +274,25 @@ impl Target {
 /// `host:port` of a client's node (no credentials), for logs and the status page.
 pub(in crate::store) fn address(c: &Client) -> String {
     c.get_connection_info().addr().to_string()
+}
+
+type RedisResultClient = Result<Client, RedisError>;
+
+/// A client for one node; with `ca_pem`, a `rediss://` node is verified against that CA's
+/// certificates instead of the system roots.
+fn node_client(info: ConnectionInfo, ca_pem: Option<&[u8]>) -> Result<Client, RedisError> {
+    match ca_pem {
+        Some(pem) if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) => {
+            Client::build_with_tls(
+                info,
+                TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            )
+        }
+        _ => Client::open(info),
+    }
 }
 
 /// A node's connection info with RESP3 (client-side caching pushes need it) and the

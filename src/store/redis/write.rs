@@ -7,6 +7,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client};
 
 use super::super::{Records, Revoke};
+use super::conn::Conn;
 use super::{CONNECT_TIMEOUT, WRITE_TIMEOUT};
 use crate::auth::unix_now;
 
@@ -25,7 +26,7 @@ pub(in crate::store) async fn write_connection(
 /// Write a revocation so that it never weakens one already there: a jti keeps the later
 /// expiry, a subject keeps the later cut-off (and the longer TTL).
 pub(in crate::store) async fn write_record(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     records: &Records,
     r: &Revoke,
 ) -> Result<(), redis::RedisError> {
@@ -64,10 +65,12 @@ pub(in crate::store) async fn write_record(
 }
 
 /// `write_record`, then `WAIT 1 {wait}` on the same connection (WAIT counts the writes of
-/// the client it runs on): whether at least one replica acknowledged the write in time.
-/// The record is written either way; false means a failover now could lose it.
+/// the client it runs on; on a cluster, the connection to the key's master): whether at
+/// least one replica acknowledged the write in time. The record is written either way;
+/// false means a failover now could lose it. WAIT blocks the connection it runs on, so
+/// `conn` must be one of the caller's own, not the request path's.
 pub(in crate::store) async fn write_durably(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     records: &Records,
     r: &Revoke,
     wait: Duration,
@@ -75,11 +78,8 @@ pub(in crate::store) async fn write_durably(
     write_record(conn, records, r).await?;
     // WAIT 0 would wait forever: at least one millisecond.
     let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-    let replicas: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(wait_ms)
-        .query_async(conn)
-        .await?;
+    let (key, _, _) = records.record(r, unix_now());
+    let replicas = conn.wait_replica(&key, wait_ms).await?;
     Ok(replicas >= 1)
 }
 
