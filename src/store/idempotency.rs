@@ -215,3 +215,96 @@ mod tests {
         );
     }
 }
+
+/// The scripts as Redis runs them, sent twice the way a client retries after a connection
+/// dropped with the answer in flight. Needs redis-server (fails loudly without it).
+#[cfg(test)]
+mod replays {
+    use super::{BEGIN, FINISH};
+
+    struct Server(std::process::Child, u16);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn start() -> (Server, redis::Connection) {
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("redis-server is required by this test ({e}); run scripts/test.sh")
+                });
+            let server = Server(child, port);
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+            for _ in 0..100 {
+                if let Ok(c) = client.get_connection() {
+                    return (server, c);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(30));
+            }
+        }
+        panic!("redis-server did not start on a free port");
+    }
+
+    fn begin(c: &mut redis::Connection, lease: &str) -> Option<String> {
+        redis::cmd("EVAL")
+            .arg(BEGIN)
+            .arg(1)
+            .arg("k")
+            .arg(lease)
+            .arg(60_000)
+            .query(c)
+            .unwrap()
+    }
+
+    fn finish(c: &mut redis::Connection, lease: &str, result: &str) -> i64 {
+        redis::cmd("EVAL")
+            .arg(FINISH)
+            .arg(1)
+            .arg("k")
+            .arg(lease)
+            .arg(result)
+            .arg(60_000)
+            .query(c)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_replayed_begin_or_finish_is_harmless() {
+        let (_server, mut c) = start();
+        // BEGIN, replayed: both acquire (the second finds exactly its own lease).
+        assert_eq!(begin(&mut c, "L|me|fp|1"), None);
+        assert_eq!(begin(&mut c, "L|me|fp|1"), None);
+        // Another owner is a conflict: it gets the lease back, not the key.
+        assert_eq!(begin(&mut c, "L|you|fp|1").as_deref(), Some("L|me|fp|1"));
+        // FINISH, replayed: the second finds our result and writes nothing.
+        assert_eq!(finish(&mut c, "L|me|fp|1", "D|fp|result"), 1);
+        assert_eq!(finish(&mut c, "L|me|fp|1", "D|fp|result"), 1);
+        let stored: String = redis::cmd("GET").arg("k").query(&mut c).unwrap();
+        assert_eq!(stored, "D|fp|result");
+        // A late FINISH by someone else, with another result, changes nothing.
+        assert_eq!(finish(&mut c, "L|you|fp|1", "D|fp|other"), 0);
+        // A replayed BEGIN after the result is stored gets the result (a replay).
+        assert_eq!(begin(&mut c, "L|me|fp|1").as_deref(), Some("D|fp|result"));
+        // A release (empty result), replayed: the key is gone after the first; the second
+        // finds no lease of ours and reports it.
+        let _: () = redis::cmd("DEL").arg("k").query(&mut c).unwrap();
+        assert_eq!(begin(&mut c, "L|me|fp|2"), None);
+        assert_eq!(finish(&mut c, "L|me|fp|2", ""), 1);
+        assert_eq!(finish(&mut c, "L|me|fp|2", ""), 0);
+        let gone: Option<String> = redis::cmd("GET").arg("k").query(&mut c).unwrap();
+        assert_eq!(gone, None);
+    }
+}
