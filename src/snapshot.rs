@@ -148,7 +148,7 @@ impl Snapshot {
                 )?;
                 if store.is_embedded() {
                     tracing::warn!(
-                        "no [store] redis_url or redis_sentinel: using the embedded in-process store (one doorman instance only)"
+                        "no [store] redis_url, redis_sentinel or redis_cluster: using the embedded in-process store (one doorman instance only)"
                     );
                 }
                 store
@@ -215,7 +215,7 @@ impl Snapshot {
 
 /// Whether a reload may keep the running store: the embedded store always (its records are
 /// the only copy), a Redis store while where it connects (URL or sentinels and master, and
-/// the password) and the key prefix its view tracks are the same.
+/// the password, the CA for rediss://) and the key prefix its view tracks are the same.
 fn same_store(
     old: &(StoreSettings, RevocationSettings, std::time::Duration),
     new: &(StoreSettings, RevocationSettings, std::time::Duration),
@@ -223,7 +223,10 @@ fn same_store(
     match (&old.0.redis, &new.0.redis) {
         (None, None) => true,
         (Some(a), Some(b)) => {
-            a == b && old.0.password == new.0.password && old.1.key_prefix == new.1.key_prefix
+            a == b
+                && old.0.password == new.0.password
+                && old.0.ca_pem == new.0.ca_pem
+                && old.1.key_prefix == new.1.key_prefix
         }
         _ => false,
     }
