@@ -68,7 +68,12 @@ fn main() {
     std::fs::write("target/soak/report.md", &report).unwrap();
     let bad: Vec<&Row> = rows
         .iter()
-        .filter(|r| r.revoked_accepted > 0 || r.duplicates_outside_crash > 0)
+        .filter(|r| {
+            r.revoked_accepted > 0
+                || r.duplicates_outside_crash > 0
+                || r.audit.present_but_accepted > 0
+                || r.audit.lost.keys().any(|k| k.starts_with("durable"))
+        })
         .collect();
     assert!(bad.is_empty(), "a promise was broken: see the report");
 }
@@ -131,7 +136,35 @@ struct Shared {
     stop: AtomicBool,
 }
 
+/// What the end-of-run audit found.
+#[derive(Default)]
+struct Audit {
+    /// Revocations gone from Redis, by kind and when they were acknowledged.
+    lost: std::collections::BTreeMap<String, usize>,
+    /// Answers of 200 for a token whose key is in Redis (must be 0).
+    present_but_accepted: usize,
+}
+
+/// Whether `key` exists, asked with `redis-cli -c` from the first node that answers.
+fn exists(ports: &[u16], key: &str) -> bool {
+    for port in ports {
+        let out = Command::new("redis-cli")
+            .args(["-c", "-p", &port.to_string(), "EXISTS", key])
+            .stdin(Stdio::null())
+            .output();
+        if let Ok(out) = out {
+            match String::from_utf8_lossy(&out.stdout).trim() {
+                "1" => return true,
+                "0" => return false,
+                _ => {}
+            }
+        }
+    }
+    panic!("no node answered EXISTS {key}");
+}
+
 struct Row {
+    audit: Audit,
     setup: &'static str,
     revocations: usize,
     propagation: [(f64, f64, f64); 3],
@@ -465,7 +498,47 @@ async fn soak(setup: Setup, run_for: Duration) -> Row {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let row = tally(&shared, &replicas, name, killed_at, restarted_at);
+    // The audit: every revocation is either still in Redis — and then refused by every
+    // instance — or was lost by Redis in the failover (only a write not acknowledged by a
+    // replica can be). A key in Redis that an instance lets through is doorman's fault.
+    let ports = redis.ports();
+    let revoked: Vec<Arc<Revoked>> = shared.revoked.lock().unwrap().clone();
+    let mut audit = Audit::default();
+    let mut clients = Vec::new();
+    for p in &proxies {
+        clients.push(p.h1().await);
+    }
+    for r in &revoked {
+        let (key, ports) = (r.key.clone(), ports.clone());
+        let present = tokio::task::spawn_blocking(move || exists(&ports, &key))
+            .await
+            .unwrap();
+        let when = if r.acked < killed_at {
+            "before the kill"
+        } else if r.acked < restarted_at {
+            "during the failover"
+        } else {
+            "after the restart"
+        };
+        if !present {
+            *audit
+                .lost
+                .entry(format!(
+                    "{} {when}",
+                    if r.durable { "durable" } else { "raw" }
+                ))
+                .or_default() += 1;
+            continue;
+        }
+        for c in clients.iter_mut() {
+            if get(c, &r.token).await == 200 {
+                audit.present_but_accepted += 1;
+            }
+        }
+    }
+
+    let mut row = tally(&shared, &replicas, name, killed_at, restarted_at);
+    row.audit = audit;
     for p in proxies {
         if let Ok(p) = Arc::try_unwrap(p) {
             p.stop().await;
@@ -556,6 +629,7 @@ fn tally(
         (q(0.5), q(0.99), v.last().copied().unwrap_or(f64::NAN))
     };
     Row {
+        audit: Audit::default(),
         setup: name,
         revocations: shared.revoked.lock().unwrap().len(),
         propagation: [stats(&prop[0]), stats(&prop[1]), stats(&prop[2])],
@@ -613,6 +687,24 @@ fn render(rows: &[Row], seconds: u64) -> String {
             r.untrusted_ms[1],
             r.untrusted_ms[2],
             r.checks,
+        );
+    }
+    let _ = writeln!(out);
+    for r in rows {
+        let lost = if r.audit.lost.is_empty() {
+            "none".to_string()
+        } else {
+            r.audit
+                .lost
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "- {}: end-of-run audit: revocations lost by Redis: {lost}; tokens whose key is in Redis yet accepted by an instance: {}.",
+            r.setup, r.audit.present_but_accepted
         );
     }
     out

@@ -148,4 +148,14 @@ pub mod fuzzing {
             self.0.finished()
         }
     }
+
+    /// Each master's `host:port` and inclusive slot ranges.
+    pub type MasterSlots = Vec<(String, Vec<(u16, u16)>)>;
+
+    /// The cluster session's `CLUSTER SHARDS` reader over one RESP value as a node sends
+    /// it: each master's address and slot ranges. None when the bytes are not one value.
+    pub fn cluster_shards(resp: &[u8], tls: bool) -> Option<Result<MasterSlots, String>> {
+        let v = redis::parse_redis_value(resp).ok()?;
+        Some(crate::store::parse_cluster_shards(v, tls))
+    }
 }

@@ -222,7 +222,7 @@ mod tests {
 mod replays {
     use super::{BEGIN, FINISH};
 
-    struct Server(std::process::Child, u16);
+    struct Server(std::process::Child);
 
     impl Drop for Server {
         fn drop(&mut self) {
@@ -246,7 +246,7 @@ mod replays {
                 .unwrap_or_else(|e| {
                     panic!("redis-server is required by this test ({e}); run scripts/test.sh")
                 });
-            let server = Server(child, port);
+            let server = Server(child);
             let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
             for _ in 0..100 {
                 if let Ok(c) = client.get_connection() {

@@ -20,6 +20,7 @@ pub(crate) use idempotency::{Begin, IdemRecord, StoredResponse};
 pub(crate) use memory::{Caps, MemoryCounters, MemoryStore};
 pub use redis::RedisCounters;
 pub(crate) use redis::RedisStore;
+pub(crate) use redis::parse_cluster_shards;
 
 use crate::auth::VerifiedToken;
 use crate::config::{RevocationSettings, StoreSettings};

@@ -37,6 +37,9 @@ use super::sync::{
     refresh, scan_keys,
 };
 
+/// Redis Cluster's hash slots: 0 to 16383.
+const SLOTS: u16 = 16384;
+
 /// How often the topology is read while the view is trusted.
 const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
 /// How long one `CLUSTER SHARDS` may take on one node.
@@ -367,6 +370,9 @@ pub(super) fn parse_shards(v: Value, tls: bool) -> Result<Topology, String> {
             let (Ok(lo), Ok(hi)) = (u16::try_from(lo), u16::try_from(hi)) else {
                 return Err("CLUSTER SHARDS: a slot out of range".into());
             };
+            if lo > hi || hi >= SLOTS {
+                return Err("CLUSTER SHARDS: a slot out of range".into());
+            }
             slots.push((lo, hi));
         }
         slots.sort_unstable();

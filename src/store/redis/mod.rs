@@ -578,6 +578,16 @@ impl RedisStore {
     }
 }
 
+/// Each master's `host:port` and inclusive slot ranges.
+pub(crate) type MasterSlots = Vec<(String, Vec<(u16, u16)>)>;
+
+/// `CLUSTER SHARDS` as the cluster session reads it: each master's address and slot
+/// ranges (for the fuzz target: `crate::fuzzing::cluster_shards`).
+pub(crate) fn parse_cluster_shards(v: redis::Value, tls: bool) -> Result<MasterSlots, String> {
+    cluster::parse_shards(v, tls)
+        .map(|t| t.masters.into_iter().map(|m| (m.addr, m.slots)).collect())
+}
+
 /// A key's value as doorman reads it: None when the key is absent; for a subject, its
 /// cut-off. A value that is not a number, not text, or not a string key at all (WRONGTYPE)
 /// counts as present with the strictest meaning — failing closed beats guessing.

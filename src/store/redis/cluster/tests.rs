@@ -211,6 +211,22 @@ fn malformed_answers_are_refused() {
             "CLUSTER SHARDS: a slot out of range",
         ),
         (
+            "slot 16384",
+            Value::Array(vec![shard(
+                &[0, 16384],
+                vec![node("h", "127.0.0.1", 7000, None, "master")],
+            )]),
+            "CLUSTER SHARDS: a slot out of range",
+        ),
+        (
+            "a range backwards",
+            Value::Array(vec![shard(
+                &[100, 99],
+                vec![node("h", "127.0.0.1", 7000, None, "master")],
+            )]),
+            "CLUSTER SHARDS: a slot out of range",
+        ),
+        (
             "negative slot",
             Value::Array(vec![shard(
                 &[-1, 5],
@@ -266,4 +282,34 @@ fn malformed_answers_are_refused() {
         let e = parse_shards(v, false).expect_err(what);
         assert!(e.starts_with(want), "{what}: {e}");
     }
+}
+
+/// The fuzz target's seeds are real answers: they parse to the topology they describe.
+#[test]
+fn the_fuzz_seeds_are_topologies() {
+    let seed = |name: &str| {
+        let path = format!(
+            "{}/fuzz/corpus/cluster_shards/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        redis::parse_redis_value(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let t = parse_shards(seed("resp2-three-shards"), false).unwrap();
+    let got: Vec<(&str, &[(u16, u16)])> = t
+        .masters
+        .iter()
+        .map(|m| (m.addr.as_str(), m.slots.as_slice()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("127.0.0.1:7000", &[(0, 5460)][..]),
+            ("127.0.0.1:7001", &[(5461, 10000), (10001, 10922)][..]),
+            ("127.0.0.1:7002", &[(10923, 16383)][..]),
+        ]
+    );
+    assert_eq!(t.replicas, vec!["127.0.0.1:7003"]);
+    let t = parse_shards(seed("resp3-map-one-shard"), false).unwrap();
+    assert_eq!(t.masters[0].addr, "[::1]:7000");
+    assert!(parse_shards(seed("error"), false).is_err());
 }
