@@ -224,7 +224,20 @@ async fn revoke_via(p: &TestProxy, jti: &str, exp: u64) -> Option<bool> {
     Some(v["replicated"] == true)
 }
 
+/// Run redis-cli; true when it exited 0 and printed `OK` (redis-cli exits 0 on an error
+/// reply such as READONLY or CLUSTERDOWN, which is no acknowledgement).
 fn redis_cli(args: &[&str]) -> bool {
+    let out = Command::new("redis-cli")
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("redis-cli is required by the soak ({e})"));
+    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "OK"
+}
+
+/// Run redis-cli for its exit status (`--cluster reshard` prints a report, not `OK`).
+fn redis_cli_status(args: &[&str]) -> bool {
     Command::new("redis-cli")
         .args(args)
         .stdin(Stdio::null())
@@ -469,7 +482,7 @@ async fn soak(setup: Setup, run_for: Duration) -> Row {
         let (from, to) = (c.id(masters[0]).await, c.id(masters[1]).await);
         let seed = format!("127.0.0.1:{}", masters[0]);
         let moved = tokio::task::spawn_blocking(move || {
-            redis_cli(&[
+            redis_cli_status(&[
                 "--cluster",
                 "reshard",
                 &seed,
